@@ -1,0 +1,1 @@
+"""The Zarr cache: layout, writer (resumable), reader, provenance."""

@@ -1,0 +1,135 @@
+"""Rules that turn raw sensitive-attribute values into groups (unknown stays unknown)."""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from fmcache.datasets.spec import AttributeRule
+
+_MISSING = {"", "nan", "none", "null", "na", "n/a"}
+
+
+def _clean(raw: pd.Series) -> pd.Series:
+    """Strip whitespace; empty cells, NaN and pd.NA become None."""
+
+    def one(v: object) -> object:
+        if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)):
+            return None
+        s = str(v).strip()
+        return None if s.lower() in _MISSING else s
+
+    # object dtype on purpose: pandas >= 3 would infer a string dtype that turns None into
+    # NaN, and the rules below test for None
+    return pd.Series([one(v) for v in raw], index=raw.index, dtype=object)
+
+
+def categorical(
+    mapping: Mapping[str, str],
+    *,
+    groups: tuple[str, ...],
+    unknown: Iterable[str] = (),
+    source: str = "",
+    description: str = "",
+) -> AttributeRule:
+    """Map each raw spelling to a group; listed ``unknown`` spellings and blanks to unknown.
+
+    Any other value is an error: a release whose spellings changed must not be binarised by
+    guesswork.
+    """
+    unknown_set = {u.strip() for u in unknown}
+    table = {k.strip(): v for k, v in mapping.items()}
+    bad = set(table.values()) - set(groups)
+    if bad:
+        raise ValueError(f"mapping targets {sorted(bad)} are not among groups {groups}")
+
+    def assign(raw: pd.Series) -> pd.Series:
+        def one(v: object) -> object:
+            if v is None or v in unknown_set:
+                return None
+            if v in table:
+                return table[v]
+            raise ValueError(v)
+
+        return _clean(raw).map(one)
+
+    desc = description or ", ".join(f"{k} -> {v}" for k, v in table.items()) + (
+        f"; {', '.join(sorted(unknown_set))} -> unknown" if unknown_set else ""
+    )
+    return AttributeRule(groups=groups, assign=assign, description=desc, source=source)
+
+
+def threshold(
+    value: float,
+    *,
+    groups: tuple[str, str] = ("young", "old"),
+    source: str = "",
+    valid: tuple[float, float] = (0.0, 130.0),
+) -> AttributeRule:
+    """``groups[1]`` when raw >= value (e.g. age >= 60 is old); blank is unknown.
+
+    Non-numeric values and values outside ``valid`` are errors.
+    """
+
+    def assign(raw: pd.Series) -> pd.Series:
+        def one(v: object) -> object:
+            if v is None:
+                return None
+            try:
+                x = float(v)  # "80.0" and "80" both occur in real files
+            except ValueError:
+                raise ValueError(v) from None
+            if not valid[0] <= x <= valid[1]:
+                raise ValueError(v)
+            return groups[1] if x >= value else groups[0]
+
+        return _clean(raw).map(one)
+
+    return AttributeRule(
+        groups=groups,
+        assign=assign,
+        description=f"{groups[1]} if >= {value:g}, else {groups[0]}; blank -> unknown",
+        source=source,
+    )
+
+
+def keyword(
+    word: str,
+    *,
+    groups: tuple[str, str],
+    unknown: Iterable[str] = (),
+    source: str = "",
+) -> AttributeRule:
+    """``groups[0]`` when the value contains ``word`` (case-insensitive), else ``groups[1]``.
+
+    For free-text race fields ("White, non-Hispanic", "WHITE - RUSSIAN"): the listed
+    ``unknown`` spellings (refused, unable to obtain, ...) and blanks are unknown, never
+    counted in the second group as the reference code does.
+    """
+    unknown_set = {u.strip().lower() for u in unknown}
+    w = word.lower()
+
+    def assign(raw: pd.Series) -> pd.Series:
+        def one(v: object) -> object:
+            if v is None or str(v).lower() in unknown_set:
+                return None
+            return groups[0] if w in str(v).lower() else groups[1]
+
+        return _clean(raw).map(one)
+
+    return AttributeRule(
+        groups=groups,
+        assign=assign,
+        description=f"{groups[0]} if the value contains {word!r}, else {groups[1]}; "
+        f"{', '.join(sorted(unknown_set)) or 'blank'} -> unknown",
+        source=source,
+    )
+
+
+def encode(rule: AttributeRule, raw: pd.Series) -> np.ndarray:
+    """Group codes (int8, -1 unknown) for a raw column; ValueError(value) on unknown spellings."""
+    names = rule.assign(raw)
+    index = {g: i for i, g in enumerate(rule.groups)}
+    return np.array([-1 if n is None or n != n else index[n] for n in names], dtype=np.int8)

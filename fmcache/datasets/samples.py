@@ -1,0 +1,183 @@
+"""From an adapter's raw table to the samples table: checked, binarised and split."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from fmcache.datasets.attributes import encode
+from fmcache.datasets.pixels import open_image
+from fmcache.datasets.spec import AttributeRule, DatasetSpec
+from fmcache.datasets.splits import DEFAULT_FRACTIONS, patient_split
+from fmcache.errors import DatasetError
+
+SPLIT_POLICY = "patient-level, stratified by first label x first attribute"
+# per-row columns an adapter may add that travel unchanged into the samples table
+EXTRA_PREFIXES = ("gen/", "meta/")
+
+
+@dataclass
+class Dataset:
+    """A dataset ready to embed: its entry, where its files are and its samples table.
+
+    ``table`` has one row per sample: ``id``, ``subject``, ``split`` (0 train, 1 val,
+    2 test), ``path``, ``label/<name>`` (int8, -1 unknown), ``sa/<attr>`` (int8 group code,
+    -1 unknown) and ``sa_raw/<attr>`` (str, the raw value; "" when missing), plus any
+    ``gen/<x>`` / ``meta/<x>`` columns the adapter added. ``attribute_rules`` holds the rules
+    an adapter supplied per call (``raw.attrs["attribute_rules"]``); empty means the entry's.
+    """
+
+    spec: DatasetSpec
+    name: str  # the cache group name
+    root: Path | None
+    options: dict[str, str]
+    seed: int
+    table: pd.DataFrame
+    fingerprint: str
+    extra_attrs: dict[str, Any] = field(default_factory=dict)
+    attribute_rules: Mapping[str, AttributeRule] = field(default_factory=dict)
+
+    @property
+    def rules(self) -> Mapping[str, AttributeRule]:
+        """The attribute rules that made ``sa/<attr>``: the per-call ones, else the entry's."""
+        return self.attribute_rules or self.spec.attributes
+
+    @property
+    def label_names(self) -> list[str]:
+        return [c.split("/", 1)[1] for c in self.table.columns if c.startswith("label/")]
+
+    @property
+    def attribute_names(self) -> list[str]:
+        return [c.split("/", 1)[1] for c in self.table.columns if c.startswith("sa/")]
+
+    def image(self, i: int) -> Any:
+        """Pixels of row ``i`` as a PIL image (RGB)."""
+        row = self.table.iloc[i]
+        if self.spec.load is not None:
+            return self.spec.load(self.root or Path("."), row)
+        path = Path(row["path"])
+        return open_image(path if path.is_absolute() or self.root is None else self.root / path)
+
+    def group_attrs(self) -> dict[str, Any]:
+        """Attributes recorded on the dataset's cache group (JSON-serialisable)."""
+        return {
+            "adapter": self.spec.key,
+            "adapter_version": self.spec.version,
+            "title": self.spec.title,
+            "modality": self.spec.modality,
+            "task": self.extra_attrs.get("task", self.spec.task),
+            "label_names": self.label_names,
+            "attributes": {
+                a: {"groups": list(r.groups), "rule": r.description, "source": r.source}
+                for a, r in self.rules.items()
+                if a in self.attribute_names
+            },
+            "split_policy": SPLIT_POLICY,
+            "split_fractions": list(DEFAULT_FRACTIONS),
+            "split_seed": self.seed,
+            "options": dict(self.options),
+            "source_fingerprint": self.fingerprint,
+            "prompts": {
+                k: {"templates": list(p.templates), "classes": list(p.classes), "label": p.label}
+                for k, p in self.spec.prompts.items()
+            },
+            **self.extra_attrs,
+        }
+
+
+def data_root(spec: DatasetSpec, data: str | Path | None) -> Path | None:
+    """``--data`` if given, else ``$FMCACHE_DATA/<key>``; an error when the dataset needs files."""
+    if data is not None:
+        root = Path(data).expanduser()
+    elif os.environ.get("FMCACHE_DATA"):
+        root = Path(os.environ["FMCACHE_DATA"]).expanduser() / spec.key
+    elif not spec.needs_data:
+        return None
+    else:
+        raise DatasetError(
+            f"no data for {spec.key!r}: pass --data PATH (the root of your copy of the release) "
+            f"or set FMCACHE_DATA so that $FMCACHE_DATA/{spec.key} is that root"
+        )
+    if spec.needs_data and not root.exists():
+        raise DatasetError(f"data root for {spec.key!r} not found: {root} (expected layout: {spec.layout.splitlines()[0]})")
+    return root
+
+
+def check_options(spec: DatasetSpec, options: Mapping[str, str]) -> dict[str, str]:
+    unknown = sorted(set(options) - set(spec.options))
+    if unknown:
+        known = ", ".join(sorted(spec.options)) or "none"
+        raise DatasetError(f"{spec.key}: unknown dataset option(s) {', '.join(unknown)} (known: {known})")
+    return {k: str(v) for k, v in options.items()}
+
+
+def attribute_rules(spec: DatasetSpec, raw: pd.DataFrame) -> Mapping[str, AttributeRule]:
+    """The rules for this raw table: the adapter's per-call rules if it set any, else the entry's."""
+    return raw.attrs.get("attribute_rules", spec.attributes)
+
+
+def build_samples(
+    spec: DatasetSpec, raw: pd.DataFrame, *, seed: int = 0, options: Mapping[str, str] | None = None
+) -> tuple[pd.DataFrame, str]:
+    """Check an adapter's raw table, binarise its attributes and split it by subject.
+
+    Attributes are binarised with ``raw.attrs["attribute_rules"]`` when the adapter set it
+    (rules chosen per call, e.g. from user options), else with ``spec.attributes``. Returns
+    the samples table and a fingerprint of everything that determines it.
+    """
+    label_cols = [c for c in raw.columns if str(c).startswith("label/")]
+    missing = [c for c in ("id", "subject", "path") if c not in raw.columns]
+    if not label_cols:
+        missing.append("label/<name>")
+    if missing:
+        raise DatasetError(f"{spec.key}: adapter produced no column(s) {missing}")
+    if len(raw) == 0:
+        raise DatasetError(f"{spec.key}: the release yielded no samples (check --data and the metadata files)")
+    ids = raw["id"].astype(str)
+    dup = ids[ids.duplicated()]
+    if len(dup):
+        raise DatasetError(f"{spec.key}: sample id {dup.iloc[0]!r} occurs more than once; ids must be unique")
+
+    out = pd.DataFrame({"id": ids.to_numpy(), "subject": raw["subject"].astype(str).to_numpy()})
+    labels = {}
+    for c in label_cols:
+        labels[c] = pd.to_numeric(raw[c], errors="coerce").fillna(-1).to_numpy().astype(np.int8)
+    attrs = {}
+    for name, rule in attribute_rules(spec, raw).items():
+        col = f"raw/{name}"
+        if col not in raw.columns:
+            continue  # an optional attribute whose file the user does not have (e.g. race)
+        try:
+            attrs[f"sa/{name}"] = encode(rule, raw[col])
+        except ValueError as e:
+            raise DatasetError(
+                f"{spec.key}: unexpected {name} value {e.args[0]!r} in {rule.source or col} "
+                f"(known rule: {rule.description}); correct the file or report the new spelling"
+            ) from None
+        attrs[f"sa_raw/{name}"] = raw[col].map(lambda v: "" if v is None or v != v else str(v).strip()).to_numpy(dtype=str)
+
+    first_label = labels[label_cols[0]]
+    first_attr = next((v for k, v in attrs.items() if k.startswith("sa/")), np.zeros(len(out), np.int8))
+    strata = first_label.astype(np.int16) * 10 + first_attr
+    out["split"] = patient_split(out["subject"], strata, seed=seed)
+    out["path"] = raw["path"].astype(str).to_numpy()
+    for k, v in {**labels, **attrs}.items():
+        out[k] = v
+    for c in raw.columns:
+        if str(c).startswith(EXTRA_PREFIXES):
+            out[c] = raw[c].to_numpy()
+
+    h = hashlib.sha256()
+    h.update(json.dumps({"key": spec.key, "version": spec.version, "seed": seed, "options": dict(options or {})}, sort_keys=True).encode())
+    for c in out.columns:
+        if c != "path":
+            h.update(c.encode())
+            h.update(pd.util.hash_pandas_object(out[c], index=False).to_numpy().tobytes())
+    return out, h.hexdigest()[:16]

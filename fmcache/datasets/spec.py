@@ -1,0 +1,83 @@
+"""What a dataset adapter is: a declarative entry plus one function that reads the release.
+
+An adapter's ``read`` function turns the user's copy of the official release into a *raw
+table* (a pandas DataFrame, one row per image or volume) with these columns:
+
+``id``            str, stable sample id (unique)
+``subject``       str, patient id (splits never put one subject on both sides)
+``path``          str, image path relative to the data root (or absolute); "" when
+                  ``load`` renders pixels itself
+``label/<name>``  int8, 1 positive, 0 negative, -1 unknown / not labelled; one column per
+                  label (``DatasetSpec.labels`` by default; options may choose others;
+                  multi-class: class index, -1 unknown)
+``raw/<attr>``    the raw value of each sensitive attribute as the release spells it
+                  (str, or float for ages; NaN / "" for missing)
+``gen/<x>``,      optional per-row facts carried unchanged into the samples table, e.g.
+``meta/<x>``      the parameters ``load`` needs to render a generated image
+
+The shared machinery (:mod:`fmcache.datasets.samples`) then binarises the attributes with
+the entry's rules and makes the seeded patient-level split, so adapters contain only what is
+specific to their release. An adapter may set ``raw.attrs["name"]`` (the cache group name,
+default the key), ``raw.attrs["task"]`` (when an option changes it) and
+``raw.attrs["group_attrs"]`` (extra JSON-able facts recorded on the cache group). An adapter
+whose attribute rules come from the user (the generic CSV adapter) leaves
+``DatasetSpec.attributes`` empty and puts its :class:`AttributeRule` mapping in
+``raw.attrs["attribute_rules"]``; the machinery then binarises and records those instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping
+
+import pandas as pd
+
+Options = Mapping[str, str]
+ReadFn = Callable[[Path, Options], pd.DataFrame]
+LoadFn = Callable[[Path, pd.Series], Any]  # -> PIL.Image.Image
+
+
+@dataclass(frozen=True)
+class AttributeRule:
+    """How one sensitive attribute's raw values become groups.
+
+    ``assign`` maps the raw column to group names (a str Series, ``None`` / NaN = unknown)
+    and raises ``ValueError(value)`` for a value it does not know; ``groups`` lists the
+    group names in code order (code 0 = ``groups[0]``). ``source`` says where the raw value
+    lives in the release (file and column), for error messages.
+    """
+
+    groups: tuple[str, ...]
+    assign: Callable[[pd.Series], pd.Series]
+    description: str
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """Zero-shot prompts for one label: ``classes[i]`` names label value ``i``."""
+
+    templates: tuple[str, ...]
+    classes: tuple[str, ...]
+    label: str | None = None  # None: the dataset's first label
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A registered dataset. Adding a dataset is adding one of these to the registry."""
+
+    key: str
+    title: str
+    modality: str
+    version: str  # adapter version: bump when the samples table a release yields changes
+    read: ReadFn
+    labels: tuple[str, ...]
+    task: Literal["binary", "multilabel", "multiclass"]
+    attributes: Mapping[str, AttributeRule]
+    layout: str  # the expected folder layout, shown by `fmcache datasets`
+    obtain: str  # where and how to get the release
+    prompts: Mapping[str, PromptSet] = field(default_factory=dict)
+    load: LoadFn | None = None  # None: open `path` as a 2D image
+    options: Mapping[str, str] = field(default_factory=dict)  # option -> help (with default)
+    needs_data: bool = True  # False for generated datasets

@@ -1,0 +1,74 @@
+"""`fmcache demo`: the whole pipeline, offline, on the synthetic dataset.
+
+The demo is a list of steps sharing one context; later stages (probes, fairness metrics,
+the report) add steps rather than rewriting it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from rich.console import Console
+
+
+@dataclass
+class DemoContext:
+    root: str
+    model: str
+    size: int
+    overwrite: bool
+    console: Console
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+def _step_embed(ctx: DemoContext) -> None:
+    from fmcache.datasets import load_dataset
+    from fmcache.embed.encode import embed
+
+    ds = load_dataset("synthetic", options={"size": str(ctx.size)})
+    planted = ds.extra_attrs.get("planted")
+    if planted:
+        ctx.console.print(f"synthetic data: {len(ds.table)} chest-X-ray-like images; planted disparity: {planted}")
+    summary = embed(ds, ctx.model, root=ctx.root, overwrite=ctx.overwrite)
+    ctx.console.print(summary.line())
+    ctx.facts["dataset"] = ds.name
+
+
+def _step_show_cache(ctx: DemoContext) -> None:
+    import fmcache
+    from fmcache.cache.summary import describe_dataset
+
+    cache = fmcache.open_cache(ctx.root)
+    ctx.console.print(f"\n[bold]The cache at {cache.root}[/bold]")
+    ctx.console.print(cache.entries().to_string(index=False), markup=False, highlight=False)
+    ctx.console.print(describe_dataset(cache, ctx.facts["dataset"]), markup=False, highlight=False)
+    emb = cache.embeddings(ctx.facts["dataset"], ctx.model)
+    x = emb.features(split="train")
+    ctx.console.print(
+        f"\nRead it back from Python (no torch needed):\n"
+        f"  import fmcache\n  emb = fmcache.open_cache({cache.root!r}).embeddings({emb.dataset!r}, {emb.model!r})\n"
+        f"  emb.features(split='train')  -> float32 array {x.shape}\n"
+        f"  emb.groups('sex', split='train') -> int8 codes {emb.group_names('sex')} (-1 unknown)",
+        markup=False,
+        highlight=False,
+    )
+
+
+STEPS: list[tuple[str, Callable[[DemoContext], None]]] = [
+    ("embed the synthetic dataset", _step_embed),
+    ("show what the cache holds", _step_show_cache),
+]
+
+
+def run_demo(*, root: str | None, model: str, size: int, overwrite: bool) -> DemoContext:
+    from fmcache.cache.store import resolve_root
+
+    ctx = DemoContext(root=resolve_root(root), model=model, size=size, overwrite=overwrite, console=Console())
+    t0 = time.perf_counter()
+    for i, (title, step) in enumerate(STEPS, 1):
+        ctx.console.rule(f"[bold]{i}/{len(STEPS)} {title}")
+        step(ctx)
+    ctx.console.print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s; cache: {ctx.root}")
+    return ctx

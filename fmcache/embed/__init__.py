@@ -1,0 +1,1 @@
+"""The torch stage: model registry and loaders, preprocessing, the encode loop."""

@@ -1,0 +1,277 @@
+"""The encode loop: every image through the frozen model once, into the cache.
+
+Rows are processed chunk by chunk in cache order; a chunk is written and marked done as
+soon as its last row is encoded, so an interrupted run loses at most the chunks in flight.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
+
+from fmcache.cache.store import open_root, resolve_root
+from fmcache.cache.writer import EntryWriter, open_entry, write_samples
+from fmcache.datasets.samples import Dataset
+from fmcache.embed.preprocess import build_transform
+from fmcache.embed.registry import load_model
+from fmcache.embed.spec import Encoder
+from fmcache.embed.text import encode_prompt_sets
+from fmcache.errors import DatasetError, FmcacheError
+
+
+@dataclass
+class EmbedSummary:
+    dataset: str
+    model: str
+    root: str
+    n: int
+    encoded: int  # rows computed by this run (the rest were cached already)
+    seconds: float
+    device: str
+    kinds: dict[str, int]
+
+    @property
+    def images_per_s(self) -> float:
+        return self.encoded / self.seconds if self.seconds > 0 else float("nan")
+
+    def line(self) -> str:
+        kinds = ", ".join(f"{k} {d}-d" for k, d in self.kinds.items())
+        reused = self.n - self.encoded
+        if not self.encoded:
+            return f"{self.dataset}/{self.model}: all {self.n} images were already cached ({kinds}) at {self.root}"
+        return (
+            f"{self.dataset}/{self.model}: {self.n} images cached ({kinds}) at {self.root}; "
+            f"encoded {self.encoded} in {self.seconds:.1f} s ({self.images_per_s:.1f} images/s on {self.device})"
+            + (f", {reused} reused from an earlier run" if reused else "")
+        )
+
+
+class _Rows(TorchDataset):
+    """Preprocessed pixels of the given rows; errors travel back as text, not tracebacks."""
+
+    def __init__(self, dataset: Dataset, rows: np.ndarray, transform: Callable[[Any], torch.Tensor]):
+        self.dataset, self.rows, self.transform = dataset, rows, transform
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str]:
+        row = int(self.rows[i])
+        try:
+            return row, self.transform(self.dataset.image(row)), ""
+        except DatasetError as e:
+            return row, None, str(e)
+
+
+def _collate(items: list[tuple[int, torch.Tensor | None, str]]) -> tuple[np.ndarray, torch.Tensor | None, str]:
+    errors = [e for _, _, e in items if e]
+    if errors:
+        return np.array([r for r, _, _ in items]), None, errors[0]
+    return np.array([r for r, _, _ in items]), torch.stack([x for _, x, _ in items]), ""
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise FmcacheError("--device cuda asked for, but torch sees no CUDA device (use --device cpu or auto)")
+    return device
+
+
+def default_workers() -> int:
+    # one core stays with the forward pass; workers only decode and resize
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+def check_images_exist(dataset: Dataset) -> None:
+    """Fail before any work when an image file is missing (cheap; saves a failed long run)."""
+    if dataset.spec.load is not None or dataset.root is None:
+        return
+    for p in dataset.table["path"]:
+        full = Path(p) if os.path.isabs(p) else dataset.root / p
+        if not full.is_file():
+            raise DatasetError(f"image file not found: {full} (listed in the {dataset.spec.key} metadata; is --data the dataset root?)")
+
+
+def embed(
+    dataset: Dataset,
+    model: str,
+    *,
+    root: str | os.PathLike[str] | None = None,
+    weights: str | None = None,
+    batch_size: int = 64,
+    device: str = "auto",
+    num_workers: int | None = None,
+    overwrite: bool = False,
+    chunk_rows: int = 256,
+    progress: bool = True,
+    encoder: Encoder | None = None,
+    on_chunk: Callable[[int], None] | None = None,
+) -> EmbedSummary:
+    """Encode every image of ``dataset`` with ``model`` into the cache; resume if partial.
+
+    Parameters
+    ----------
+    dataset
+        From :func:`fmcache.datasets.load_dataset`.
+    model
+        Registry key (``fmcache models``).
+    root
+        Cache folder or URL (default ``$FMCACHE_HOME`` or ``~/.cache/fmcache``).
+    weights
+        Local checkpoint file or folder overriding the entry's weights source.
+    overwrite
+        Replace an entry made with other weights / preprocessing (otherwise refused).
+    on_chunk
+        Called with each chunk index after it is written (progress hooks, tests).
+    """
+    device = resolve_device(device)
+    check_images_exist(dataset)
+    root_s = resolve_root(root)
+    enc = encoder or load_model(model, weights=weights, device=device)
+    provenance = {
+        "model": model,
+        "model_title": enc.spec.title,
+        "family": enc.spec.family,
+        "weights_id": enc.weights_id,
+        "weights_sha256": enc.weights_sha256,
+        "preprocess": enc.spec.preprocess.to_attrs(),
+        "dims": dict(enc.dims),
+        "row_fingerprint": dataset.fingerprint,
+        "text_dim": enc.text_dim,
+        "logit_scale": enc.logit_scale,
+        "compute_dtype": "autocast-" + str(_amp_dtype()).removeprefix("torch.") if device.startswith("cuda") else "float32",
+    }
+    group = open_root(root_s, mode="a")
+    ds_group = write_samples(group, dataset.name, dataset.table, dataset.group_attrs(), overwrite=overwrite)
+    writer = open_entry(ds_group, model, provenance, chunk_rows=chunk_rows, overwrite=overwrite)
+    if enc.encode_text is not None and dataset.spec.prompts:
+        for name, (protos, prompts) in encode_prompt_sets(enc, dataset.spec.prompts).items():
+            writer.write_text(name, protos, prompts)
+
+    start = time.perf_counter()
+    encoded = _encode_pending(dataset, enc, writer, batch_size, device, num_workers, progress, on_chunk)
+    seconds = time.perf_counter() - start
+    summary = EmbedSummary(dataset.name, model, root_s, writer.n, encoded, seconds, device, dict(enc.dims))
+    writer.finish(last_run={"encoded": encoded, "seconds": round(seconds, 3), "device": device})
+    return summary
+
+
+def _amp_dtype() -> torch.dtype:
+    return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _encode_pending(
+    dataset: Dataset,
+    enc: Encoder,
+    writer: EntryWriter,
+    batch_size: int,
+    device: str,
+    num_workers: int | None,
+    progress: bool,
+    on_chunk: Callable[[int], None] | None,
+) -> int:
+    pending = writer.pending_chunks()
+    if not pending:
+        return 0
+    rows = np.concatenate([np.arange(*writer.rows(c)) for c in pending])
+    workers = default_workers() if num_workers is None else num_workers
+    loader = DataLoader(
+        _Rows(dataset, rows, build_transform(enc.spec.preprocess)),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=_collate,
+        pin_memory=device.startswith("cuda"),
+        persistent_workers=False,
+        prefetch_factor=4 if workers else None,
+    )
+    buffers: dict[int, dict[str, np.ndarray]] = {}
+    filled: dict[int, int] = {}
+    bar = _progress_bar(progress, len(rows), f"{dataset.name}/{enc.spec.key}")
+    amp = torch.autocast("cuda", dtype=_amp_dtype()) if device.startswith("cuda") else _null()
+    with bar as prog, torch.inference_mode(), amp:
+        task = prog.add_task("embed", total=len(rows)) if prog else None
+        for batch_rows, x, error in loader:
+            if error:
+                raise DatasetError(error)
+            out = enc.encode_image(x.to(device, non_blocking=True))
+            feats = {k: out[k].float().cpu().numpy() for k in writer.kinds}
+            _check_finite(feats, batch_rows, dataset, enc)
+            for chunk in _scatter(batch_rows, feats, writer, buffers, filled):
+                writer.write_chunk(chunk, buffers.pop(chunk))
+                filled.pop(chunk)
+                if on_chunk is not None:
+                    on_chunk(chunk)
+            if prog:
+                prog.advance(task, len(batch_rows))
+    return len(rows)
+
+
+def _scatter(batch_rows, feats, writer, buffers, filled) -> list[int]:
+    """Copy a batch into its chunks' buffers; return the chunks that became full."""
+    complete = []
+    chunks = batch_rows // writer.chunk_rows
+    for chunk in np.unique(chunks):
+        chunk = int(chunk)
+        start, stop = writer.rows(chunk)
+        if chunk not in buffers:
+            buffers[chunk] = {k: np.empty((stop - start, v.shape[1]), np.float32) for k, v in feats.items()}
+            filled[chunk] = 0
+        sel = chunks == chunk
+        for k, v in feats.items():
+            buffers[chunk][k][batch_rows[sel] - start] = v[sel]
+        filled[chunk] += int(sel.sum())
+        if filled[chunk] == stop - start:
+            complete.append(chunk)
+    return complete
+
+
+def _check_finite(feats: dict[str, np.ndarray], rows: np.ndarray, dataset: Dataset, enc: Encoder) -> None:
+    for kind, v in feats.items():
+        # float16 on disk: values beyond its range would silently become inf
+        bad = ~np.isfinite(v).all(axis=1) | (np.abs(v) > 65504).any(axis=1)
+        if bad.any():
+            ids = dataset.table["id"].iloc[rows[bad][:3]].tolist()
+            raise FmcacheError(
+                f"{enc.spec.key} produced non-finite or float16-overflowing {kind} features for {int(bad.sum())} "
+                f"image(s), e.g. {ids}; check those images and the model's weights"
+            )
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _progress_bar(enabled: bool, total: int, label: str):
+    if not enabled:
+        return _null()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    class _Rate(TextColumn):
+        def render(self, task):  # images/s over the whole run, steadier than rich's window
+            from rich.text import Text
+
+            speed = task.completed / task.elapsed if task.elapsed else 0.0
+            return Text(f"{speed:6.1f} img/s")
+
+    return Progress(
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _Rate(""),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        transient=False,
+    )

@@ -1,0 +1,1 @@
+"""One module per loader family, each exposing ``load(spec, weights, device) -> Encoder``."""

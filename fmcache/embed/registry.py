@@ -1,0 +1,46 @@
+"""The model registry: a plain dict of :class:`ModelSpec` entries and one loader per family."""
+
+from __future__ import annotations
+
+import importlib
+
+from fmcache.embed.models import MODELS
+from fmcache.embed.spec import Encoder, ModelSpec
+from fmcache.errors import UnknownNameError, did_you_mean
+
+# family -> module in fmcache.embed.loaders exposing `load(spec, weights, device) -> Encoder`
+FAMILIES = {
+    "open_clip": "open_clip_family",
+    "hf_clip": "hf_clip",
+    "hf_dinov2": "hf_dinov2",
+    "efficientnet_lite": "efficientnet_lite",
+}
+
+
+def get_model(key: str) -> ModelSpec:
+    try:
+        return MODELS[key]
+    except KeyError:
+        listed = [k for k, m in MODELS.items() if not m.hidden]
+        raise UnknownNameError(
+            f"unknown model {key!r}{did_you_mean(key, listed)}; `fmcache models` lists them"
+        ) from None
+
+
+def load_model(key: str | ModelSpec, weights: str | None = None, device: str = "cpu") -> Encoder:
+    """Load a registered model for inference.
+
+    Parameters
+    ----------
+    key
+        Registry key (``fmcache models``) or a :class:`ModelSpec`.
+    weights
+        Override of the entry's weights source: a local file or folder, or ``hf-hub:<repo>``.
+    device
+        torch device string.
+    """
+    spec = key if isinstance(key, ModelSpec) else get_model(key)
+    module = importlib.import_module(f"fmcache.embed.loaders.{FAMILIES[spec.family]}")
+    enc = module.load(spec, weights, device)
+    enc.module.eval()
+    return enc
