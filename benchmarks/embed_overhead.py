@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--model", default="efficientnet_lite0")
+    ap.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: fmcache's)")
     ap.add_argument("--repeats", type=int, default=2, help="best of R runs for each side")
     args = ap.parse_args()
 
@@ -49,7 +50,7 @@ def main() -> None:
     for _ in range(args.repeats):
         with tempfile.TemporaryDirectory() as root:
             start = time.perf_counter()
-            embed(ds, args.model, root=root, encoder=enc, batch_size=args.batch_size, progress=False)
+            embed(ds, args.model, root=root, encoder=enc, batch_size=args.batch_size, num_workers=args.num_workers, progress=False)
             runs.append(time.perf_counter() - start)
     pipeline = min(runs)
     ratio = pipeline / bare

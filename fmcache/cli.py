@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from fmcache.console import make_console
 from fmcache.errors import FmcacheError
 
 app = typer.Typer(
@@ -31,14 +32,6 @@ RootOpt = Annotated[
     Optional[str],
     typer.Option("--root", help="Cache folder or fsspec URL (default: $FMCACHE_HOME, else ~/.cache/fmcache).", show_default=False),
 ]
-
-
-def _console():
-    from rich.console import Console
-
-    c = Console()
-    # piped output (files, CI logs) gets a wide table instead of folded 80-column cells
-    return c if c.is_terminal else Console(width=200)
 
 
 def _options(values: list[str] | None) -> dict[str, str]:
@@ -119,7 +112,6 @@ def demo(
 @app.command()
 def models() -> None:
     """List the foundation models: family, weights source, input, normalisation, feature dims."""
-    from rich.console import Console
     from rich.table import Table
 
     from fmcache.embed.models import MODELS
@@ -138,7 +130,7 @@ def models() -> None:
             f"{_fmt(p.mean)} / {_fmt(p.std)}", ", ".join(f"{k} {d}" for k, d in m.dims.items()),
             f"yes ({m.text_dim})" if m.has_text else "no",
         )
-    _console().print(t)
+    make_console().print(t)
 
 
 def _fmt(v: tuple[float, ...]) -> str:
@@ -150,12 +142,11 @@ def datasets(
     name: Annotated[Optional[str], typer.Argument(help="Show one dataset's expected layout, options and rules.", show_default=False)] = None,
 ) -> None:
     """List the datasets, or show one dataset's expected layout, options and attribute rules."""
-    from rich.console import Console
     from rich.table import Table
 
     from fmcache.datasets import DATASETS, get_dataset
 
-    console = _console()
+    console = make_console()
     if name is None:
         get_dataset("synthetic")  # loads the built-in adapters
         t = Table(title="fmcache datasets", caption="`fmcache datasets NAME` shows the expected layout and options")
@@ -183,22 +174,14 @@ def datasets(
 @cache_app.command("ls")
 def cache_ls(root: RootOpt = None) -> None:
     """List every (dataset, model) entry with its state, size and weights."""
-    from rich.console import Console
-    from rich.table import Table
-
     import fmcache
+    from fmcache.cache.summary import entries_table
 
     c = fmcache.open_cache(root)
-    df = c.entries()
-    if df.empty:
+    if not any(c.models(d) for d in c.datasets()):
         typer.echo(f"the cache at {c.root} holds no embeddings yet (datasets: {', '.join(c.datasets()) or 'none'})")
         return
-    t = Table(title=f"cache at {c.root}")
-    for col in df.columns:
-        t.add_column(col, overflow="fold")
-    for row in df.itertuples(index=False):
-        t.add_row(*[str(v) for v in row])
-    _console().print(t)
+    make_console().print(entries_table(c))
 
 
 @cache_app.command("info")

@@ -12,6 +12,8 @@ from typing import Any, Callable
 
 from rich.console import Console
 
+from fmcache.console import make_console
+
 
 @dataclass
 class DemoContext:
@@ -28,9 +30,12 @@ def _step_embed(ctx: DemoContext) -> None:
     from fmcache.embed.encode import embed
 
     ds = load_dataset("synthetic", options={"size": str(ctx.size)})
-    planted = ds.extra_attrs.get("planted")
-    if planted:
-        ctx.console.print(f"synthetic data: {len(ds.table)} chest-X-ray-like images; planted disparity: {planted}")
+    planted = ds.extra_attrs.get("planted", {})
+    contrast = ", ".join(f"{v:g} for {g}" for g, v in planted.get("lesion_contrast", {}).items() if isinstance(v, float))
+    ctx.console.print(
+        f"synthetic data: {len(ds.table)} chest-X-ray-like images; planted disparity on {planted.get('attribute')}: "
+        f"lesion contrast {contrast} (the {planted.get('disadvantaged')} group's lesions are harder to see)"
+    )
     summary = embed(ds, ctx.model, root=ctx.root, overwrite=ctx.overwrite)
     ctx.console.print(summary.line())
     ctx.facts["dataset"] = ds.name
@@ -38,11 +43,10 @@ def _step_embed(ctx: DemoContext) -> None:
 
 def _step_show_cache(ctx: DemoContext) -> None:
     import fmcache
-    from fmcache.cache.summary import describe_dataset
+    from fmcache.cache.summary import describe_dataset, entries_table
 
     cache = fmcache.open_cache(ctx.root)
-    ctx.console.print(f"\n[bold]The cache at {cache.root}[/bold]")
-    ctx.console.print(cache.entries().to_string(index=False), markup=False, highlight=False)
+    ctx.console.print(entries_table(cache))
     ctx.console.print(describe_dataset(cache, ctx.facts["dataset"]), markup=False, highlight=False)
     emb = cache.embeddings(ctx.facts["dataset"], ctx.model)
     x = emb.features(split="train")
@@ -65,7 +69,7 @@ STEPS: list[tuple[str, Callable[[DemoContext], None]]] = [
 def run_demo(*, root: str | None, model: str, size: int, overwrite: bool) -> DemoContext:
     from fmcache.cache.store import resolve_root
 
-    ctx = DemoContext(root=resolve_root(root), model=model, size=size, overwrite=overwrite, console=Console())
+    ctx = DemoContext(root=resolve_root(root), model=model, size=size, overwrite=overwrite, console=make_console())
     t0 = time.perf_counter()
     for i, (title, step) in enumerate(STEPS, 1):
         ctx.console.rule(f"[bold]{i}/{len(STEPS)} {title}")

@@ -16,20 +16,8 @@ import fmcache.datasets
 from fmcache.errors import DatasetError
 
 
-def _adapter(name: str) -> types.ModuleType:
-    """Import one adapter module, even when another adapter module fails to import."""
-    try:
-        from fmcache.datasets import adapters  # noqa: F401
-    except ImportError:
-        pkg = types.ModuleType("fmcache.datasets.adapters")
-        pkg.__path__ = [str(Path(fmcache.datasets.__file__).parent / "adapters")]
-        sys.modules["fmcache.datasets.adapters"] = pkg
-        fmcache.datasets.adapters = pkg
-    return importlib.import_module(f"fmcache.datasets.adapters.{name}")
-
-
-csv_table = _adapter("csv_table")
-from fmcache.datasets import load_dataset  # noqa: E402
+from fmcache.datasets import load_dataset
+from fmcache.datasets.adapters import csv_table
 
 RULES = "sex=Sex:M->male,F->female,U->unknown; age=Age:threshold 65"
 CLI = {"subject_column": "patient", "labels": "pneumonia,effusion", "attributes": RULES}

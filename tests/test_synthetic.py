@@ -18,20 +18,8 @@ import fmcache.datasets
 from fmcache.errors import DatasetError
 
 
-def _adapter(name: str) -> types.ModuleType:
-    """Import one adapter module, even when another adapter module fails to import."""
-    try:
-        from fmcache.datasets import adapters  # noqa: F401
-    except ImportError:
-        pkg = types.ModuleType("fmcache.datasets.adapters")
-        pkg.__path__ = [str(Path(fmcache.datasets.__file__).parent / "adapters")]
-        sys.modules["fmcache.datasets.adapters"] = pkg
-        fmcache.datasets.adapters = pkg
-    return importlib.import_module(f"fmcache.datasets.adapters.{name}")
-
-
-synthetic = _adapter("synthetic")
-from fmcache.datasets import load_dataset  # noqa: E402
+from fmcache.datasets import load_dataset
+from fmcache.datasets.adapters import synthetic
 
 
 def _load(**options: object) -> fmcache.datasets.Dataset:
@@ -43,7 +31,6 @@ def _digest(ds: fmcache.datasets.Dataset, rows: list[int]) -> list[str]:
 
 
 def _digest_in_child(options: dict[str, str], rows: list[int]) -> list[str]:
-    _adapter("synthetic")
     return _digest(load_dataset("synthetic", options=options), rows)
 
 

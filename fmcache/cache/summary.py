@@ -8,6 +8,20 @@ from fmcache.cache import layout as L
 from fmcache.cache.reader import Cache
 
 
+def entries_table(cache: Cache):
+    """A rich table of the cache's (dataset, model) entries."""
+    from rich.table import Table
+
+    # weights ids and dates are long: `cache info DATASET MODEL` shows them, the table stays readable at 80 columns
+    df = cache.entries().drop(columns=["created", "weights"]).rename(columns={"chunks_done": "chunks"})
+    t = Table(title=f"cache at {cache.root}", caption="`fmcache cache info DATASET MODEL` shows an entry's provenance")
+    for col in df.columns:
+        t.add_column(col, overflow="fold")
+    for row in df.itertuples(index=False):
+        t.add_row(*[str(v) for v in row])
+    return t
+
+
 def describe_dataset(cache: Cache, dataset: str) -> str:
     """Samples per split, label prevalence and group sizes (unknown shown as its own column)."""
     info = cache.dataset_info(dataset)
@@ -28,7 +42,9 @@ def describe_dataset(cache: Cache, dataset: str) -> str:
             continue
         codes = pd.Series(s[L.SA][attr][...])
         names = dict(enumerate(meta["groups"])) | {-1: "unknown"}
-        table = pd.crosstab(codes.map(names), split).reindex(columns=["train", "val", "test"], fill_value=0)
+        table = pd.crosstab(codes.map(names), split, rownames=["group"], colnames=["split"]).reindex(
+            columns=["train", "val", "test"], fill_value=0
+        )
         lines.append(f"{attr} ({meta['rule']}):")
         lines.extend("  " + row for row in table.to_string().splitlines())
     models = cache.models(dataset)
