@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import multiprocessing
-import sys
-import types
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -7,7 +7,6 @@ ID, SUBJECT, SPLIT, LABEL = "id", "subject", "split", "label"
 SA, SA_RAW = "sa", "sa_raw"
 DONE = "done"
 TEXT = "text"
-FEATURE_KINDS = ("image", "image_proj")  # pre- and post-projection features
 DISK_DTYPE = "float16"
 STATE_PARTIAL, STATE_COMPLETE = "partial", "complete"
 

@@ -112,9 +112,6 @@ class EntryWriter:
         arr[...] = prototypes.astype(L.DISK_DTYPE)
         arr.attrs.update(dict(prompts))
 
-    def has_text(self, prompt_set: str) -> bool:
-        return f"{L.TEXT}/{prompt_set}" in self.group
-
     def finish(self, **extra: Any) -> None:
         if len(self.pending_chunks()):
             raise RuntimeError(f"{self.where}: finish() with chunks still pending")

@@ -190,7 +190,6 @@ def _encode_pending(
         num_workers=workers,
         collate_fn=_collate,
         pin_memory=device.startswith("cuda"),
-        persistent_workers=False,
         prefetch_factor=4 if workers else None,
     )
     buffers: dict[int, dict[str, np.ndarray]] = {}
