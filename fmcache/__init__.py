@@ -12,8 +12,9 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from fmcache.cache.reader import Cache, Embeddings, open_cache
     from fmcache.errors import FmcacheError
+    from fmcache.runs import Run, load_results
 
-__all__ = ["Cache", "Embeddings", "FmcacheError", "__version__", "open_cache"]
+__all__ = ["Cache", "Embeddings", "FmcacheError", "Run", "__version__", "load_results", "open_cache"]
 
 
 def __getattr__(name: str) -> Any:
@@ -21,6 +22,10 @@ def __getattr__(name: str) -> Any:
         from fmcache.cache import reader
 
         return getattr(reader, name)
+    if name in ("load_results", "Run"):
+        from fmcache import runs
+
+        return getattr(runs, name)
     if name == "FmcacheError":
         from fmcache.errors import FmcacheError
 

@@ -1,0 +1,52 @@
+"""Run directories round-trip, and a half-written run is not listed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import fmcache
+from fmcache.errors import FmcacheError
+from fmcache.runs import list_runs, load_results, new_run_dir, write_run
+
+
+def _write(root, name="synthetic-m"):
+    path = new_run_dir(name, root)
+    metrics = pd.DataFrame({"head": ["linear"] * 2, "metric": ["auc", "auc_delta"], "group": ["overall", "gap"], "value": [0.8, 0.1]})
+    sweep = pd.DataFrame({"head": ["linear", "linear"], "lr": [1e-3, 1e-2], "val_auc": [0.7, 0.75]})
+    preds = {"linear": {"score": np.array([0.1, 0.9], np.float32), "row": np.array([3, 5]), "id": np.array(["a", "b"])}}
+    write_run(path, config={"dataset": "synthetic", "model": "m", "heads": ["linear"], "seed": np.int64(0)},
+              metrics=metrics, sweep=sweep, predictions=preds)
+    return path, metrics
+
+
+def test_round_trip_and_listing(tmp_path):
+    path, metrics = _write(tmp_path)
+    second = new_run_dir("synthetic-m", tmp_path)  # same second: made unique, and unfinished
+    assert second != path
+    run = load_results(path)
+    pd.testing.assert_frame_equal(run.metrics, metrics)
+    assert run.config["seed"] == 0 and run.config["heads"] == ["linear"]
+    p = run.predictions["linear"]
+    np.testing.assert_array_equal(p["score"], np.array([0.1, 0.9], np.float32))
+    assert list(p["id"]) == ["a", "b"]
+    runs = list_runs(tmp_path)
+    assert list(runs["run"]) == [path.name]  # the unfinished one is not listed
+    with pytest.raises(FmcacheError, match="not a finished run"):
+        load_results(second)
+    assert fmcache.load_results(path).metrics.shape == metrics.shape
+
+
+def test_loading_results_needs_neither_torch_nor_jax(tmp_path):
+    path, _ = _write(tmp_path)
+    code = (
+        "import sys, fmcache\n"
+        f"r = fmcache.load_results({str(path)!r}); r.predictions\n"
+        "bad = [m for m in ('torch', 'jax') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
