@@ -33,8 +33,16 @@ class CacheMissError(CacheError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class MetricInputError(FmcacheError, ValueError):
+    """Predictions, labels or groups that a metric cannot be computed from (NaN, wrong range or shape)."""
+
+
 class ProvenanceMismatchError(CacheError):
     """A request whose provenance differs from what is cached (use --overwrite to replace)."""
+
+
+class HeadInputError(FmcacheError):
+    """Features, labels, groups or hyperparameters that a head cannot be trained or evaluated on."""
 
 
 def did_you_mean(name: str, choices: list[str] | tuple[str, ...]) -> str:

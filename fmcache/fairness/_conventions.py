@@ -1,0 +1,193 @@
+"""Named metric conventions: the same metric names, each convention's own formulas.
+
+A convention is data: how predictions are thresholded, how ECE bins are laid out, how
+BCE guards log(0), and a table of gaps, each a (name, per-group metrics, aggregate)
+entry. The gaps are generated from that table by the aggregates below, vectorised over
+bootstrap resamples, rather than written out one by one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from fmcache.errors import UnknownNameError, did_you_mean
+
+# An aggregate maps per-group values {metric: (B, G)} and overall values {metric: (B,)} to (B,).
+Aggregate = Callable[[list[np.ndarray], list[np.ndarray]], np.ndarray]
+
+
+def _spread(v: np.ndarray) -> np.ndarray:
+    return v.max(axis=-1) - v.min(axis=-1)
+
+
+def _skew(v: np.ndarray) -> np.ndarray:
+    miss = 1.0 - v
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = miss.max(axis=-1) / miss.min(axis=-1)
+    return np.where(np.isfinite(out), out, np.nan)
+
+
+AGGREGATES: dict[str, Aggregate] = {
+    # max_g m_g - min_g m_g
+    "range": lambda g, o: _spread(g[0]),
+    # min_g m_g
+    "min": lambda g, o: g[0].min(axis=-1),
+    # mean over the listed metrics of their ranges: 1/2 dTPR + 1/2 dFPR
+    "mean_range": lambda g, o: np.mean([_spread(v) for v in g], axis=0),
+    # worst case over the listed metrics: max(dTPR, dFPR)
+    "max_range": lambda g, o: np.max([_spread(v) for v in g], axis=0),
+    # 1 - mean of ranges: 1 - (dTPR + dTNR) / 2, higher is fairer
+    "one_minus_mean_range": lambda g, o: 1.0 - np.mean([_spread(v) for v in g], axis=0),
+    # population standard deviation of the group values (ddof = 0)
+    "std": lambda g, o: g[0].std(axis=-1),
+    # overall / (1 + population std of group values)
+    "es_std": lambda g, o: o[0] / (1.0 + g[0].std(axis=-1)),
+    # overall / (1 + sum_g |m_g - overall|)  (FairCLIP's spread)
+    "es_absdev": lambda g, o: o[0] / (1.0 + np.abs(g[0] - o[0][..., None]).sum(axis=-1)),
+    # max_g (1 - m_g) / min_g (1 - m_g)
+    "skew": lambda g, o: _skew(g[0]),
+}
+
+
+@dataclass(frozen=True)
+class Gap:
+    """A summary over groups: `aggregate` applied to the per-group `metrics` (and overall)."""
+
+    name: str
+    metrics: tuple[str, ...]
+    aggregate: str
+
+
+@dataclass(frozen=True)
+class Convention:
+    """How one convention computes the shared metric names (see `paper`, `fairmedfm`, `fairlearn`)."""
+
+    name: str
+    strict_threshold: bool
+    ece_bins: Literal["unit", "range"]
+    bce_guard: Literal["clip_eps", "log_floor"]
+    gaps: tuple[Gap, ...]
+    segmentation_gaps: tuple[Gap, ...]
+    test_threshold: bool
+    n_bins: int = 10
+
+    def predict(self, score: np.ndarray, threshold: float) -> np.ndarray:
+        """Hard predictions: score > t under a strict convention, else score >= t."""
+        return score > threshold if self.strict_threshold else score >= threshold
+
+
+_SEG_GAPS = (
+    Gap("dsc_delta", ("dsc",), "range"),
+    Gap("dsc_skew", ("dsc",), "skew"),
+    Gap("dsc_std", ("dsc",), "std"),
+    Gap("dsc_es", ("dsc",), "es_std"),
+)
+
+
+def _gaps(eqodds: Gap) -> tuple[Gap, ...]:
+    return (
+        Gap("auc_delta", ("auc",), "range"),
+        Gap("auc_min", ("auc",), "min"),
+        Gap("acc_delta", ("acc",), "range"),
+        Gap("ece_delta", ("ece",), "range"),
+        eqodds,
+        Gap("eqopp", ("tpr",), "range"),
+        Gap("dp", ("selection_rate",), "range"),
+        Gap("auc_es", ("auc",), "es_std"),
+    )
+
+
+def paper() -> Convention:
+    """The FairMedFM paper's appendix formulas (the default).
+
+    With s the predicted probability of the positive class, y the label, t the threshold,
+    g a group and "range" = max over groups - min over groups:
+
+    - prediction: yhat = 1 if s >= t
+    - ``auc``: P(s+ > s-) + 1/2 P(s+ = s-) (Mann-Whitney, as scikit-learn's roc_auc_score)
+    - ``acc`` = mean(yhat = y); ``tpr`` = TP / P; ``fpr`` = FP / N; ``tnr`` = TN / N;
+      ``selection_rate`` = mean(yhat)
+    - ``ece`` = sum_b (n_b / n) |mean_b(s) - mean_b(y)| over 10 equal-width bins of [0, 1],
+      right-closed with 0 in the first bin (scikit-learn calibration_curve, uniform); empty
+      bins contribute nothing
+    - ``bce`` = -mean(y log s + (1 - y) log(1 - s)), s clipped to [eps, 1 - eps] with eps the
+      float64 machine epsilon (scikit-learn log_loss)
+    - ``auc_delta`` = range(auc_g); ``auc_min`` = min_g auc_g; ``acc_delta`` = range(acc_g);
+      ``ece_delta`` = range(ece_g)
+    - ``eqodds`` = 1/2 range(tpr_g) + 1/2 range(fpr_g) (lower is fairer)
+    - ``eqopp`` = range(tpr_g); ``dp`` = range(selection_rate_g)
+    - ``auc_es`` = auc / (1 + std_g(auc_g)), population standard deviation (ddof = 0)
+    - segmentation: ``dsc_delta`` = range(dsc_g); ``dsc_skew`` = max_g(1 - dsc_g) /
+      min_g(1 - dsc_g); ``dsc_std`` = std_g(dsc_g) (ddof = 0); ``dsc_es`` = dsc / (1 + dsc_std)
+    - thresholds: a number or "val:..." chosen on a validation set; never the test set.
+    """
+    return Convention("paper", False, "unit", "clip_eps", _gaps(Gap("eqodds", ("tpr", "fpr"), "mean_range")), _SEG_GAPS, False)
+
+
+def fairmedfm() -> Convention:
+    """The FairMedFM reference code's behaviour, quirks included.
+
+    Differences from `paper` (everything else is the same):
+
+    - prediction: yhat = 1 if s > t (strict)
+    - threshold "best_f1_on_test" is allowed: t = the scikit-learn precision_recall_curve
+      threshold with the highest F1 = 2 p r / (p + r + 1e-8) on the scored set itself; on
+      ties the first (lowest) such threshold. With the strict ``>`` the samples scored exactly
+      t are then predicted negative, as in the reference.
+    - ``ece``: 10 equal-width bins spanning [min(s), max(s)] of the samples being scored
+      (pandas.cut with 10 bins: right-closed, the lowest edge lowered by 0.1% of the range;
+      when all s are equal the range is widened by 0.1% each side), empty bins dropped,
+      ECE = sum_b (n_b / n) |mean_b(s) - mean_b(y)|. Each group's ECE is re-binned over the
+      group's own range.
+    - ``bce``: -mean(y log s + (1 - y) log(1 - s)) with each log floored at -100
+      (torch.nn.BCELoss)
+    - ``eqodds`` = 1 - (range(tpr_g) + range(tnr_g)) / 2 (higher is fairer)
+    - ``eqopp`` = range(tpr_g), the reference's "eo"
+    """
+    return Convention(
+        "fairmedfm", True, "range", "log_floor", _gaps(Gap("eqodds", ("tpr", "tnr"), "one_minus_mean_range")), _SEG_GAPS, True
+    )
+
+
+def fairlearn() -> Convention:
+    """fairlearn's definitions for the parity gaps; `paper` for everything else.
+
+    - ``eqodds`` = max(range(tpr_g), range(fpr_g)): fairlearn.metrics.equalized_odds_difference
+      with method="between_groups", agg="worst_case"
+    - ``dp`` = range(selection_rate_g): fairlearn.metrics.demographic_parity_difference
+    - ``eqopp`` = range(tpr_g): fairlearn.metrics.equal_opportunity_difference
+    - prediction yhat = 1 if s >= t; ``ece``, ``bce``, ``auc`` and the other gaps as `paper`.
+    """
+    return Convention("fairlearn", False, "unit", "clip_eps", _gaps(Gap("eqodds", ("tpr", "fpr"), "max_range")), _SEG_GAPS, False)
+
+
+CONVENTIONS: Mapping[str, Convention] = {c.name: c for c in (paper(), fairmedfm(), fairlearn())}
+
+
+def get_convention(name: str | Convention) -> Convention:
+    """The convention called `name` ("paper", "fairmedfm" or "fairlearn")."""
+    if isinstance(name, Convention):
+        return name
+    try:
+        return CONVENTIONS[name]
+    except KeyError:
+        raise UnknownNameError(
+            f"unknown metric convention {name!r}{did_you_mean(str(name), list(CONVENTIONS))}; "
+            f"choose one of {', '.join(CONVENTIONS)}"
+        ) from None
+
+
+def apply_gaps(
+    gaps: tuple[Gap, ...], per_group: Mapping[str, np.ndarray], overall: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Every gap of the table, each (B,), from per-group (B, G) and overall (B,) values."""
+    out = {}
+    for gap in gaps:
+        fn = AGGREGATES[gap.aggregate]
+        with np.errstate(invalid="ignore"):
+            out[gap.name] = fn([per_group[m] for m in gap.metrics], [overall[m] for m in gap.metrics])
+    return out
