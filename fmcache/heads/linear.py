@@ -1,0 +1,40 @@
+"""Linear probe (ERM): logistic regression, binary per label or softmax over classes."""
+
+from __future__ import annotations
+
+import jax
+
+from fmcache.heads.types import (
+    Batch,
+    HeadSpec,
+    HeadType,
+    Hparams,
+    Params,
+    State,
+    dense,
+    dense_init,
+    masked_mean,
+    per_row_loss,
+    squeeze_binary,
+)
+
+
+def init(key: jax.Array, spec: HeadSpec, hp: Hparams) -> Params:
+    return dense_init(key, spec.d, spec.n_out)
+
+
+def logits(params: Params, x: jax.Array, g: jax.Array | None = None) -> jax.Array:
+    return squeeze_binary(dense(params, x))
+
+
+def loss(params: Params, state: State, batch: Batch, hp: Hparams) -> tuple[jax.Array, State]:
+    return masked_mean(per_row_loss(logits(params, batch.x), batch.y), batch.m), state
+
+
+LINEAR = HeadType(
+    name="linear",
+    init=init,
+    loss=loss,
+    predict=logits,
+    description="logistic regression on the features (ERM)",
+)

@@ -1,0 +1,43 @@
+"""How many heads fit in memory at once, so a large stack is trained in chunks."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+
+_BYTES = 4  # float32
+
+
+def default_budget() -> int:
+    """Bytes a stack may use: a quarter of the accelerator's memory, or of RAM on CPU (<= 4 GiB)."""
+    try:
+        stats = jax.devices()[0].memory_stats() or {}
+    except (RuntimeError, AttributeError, NotImplementedError, ValueError):  # backends without memory statistics
+        stats = {}
+    if "bytes_limit" in stats:
+        return int(stats["bytes_limit"]) // 4
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        ram = 8 << 30
+    return min(ram // 4, 4 << 30)
+
+
+def heads_per_chunk(n_heads: int, per_head_bytes: int, budget: int | None = None, cap: int | None = None) -> int:
+    """The chunk size along the head axis: as many heads as fit in ``budget``, at least one."""
+    budget = default_budget() if budget is None else budget
+    fit = max(1, int(budget // max(per_head_bytes, 1)))
+    if cap is not None:
+        fit = min(fit, cap)
+    return min(n_heads, fit)
+
+
+def train_bytes_per_head(n_params: int, batch_size: int, width: int) -> int:
+    """Parameters, two Adam moments, gradient and a temporary, plus the batch activations."""
+    return _BYTES * (5 * n_params + 4 * batch_size * width)
+
+
+def solve_bytes_per_head(n_params: int, n_rows: int, n_out: int, history: int) -> int:
+    """Full-batch solver: logits and residuals over all rows, plus the L-BFGS history."""
+    return _BYTES * (6 * n_rows * n_out + (2 * history + 8) * n_params)

@@ -1,0 +1,330 @@
+"""Train a stack of K heads of one type at once, and score features with them.
+
+The K heads share every minibatch: inside one jitted ``lax.scan`` over steps, the head
+axis is a ``jax.vmap`` whose per-head matrix products against the shared batch fuse into
+one batched product per step. A stack too large for memory is trained in chunks of heads.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from numpy.typing import ArrayLike
+
+from fmcache.errors import HeadInputError, UnknownNameError, did_you_mean
+from fmcache.heads import inputs, memory
+from fmcache.heads.optim import adamw_init, adamw_update, cosine_lr
+from fmcache.heads.registry import HEADS
+from fmcache.heads.types import Batch, HeadSpec, HeadType, positive_score
+
+SOLVERS = ("adamw", "lbfgs")
+
+
+@dataclass
+class FitResult:
+    """A trained stack: parameters and hyperparameters with a leading axis of K heads.
+
+    Attributes
+    ----------
+    head : the head type's name.
+    params : pytree of NumPy arrays, each (K, ...).
+    hparams : every hyperparameter of every head (defaults filled in), each (K,).
+    state : the heads' final training state (GroupDRO: ``{"q": (K, G)}``), NumPy.
+    spec : the static shape facts the heads were built with.
+    log : ``loss`` (K, epochs) mean training loss per epoch (``adamw``) or ``iterations``,
+        ``converged`` and ``grad_norm`` per head (``lbfgs``); ``seconds``, ``chunks``,
+        ``heads_per_chunk``, ``solver``, ``seed``.
+    """
+
+    head: str
+    params: Any
+    hparams: dict[str, np.ndarray]
+    state: Any
+    spec: HeadSpec
+    log: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_heads(self) -> int:
+        return int(next(iter(self.hparams.values())).shape[0])
+
+    def predict(self, X: ArrayLike, groups: ArrayLike | None = None) -> np.ndarray:
+        """Scores of every head on ``X``; see ``predict_stack``."""
+        return predict_stack(self.head, self.params, X, groups=groups, attribute=self.hparams.get("attribute"))
+
+
+def get_head(head: str | HeadType) -> HeadType:
+    """The registered head type of that name (a HeadType passes through)."""
+    if isinstance(head, HeadType):
+        return head
+    if head not in HEADS:
+        raise UnknownNameError(f"unknown head type {head!r}{did_you_mean(head, sorted(HEADS))}; known: {', '.join(sorted(HEADS))}")
+    return HEADS[head]
+
+
+def fit_stack(
+    head: str | HeadType,
+    X: ArrayLike,
+    y: ArrayLike,
+    groups: ArrayLike | None = None,
+    hparams: Mapping[str, ArrayLike] | None = None,
+    *,
+    n_heads: int | None = None,
+    n_classes: int = 2,
+    epochs: int = 100,
+    batch_size: int = 128,
+    seed: int = 0,
+    solver: str = "adamw",
+    prototypes: ArrayLike | None = None,
+    logit_scale: float = 100.0,
+    hidden: int = 128,
+    max_iter: int = 1000,
+    tol: float = 1e-5,
+    memory_budget: int | None = None,
+    max_heads_per_chunk: int | None = None,
+) -> FitResult:
+    """Train K heads of one type together on the same training rows.
+
+    Parameters
+    ----------
+    head : a name in ``HEADS`` or a HeadType.
+    X : (n, d) float features of the training rows; NaN / inf is refused.
+    y : (n,) or (n, C) integer labels, -1 = unknown (masked per head). With ``n_classes``
+        > 2 a column holds class ids for one softmax task; otherwise each column is a
+        binary task.
+    groups : (n,) or (n, A) integer sensitive-attribute groups, -1 = unknown. Heads that
+        use groups leave rows of unknown group out of their training.
+    hparams : per-head hyperparameters, each a scalar or a length-K array: ``lr``,
+        ``weight_decay``, ``seed`` (parameter initialisation), ``label`` (column of y),
+        ``attribute`` (column of groups), and the head's own (``HEADS[name].hparams``:
+        ``dro_step``, ``adv_coeff``, ``alternate``, ``penalty``). With ``solver="lbfgs"``:
+        ``C`` (scikit-learn's inverse L2 strength) and ``label`` only.
+    n_heads : K, where no hyperparameter is an array.
+    n_classes : classes of the task (2: one logit per head).
+    epochs, batch_size : minibatch AdamW with a cosine schedule to 0 over all steps; the
+        batch order is drawn from ``seed`` and shared by all heads.
+    solver : ``"adamw"`` (every head type) or ``"lbfgs"`` (``linear`` only): full-batch,
+        minimising scikit-learn's objective sum(logloss) + ||w||^2 / (2C), intercept free.
+    prototypes, logit_scale : the text prototypes (C, T, D) and logit scale that
+        ``clip_adapt`` starts from.
+    hidden : LAFTR's encoder width.
+    max_iter, tol : the ``lbfgs`` solver's limits (tol on the preconditioned gradient of
+        the loss averaged over rows).
+    memory_budget, max_heads_per_chunk : bound on the bytes (default: a quarter of the
+        device's memory) or heads trained at once; larger stacks run in chunks.
+
+    Returns
+    -------
+    FitResult
+        Parameters stacked over K, the filled-in hyperparameters, final state and a log.
+    """
+    ht = get_head(head)
+    if not ht.trainable:
+        raise HeadInputError(f"head {ht.name!r} is not trained; build its parameters directly (zeroshot_params)")
+    if solver not in SOLVERS:
+        raise HeadInputError(f"unknown solver {solver!r}; choose one of {SOLVERS}")
+    if solver == "lbfgs" and ht.name != "linear":
+        raise HeadInputError(f"solver 'lbfgs' fits the 'linear' head only, not {ht.name!r}")
+    if epochs < 1 or batch_size < 1:
+        raise HeadInputError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
+    X = inputs.check_features(X)
+    n, d = X.shape
+    Y = inputs.as_columns(y, n, "labels")
+    G = inputs.as_columns(groups, n, "groups")
+    if prototypes is not None:
+        n_classes = int(np.asarray(prototypes).shape[0])
+    if ht.name == "clip_adapt" and prototypes is None:
+        raise HeadInputError("head 'clip_adapt' starts from the model's text prototypes: pass prototypes=")
+    if n_classes < 2:
+        raise HeadInputError(f"n_classes must be >= 2, got {n_classes}")
+
+    if solver == "lbfgs":
+        for key in ("lr", "weight_decay"):
+            if hparams and key in hparams:
+                raise HeadInputError(f"solver 'lbfgs' takes the L2 strength as C (scikit-learn's), not {key!r}")
+        hp, K = inputs.check_hparams(ht, hparams, n_heads, extra={"C": 1.0})
+    else:
+        hp, K = inputs.check_hparams(ht, hparams, n_heads)
+    inputs.check_columns(hp, Y, G)
+    inputs.check_trainable(ht, hp, Y, G, n_classes)
+    n_groups = max(2, int(G.max()) + 1) if G is not None else 2
+    spec = HeadSpec(d=d, n_classes=n_classes, n_groups=n_groups, hidden=hidden, prototypes=None if prototypes is None else np.asarray(prototypes, np.float32), logit_scale=float(logit_scale))
+
+    start = time.perf_counter()
+    if solver == "lbfgs":
+        from fmcache.heads.lbfgs import fit_logistic
+
+        params, log = fit_logistic(X, Y, hp["C"], hp["label"], n_classes=n_classes, max_iter=max_iter, tol=tol, memory_budget=memory_budget, max_heads_per_chunk=max_heads_per_chunk)
+        state: Any = {}
+    else:
+        params, state, log = _fit_adamw(ht, spec, X, Y, G, hp, K, epochs, batch_size, seed, memory_budget, max_heads_per_chunk)
+    log.update(seconds=time.perf_counter() - start, solver=solver, seed=seed)
+    return FitResult(head=ht.name, params=params, hparams=hp, state=state, spec=spec, log=log)
+
+
+def cell_counts(Y: np.ndarray, G: np.ndarray | None, hp: Mapping[str, np.ndarray], n_groups: int, n_classes: int) -> np.ndarray:
+    """(K, groups, classes) training rows per (group, label) cell of each head."""
+    K = hp["label"].shape[0]
+    out = np.zeros((K, n_groups, n_classes), np.float32)
+    cache: dict[tuple[int, int], np.ndarray] = {}
+    for k, (label, attr) in enumerate(zip(hp["label"].tolist(), hp["attribute"].tolist())):
+        if (label, attr) not in cache:
+            yv = Y[:, label]
+            gv = G[:, attr] if G is not None else np.zeros_like(yv)
+            ok = (yv >= 0) & (gv >= 0)
+            c = np.zeros((n_groups, n_classes), np.float32)
+            np.add.at(c, (gv[ok], yv[ok]), 1.0)
+            cache[(label, attr)] = c
+        out[k] = cache[(label, attr)]
+    return out
+
+
+def _fit_adamw(ht: HeadType, spec: HeadSpec, X: np.ndarray, Y: np.ndarray, G: np.ndarray | None, hp: dict[str, np.ndarray], K: int, epochs: int, batch_size: int, seed: int, memory_budget: int | None, cap: int | None) -> tuple[Any, Any, dict[str, Any]]:
+    n = X.shape[0]
+    batch_size = min(batch_size, n)
+    steps_per_epoch = -(-n // batch_size)
+    full_hp = {**hp, "cell_counts": cell_counts(Y, G, hp, spec.n_groups, spec.n_classes)}
+    Gc = G if G is not None else np.zeros((n, 1), np.int32)
+
+    one = {k: v[:1] for k, v in full_hp.items()}
+    shapes = jax.eval_shape(lambda h: _init(ht, spec, h), {k: jnp.asarray(v) for k, v in one.items()})[0]
+    n_params = sum(int(np.prod(s.shape[1:])) for s in jax.tree_util.tree_leaves(shapes))
+    width = spec.n_out * spec.n_groups + spec.hidden + spec.n_groups + 8
+    chunk = memory.heads_per_chunk(K, memory.train_bytes_per_head(n_params, batch_size, width), memory_budget, cap)
+
+    trainer = _trainer(ht, epochs, steps_per_epoch, batch_size)
+    Xj, Yj, Gj = jnp.asarray(X), jnp.asarray(Y), jnp.asarray(Gc)
+    key = jax.random.PRNGKey(seed)
+    parts = []
+    for lo in range(0, K, chunk):
+        # the last chunk is padded with copies of its last head, so every chunk has one
+        # shape and the trainer compiles once
+        idx = np.minimum(np.arange(lo, lo + chunk), K - 1)
+        h = {k: jnp.asarray(v[idx]) for k, v in full_hp.items()}
+        params, state = _init(ht, spec, h)
+        out = trainer(params, state, Xj, Yj, Gj, h, key)
+        take = min(chunk, K - lo)
+        parts.append(jax.tree_util.tree_map(lambda a, take=take: np.asarray(a)[:take], out))
+    params, state, loss = (jax.tree_util.tree_map(lambda *a: np.concatenate(a), *[p[i] for p in parts]) for i in range(3))
+    return params, state, {"loss": loss, "chunks": len(parts), "heads_per_chunk": chunk, "steps": epochs * steps_per_epoch}
+
+
+def _init(ht: HeadType, spec: HeadSpec, hp: Mapping[str, jax.Array]) -> tuple[Any, Any]:
+    keys = jax.vmap(jax.random.PRNGKey)(hp["seed"])
+    params = jax.vmap(lambda k, h: ht.init(k, spec, h))(keys, hp)
+    state = jax.vmap(lambda h: ht.init_state(spec, h))(hp)
+    return params, state
+
+
+@functools.lru_cache(maxsize=32)
+def _trainer(ht: HeadType, epochs: int, steps_per_epoch: int, batch_size: int) -> Any:
+    total = epochs * steps_per_epoch
+
+    def head_step(p: Any, o: Any, s: Any, h: Any, xb: jax.Array, yb: jax.Array, gb: jax.Array, vb: jax.Array, t: jax.Array) -> tuple[Any, Any, Any, jax.Array]:
+        y = yb[:, h["label"]]
+        g = gb[:, h["attribute"]]
+        known = vb & (y >= 0)
+        gknown = (known & (g >= 0)).astype(jnp.float32)
+        m = gknown if ht.uses_groups else known.astype(jnp.float32)
+        batch = Batch(x=xb, y=jnp.maximum(y, 0), g=jnp.maximum(g, 0), m=m, gm=gknown, step=t)
+        (loss, s), grads = jax.value_and_grad(ht.loss, has_aux=True)(p, s, batch, h)
+        p, o = adamw_update(p, grads, o, cosine_lr(h["lr"], t, total), h["weight_decay"], t)
+        return p, o, s, loss
+
+    stacked_step = jax.vmap(head_step, in_axes=(0, 0, 0, 0, None, None, None, None, None))
+
+    def run(params: Any, state: Any, X: jax.Array, Y: jax.Array, G: jax.Array, hp: Any, key: jax.Array) -> tuple[Any, Any, jax.Array]:
+        n = X.shape[0]
+        pad = steps_per_epoch * batch_size - n
+        valid = (jnp.arange(steps_per_epoch * batch_size) < n).reshape(steps_per_epoch, batch_size)
+
+        def epoch(carry: Any, inp: tuple[jax.Array, jax.Array]) -> tuple[Any, jax.Array]:
+            ekey, e = inp
+            order = jnp.concatenate([jax.random.permutation(ekey, n), jnp.zeros((pad,), jnp.int32)]).reshape(steps_per_epoch, batch_size)
+
+            def step(carry: Any, inp: tuple[jax.Array, jax.Array, jax.Array]) -> tuple[Any, jax.Array]:
+                p, o, s = carry
+                rows, v, j = inp
+                p, o, s, loss = stacked_step(p, o, s, hp, X[rows], Y[rows], G[rows], v, e * steps_per_epoch + j)
+                return (p, o, s), loss
+
+            carry, losses = jax.lax.scan(step, carry, (order, valid, jnp.arange(steps_per_epoch)))
+            return carry, jnp.mean(losses, axis=0)
+
+        carry = (params, jax.vmap(adamw_init)(params), state)
+        (params, _, state), losses = jax.lax.scan(epoch, carry, (jax.random.split(key, epochs), jnp.arange(epochs)))
+        return params, state, losses.T
+
+    return jax.jit(run)
+
+
+def predict_stack(
+    head: str | HeadType,
+    params: Any,
+    X: ArrayLike,
+    *,
+    groups: ArrayLike | None = None,
+    attribute: ArrayLike | None = None,
+    logits: bool = False,
+    memory_budget: int | None = None,
+) -> np.ndarray:
+    """Scores of K stacked heads on the rows of ``X``.
+
+    Parameters
+    ----------
+    head : a name in ``HEADS`` or a HeadType.
+    params : parameters stacked over K (``FitResult.params`` or ``zeroshot_params``).
+    X : (n, d) features; NaN / inf is refused.
+    groups : (n,) or (n, A) groups, used by heads that can score with the known group
+        (``domain_ind``); without it they average over groups.
+    attribute : (K,) column of ``groups`` for each head (default column 0).
+    logits : return logits instead of probabilities.
+
+    Returns
+    -------
+    np.ndarray
+        float32 (K, n): the probability of class 1 for two-class heads; (K, n, C) class
+        probabilities (or logits) for more classes.
+    """
+    ht = get_head(head)
+    X = inputs.check_features(X)
+    n = X.shape[0]
+    K = int(jax.tree_util.tree_leaves(params)[0].shape[0])
+    G = inputs.as_columns(groups, n, "groups")
+    gsel = None
+    if G is not None:
+        attr = np.zeros(K, np.int32) if attribute is None else np.broadcast_to(np.asarray(attribute, np.int32), (K,))
+        if np.any(attr >= G.shape[1]):
+            raise HeadInputError(f"attribute column {int(attr.max())} requested but groups has {G.shape[1]} column(s)")
+        gsel = jnp.asarray(G[:, attr].T)  # (K, n)
+    to_score = _identity if logits else positive_score
+
+    leaves = jax.tree_util.tree_leaves(params)
+    width = max(int(np.prod(a.shape[1:])) // max(X.shape[1], 1) for a in leaves) + 8
+    rows = max(1, min(n, (memory_budget or memory.default_budget()) // (4 * 4 * K * width)))
+    fn = _predictor(ht, gsel is not None, to_score)
+    Xj = jnp.asarray(X)
+    out = []
+    for lo in range(0, n, rows):
+        # pad the last block to the common size so the predictor compiles once
+        sel = np.minimum(np.arange(lo, lo + rows), n - 1)
+        g = gsel[:, sel] if gsel is not None else None
+        out.append(np.asarray(fn(params, Xj[sel], g))[:, : min(rows, n - lo)])
+    return np.concatenate(out, axis=1)
+
+
+def _identity(z: jax.Array) -> jax.Array:
+    return z
+
+
+@functools.lru_cache(maxsize=32)
+def _predictor(ht: HeadType, with_groups: bool, to_score: Any) -> Any:
+    if with_groups:
+        return jax.jit(jax.vmap(lambda p, x, g: to_score(ht.predict(p, x, g)), in_axes=(0, None, 0)))
+    return jax.jit(jax.vmap(lambda p, x, g: to_score(ht.predict(p, x, None)), in_axes=(0, None, None)))

@@ -1,0 +1,137 @@
+"""The one shape every head shares: init, loss, predict (plus an optional training state).
+
+A head type is data: a frozen record of pure functions of one head's parameters. The
+training engine stacks K heads along a leading axis with ``jax.vmap``; nothing here knows
+about that axis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Params = Any  # a pytree of jax arrays
+State = Any  # a pytree of jax arrays (may be an empty dict)
+Hparams = Mapping[str, jax.Array]  # one head's scalars: lr, weight_decay, seed, label, ...
+
+
+class Batch(NamedTuple):
+    """One head's view of a minibatch: shared features, its own label and group columns."""
+
+    x: jax.Array  # (B, d) float32
+    y: jax.Array  # (B,) int32 class id; rows with m == 0 hold 0
+    g: jax.Array  # (B,) int32 group id; rows with unknown group hold 0
+    m: jax.Array  # (B,) float32: 1 where the row counts for this head's loss
+    gm: jax.Array  # (B,) float32: 1 where the row's group is known (and m == 1)
+    step: jax.Array  # () int32: optimiser step, for heads with alternating phases
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """Static facts a head's functions may close over: dimensions and fixed inputs.
+
+    Attributes
+    ----------
+    d : feature dimension.
+    n_classes : 2 for a binary task (one logit), more for softmax over classes.
+    n_groups : number of groups of the sensitive attribute (at least 2).
+    hidden : width of the encoder of heads that have one (LAFTR).
+    prototypes : (C, D) unit-norm class prototypes, for heads built on a text tower.
+    logit_scale : the CLIP model's logit scale (already exponentiated).
+    """
+
+    d: int
+    n_classes: int = 2
+    n_groups: int = 2
+    hidden: int = 128
+    prototypes: np.ndarray | None = field(default=None, compare=False)
+    logit_scale: float = 100.0
+
+    @property
+    def n_out(self) -> int:
+        return 1 if self.n_classes == 2 else self.n_classes
+
+
+def _no_state(spec: HeadSpec, hp: Hparams) -> State:
+    return {}
+
+
+@dataclass(frozen=True)
+class HeadType:
+    """A head: pure functions of one head's parameters.
+
+    Attributes
+    ----------
+    name : registry key.
+    init : ``(key, spec, hp) -> params``.
+    loss : ``(params, state, batch, hp) -> (scalar loss, new state)``; the new state (e.g.
+        GroupDRO's group weights) is carried to the next step and is not differentiated.
+    predict : ``(params, x, g) -> logits``, (n,) for two classes or (n, C); ``g`` is the
+        (n,) group id or None where the head can do without it.
+    init_state : ``(spec, hp) -> state``.
+    hparams : the head's own hyperparameters and their defaults (beyond lr, weight_decay,
+        seed, label, attribute).
+    uses_groups : the loss needs the sensitive attribute; rows with an unknown group are
+        left out of its training.
+    trainable : False for heads built without training (zero-shot).
+    multiclass : the head also handles more than two classes.
+    """
+
+    name: str
+    init: Callable[[jax.Array, HeadSpec, Hparams], Params]
+    loss: Callable[[Params, State, Batch, Hparams], tuple[jax.Array, State]]
+    predict: Callable[[Params, jax.Array, jax.Array | None], jax.Array]
+    init_state: Callable[[HeadSpec, Hparams], State] = _no_state
+    hparams: Mapping[str, float] = field(default_factory=dict, hash=False, compare=False)
+    uses_groups: bool = False
+    trainable: bool = True
+    multiclass: bool = True
+    description: str = ""
+
+
+# Small shared pieces the head modules build on.
+
+
+def dense_init(key: jax.Array, n_in: int, n_out: int) -> dict[str, jax.Array]:
+    """torch.nn.Linear's default initialisation: U(-1/sqrt(n_in), 1/sqrt(n_in)) for both."""
+    kw, kb = jax.random.split(key)
+    bound = 1.0 / np.sqrt(n_in)
+    return {
+        "w": jax.random.uniform(kw, (n_in, n_out), jnp.float32, -bound, bound),
+        "b": jax.random.uniform(kb, (n_out,), jnp.float32, -bound, bound),
+    }
+
+
+def dense(p: Mapping[str, jax.Array], x: jax.Array) -> jax.Array:
+    return x @ p["w"] + p["b"]
+
+
+def per_row_loss(logits: jax.Array, y: jax.Array) -> jax.Array:
+    """Cross-entropy per row: binary from (B,) or (B, 1) logits, softmax from (B, C)."""
+    if logits.ndim == 1 or logits.shape[-1] == 1:
+        z = logits.reshape(logits.shape[0])
+        # log(1 + e^z) - y z, written to stay finite for large |z|
+        return jax.nn.softplus(z) - y.astype(z.dtype) * z
+    return -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), y[:, None], axis=-1)[:, 0]
+
+
+def masked_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
+    return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def squeeze_binary(logits: jax.Array) -> jax.Array:
+    """(n, 1) logits of a binary head become (n,); multi-class logits stay (n, C)."""
+    return logits[:, 0] if logits.shape[-1] == 1 else logits
+
+
+def positive_score(logits: jax.Array) -> jax.Array:
+    """Logits to scores: P(class 1) for (n,) or (n, 2) logits, class probabilities for (n, C > 2)."""
+    if logits.ndim == 1:
+        return jax.nn.sigmoid(logits)
+    probs = jax.nn.softmax(logits, axis=-1)
+    return probs[:, 1] if logits.shape[-1] == 2 else probs
