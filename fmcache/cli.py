@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from fmcache.console import make_console
-from fmcache.errors import FmcacheError
+# JAX would otherwise reserve most of a GPU's memory, leaving none to the torch stage
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+from fmcache.console import make_console  # noqa: E402
+from fmcache.errors import FmcacheError  # noqa: E402
 
 app = typer.Typer(
     name="fmcache",
@@ -89,6 +93,120 @@ def embed(
     summary = run_embed(ds, model, root=root, weights=weights, batch_size=batch_size, device=device,
                         num_workers=num_workers, overwrite=overwrite, chunk_rows=chunk_rows)
     typer.echo(summary.line())
+
+
+def _csv(values: list[str] | None) -> list[str] | None:
+    out = [v.strip() for value in values or [] for v in value.split(",") if v.strip()]
+    return out or None
+
+
+@app.command()
+def probe(
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset name in the cache (`fmcache cache ls`).")],
+    model: Annotated[list[str], typer.Option("--model", "-m", help="Cached model(s): repeat or comma-separate; `all` = every cached model of the dataset.")],
+    heads: Annotated[
+        Optional[list[str]],
+        typer.Option("--heads", help="Head types, comma-separated: linear, resample, groupdro, laftr, laftr_eqodd, laftr_eqopp, "
+                     "fairpenalty, fairpenalty_eo, domain_ind, zeroshot, clip_adapt.", show_default=False),
+    ] = None,
+    sweep: Annotated[
+        str, typer.Option("--sweep", help="default: the benchmark's hyperparameters (lr 2.5e-4, wd 0.05, 100 epochs), linear unless "
+                          "--heads; all: every head type (or --heads) over its grid; or a YAML file of grids.")
+    ] = "default",
+    attributes: Annotated[Optional[list[str]], typer.Option("--attributes", "-a", help="Sensitive attributes (default: all).", show_default=False)] = None,
+    labels: Annotated[Optional[list[str]], typer.Option("--labels", "-l", help="Labels (default: all).", show_default=False)] = None,
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Initialisation seeds per grid point.")] = 1,
+    criterion: Annotated[str, typer.Option("--criterion", help="Validation selection: auc | worst_group_auc | tradeoff (auc - auc_delta).")] = "auc",
+    threshold: Annotated[str, typer.Option("--threshold", help="A number, or val / val:f1 / val:sensitivity:0.9 (chosen on validation).")] = "val",
+    convention: Annotated[str, typer.Option("--convention", help="Metric convention: paper | fairmedfm | fairlearn.")] = "paper",
+    n_boot: Annotated[int, typer.Option("--n-boot", min=0, help="Bootstrap resamples for the test intervals.")] = 1000,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Training epochs (default 100, or the sweep file's).", show_default=False)] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Minibatch size (default 128).", show_default=False)] = None,
+    feature_kind: Annotated[str, typer.Option("--feature-kind", help="auto (projected if the model has it) | image | image_proj.")] = "auto",
+    seed: Annotated[int, typer.Option("--seed", help="Seed of minibatch order and bootstrap resamples.")] = 0,
+    root: RootOpt = None,
+) -> None:
+    """Train fairness heads on cached embeddings, select on validation, evaluate on test.
+
+    Every head of one type is trained at once (JAX, vmapped). Heads are chosen per label and
+    attribute on the validation split by --criterion, then evaluated on the test split with
+    bootstrap intervals. Each (dataset, model) writes a run directory under <root>/runs.
+    Multi-class labels are not supported yet (binary and multi-label are).
+
+    Example: fmcache probe -d chexpert -m medclip --sweep all --attributes sex,age
+    """
+    import fmcache
+    from fmcache.heads.grids import load_sweep
+    from fmcache.heads.sweep import SweepConfig, run_sweep
+    from fmcache.heads.summary import headline
+
+    grids, settings = load_sweep(sweep, _csv(heads))
+    models = _csv(model) or []
+    if models == ["all"]:
+        models = fmcache.open_cache(root).models(dataset)
+    console = make_console()
+    for m in models:
+        cfg = SweepConfig(
+            dataset=dataset, model=m, heads=grids, labels=_csv(labels), attributes=_csv(attributes), seeds=seeds,
+            criterion=criterion, threshold=float(threshold) if _is_number(threshold) else threshold,
+            convention=convention, n_boot=n_boot, epochs=epochs or settings.get("epochs", 100),
+            batch_size=batch_size or settings.get("batch_size", 128), kind=feature_kind, seed=seed,
+        )
+        with console.status(f"{dataset}/{m}: loading") as status:
+            run = run_sweep(cfg, root=root, on_head=lambda h, k: status.update(f"{dataset}/{m}: training {k} {h} heads"))
+        _print_table(console, headline(run.metrics), f"{dataset}/{m} — test metrics of the heads chosen by val {criterion}")
+        for h, why in run.config["skipped"].items():
+            console.print(f"skipped {h}: {why}", markup=False)
+        console.print(f"run: {run.path}", markup=False)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _print_table(console, df, title: str) -> None:
+    from rich.table import Table
+
+    t = Table(title=title)
+    for col in df.columns:
+        t.add_column(col, overflow="fold")
+    for row in df.itertuples(index=False):
+        t.add_row(*[str(v) for v in row])
+    console.print(t)
+
+
+@app.command()
+def results(
+    run: Annotated[Optional[str], typer.Argument(help="Run name (from the list) or path; omit to list runs.", show_default=False)] = None,
+    csv: Annotated[Optional[Path], typer.Option("--csv", help="Write the run's full metric table to this CSV file.", show_default=False)] = None,
+    root: RootOpt = None,
+) -> None:
+    """List sweep runs, or show one run's headline table (and export its metrics as CSV).
+
+    From Python: fmcache.load_results(path) returns .metrics, .sweep, .predictions, .config.
+    """
+    from fmcache.heads.summary import headline
+    from fmcache.runs import list_runs, load_results, runs_dir
+
+    console = make_console()
+    if run is None:
+        runs = list_runs(root)
+        if runs.empty:
+            typer.echo(f"no runs under {runs_dir(root)} yet: `fmcache probe` makes them")
+            return
+        _print_table(console, runs.drop(columns=["path"]), f"runs under {runs_dir(root)}")
+        return
+    path = Path(run) if Path(run).exists() else runs_dir(root) / run
+    r = load_results(path)
+    for label in r.metrics["label"].unique():
+        _print_table(console, headline(r.metrics, label), f"{r.path.name} — label {label}")
+    if csv is not None:
+        r.metrics.to_csv(csv, index=False)
+        typer.echo(f"wrote {len(r.metrics)} rows to {csv}")
 
 
 @app.command()

@@ -39,6 +39,7 @@ def _step_embed(ctx: DemoContext) -> None:
     summary = embed(ds, ctx.model, root=ctx.root, overwrite=ctx.overwrite)
     ctx.console.print(summary.line())
     ctx.facts["dataset"] = ds.name
+    ctx.facts["planted"] = planted
 
 
 def _step_show_cache(ctx: DemoContext) -> None:
@@ -60,9 +61,45 @@ def _step_show_cache(ctx: DemoContext) -> None:
     )
 
 
+def _step_sweep(ctx: DemoContext) -> None:
+    from fmcache.heads.grids import load_sweep
+    from fmcache.heads.summary import headline
+    from fmcache.heads.sweep import SweepConfig, run_sweep
+
+    grids, _ = load_sweep("all", None)
+    cfg = SweepConfig(dataset=ctx.facts["dataset"], model=ctx.model, heads=grids, n_boot=1000)
+    with ctx.console.status("training") as status:
+        run = run_sweep(cfg, root=ctx.root, on_head=lambda h, k: status.update(f"training {k} {h} heads at once"))
+    table = headline(run.metrics)
+    ctx.console.print(table.to_string(index=False), markup=False, highlight=False)
+    for head, why in run.config["skipped"].items():
+        ctx.console.print(f"skipped {head}: {why}", markup=False)
+    ctx.console.print(f"run: {run.path}  (fmcache results {run.path.name})", markup=False)
+    ctx.facts["run"] = run
+
+
+def _step_verdict(ctx: DemoContext) -> None:
+    from fmcache.heads.summary import compare_to_baseline, sentences
+
+    attribute = ctx.facts["planted"].get("attribute", "sex")
+    comparison = compare_to_baseline(ctx.facts["run"].metrics, attribute)
+    base = ctx.facts["run"].metrics.query(
+        f"head == 'linear' and attribute == '{attribute}' and metric == 'auc_delta' and group == 'gap'"
+    ).iloc[0]
+    ctx.console.print(
+        f"The linear probe (ERM) shows an AUC gap of {base['value']:.3f} [{base['ci_low']:.3f}, {base['ci_high']:.3f}] "
+        f"between {attribute} groups on test. Each mitigation, on the gap it targets:",
+        markup=False,
+    )
+    for line in sentences(comparison, attribute):
+        ctx.console.print(f"  - {line}", markup=False)
+
+
 STEPS: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("embed the synthetic dataset", _step_embed),
     ("show what the cache holds", _step_show_cache),
+    ("sweep every head type on the cached features", _step_sweep),
+    ("which heads reduce the planted disparity, and at what cost", _step_verdict),
 ]
 
 

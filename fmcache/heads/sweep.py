@@ -1,0 +1,205 @@
+"""A sweep: train every head type over its grid from one cache entry, select on validation,
+evaluate the selected heads on test with bootstrap intervals, and write a run directory."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from fmcache import __version__
+from fmcache.cache.reader import open_cache
+from fmcache.fairness import evaluate
+from fmcache.heads.cached import ProbeData, load_probe_data
+from fmcache.heads.grids import Grid, points
+from fmcache.heads.registry import HEADS
+from fmcache.heads.selection import criterion_value, select, validation_scores
+from fmcache.heads.train import fit_stack, predict_stack
+from fmcache.heads.zeroshot import zeroshot_params
+from fmcache.runs import Run, load_results, new_run_dir, write_run
+
+TEXT_HEADS = ("zeroshot", "clip_adapt")
+
+
+@dataclass
+class SweepConfig:
+    """What a sweep trains and how it selects and evaluates (recorded in the run)."""
+
+    dataset: str
+    model: str
+    heads: dict[str, Grid]
+    labels: list[str] | None = None
+    attributes: list[str] | None = None
+    seeds: int = 1
+    criterion: str = "auc"
+    threshold: str | float = "val"
+    convention: str = "paper"
+    n_boot: int = 1000
+    epochs: int = 100
+    batch_size: int = 128
+    kind: str = "auto"
+    seed: int = 0  # minibatch order and bootstrap resamples
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Trained:
+    head: str
+    hparams: pd.DataFrame  # one row per head in the stack
+    val: np.ndarray  # (K, n_val)
+    test: np.ndarray  # (K, n_test)
+
+
+def run_sweep(cfg: SweepConfig, *, root: str | os.PathLike[str] | None = None,
+              on_head: Callable[[str, int], None] | None = None) -> Run:
+    """Run a sweep and write its run directory; returns the loaded :class:`Run`.
+
+    ``on_head(name, n_heads)`` is called before each head type trains (progress display).
+    """
+    emb = open_cache(root).embeddings(cfg.dataset, cfg.model)
+    data = load_probe_data(emb, labels=cfg.labels, attributes=cfg.attributes, kind=cfg.kind)
+    trained, skipped = [], {}
+    for head, grid in cfg.heads.items():
+        why = _not_applicable(head, data)
+        if why:
+            skipped[head] = why
+            continue
+        stack = _stack(head, grid, data, cfg.seeds)
+        if on_head:
+            on_head(head, len(stack))
+        trained.append(_train(head, stack, data, cfg))
+
+    sweep_rows, metric_blocks, predictions = [], [], {}
+    for t in trained:
+        for (li, ai), pos, table in _selections(t, data, cfg.criterion):
+            sweep_rows.append(table.assign(head=t.head, label=data.labels[li], attribute=data.attributes[ai]))
+            if pos is None:
+                continue
+            k = int(table.index[pos])
+            metric_blocks.append(_evaluate(t, k, li, ai, data, cfg).assign(
+                head=t.head, hparams=json.dumps(_hp(t.hparams.loc[k])), criterion=cfg.criterion,
+                val_criterion=float(table["criterion"].iloc[pos]),
+            ))
+            predictions[prediction_key(t.head, data.labels[li], data.attributes[ai])] = {
+                "score": t.test[k].astype(np.float32), "row": data.test_rows, "id": data.test_ids,
+                "y": data.y["test"][:, li], "group": data.g["test"][:, ai],
+            }
+    metrics = pd.concat(metric_blocks, ignore_index=True) if metric_blocks else pd.DataFrame()
+    metrics = metrics.assign(dataset=cfg.dataset, model=cfg.model)
+    sweep = pd.concat(sweep_rows, ignore_index=True) if sweep_rows else pd.DataFrame()
+    path = new_run_dir(f"{cfg.dataset}-{cfg.model}", root)
+    write_run(path, config=_config(cfg, data, trained, skipped), metrics=metrics, sweep=sweep, predictions=predictions)
+    return load_results(path)
+
+
+def prediction_key(head: str, label: str, attribute: str) -> str:
+    """Name of a selected head's predictions in a run ("/" would nest Zarr groups)."""
+    return f"{head}.{label}.{attribute}".replace("/", "_")
+
+
+def _not_applicable(head: str, data: ProbeData) -> str:
+    if head in TEXT_HEADS:
+        if not data.text:
+            return "the model has no text tower (no text prototypes in the cache)"
+        if data.kind != "image_proj":
+            return "text prototypes live in the projected space: use --feature-kind image_proj"
+        if _prompt_label(data) is None:
+            return f"the prompts are for label {data.text['prompts'].get('label')!r}, which this sweep does not include"
+    return ""
+
+
+def _prompt_label(data: ProbeData) -> int | None:
+    label = data.text["prompts"].get("label") or data.labels[0]
+    return data.labels.index(label) if label in data.labels else None
+
+
+def _stack(head: str, grid: Grid, data: ProbeData, seeds: int) -> pd.DataFrame:
+    """One row per head to train: its grid point, init seed, label column and attribute column."""
+    ht = HEADS[head]
+    if head in TEXT_HEADS:
+        labels = [_prompt_label(data)]
+    else:
+        labels = range(len(data.labels))
+    attrs = range(len(data.attributes)) if ht.uses_groups else [0]
+    seed_list = [0] if head == "zeroshot" else range(seeds)
+    rows = [
+        {**p, "seed": s, "label": li, "attribute": ai}
+        for p in points(grid) for s in seed_list for li in labels for ai in attrs
+    ]
+    return pd.DataFrame(rows)
+
+
+def _train(head: str, stack: pd.DataFrame, data: ProbeData, cfg: SweepConfig) -> _Trained:
+    if head == "zeroshot":
+        params = zeroshot_params(data.text["prototypes"], data.text["logit_scale"])
+        predict = lambda X, g: predict_stack("zeroshot", params, X)  # noqa: E731
+    else:
+        hp = {c: stack[c].to_numpy() for c in stack.columns}
+        if "C" in hp:  # scikit-learn's L2 strength: the exact full-batch solver
+            hp = {k: hp[k] for k in ("C", "label")}
+            solver = "lbfgs"
+        else:
+            solver = "adamw"
+        fit = fit_stack(
+            head, data.X["train"], data.y["train"], data.g["train"], hp, epochs=cfg.epochs, batch_size=cfg.batch_size,
+            seed=cfg.seed, solver=solver, prototypes=data.text.get("prototypes"),
+            logit_scale=float(data.text.get("logit_scale", 100.0)),
+        )
+        predict = fit.predict
+    return _Trained(head, stack, predict(data.X["val"], data.g["val"]), predict(data.X["test"], data.g["test"]))
+
+
+def _selections(t: _Trained, data: ProbeData, criterion: str):
+    """For each (label, attribute): the candidate heads' validation table and the chosen position."""
+    uses_groups = HEADS[t.head].uses_groups
+    for li in sorted(t.hparams["label"].unique()):
+        for ai in range(len(data.attributes)):
+            mask = t.hparams["label"] == li
+            if uses_groups:
+                mask &= t.hparams["attribute"] == ai
+            ks = t.hparams.index[mask]
+            table = validation_scores(data.y["val"][:, li], t.val[ks], data.g["val"][:, ai])
+            table.index = ks
+            table = pd.concat([t.hparams.loc[ks], table], axis=1)
+            table["criterion"] = criterion_value(table, criterion).to_numpy()
+            pos = select(table["criterion"])
+            table["selected"] = [i == pos for i in range(len(table))]
+            yield (int(li), ai), pos, table
+
+
+def _evaluate(t: _Trained, k: int, li: int, ai: int, data: ProbeData, cfg: SweepConfig) -> pd.DataFrame:
+    attr = data.attributes[ai]
+    names = data.group_names.get(attr) or None
+    return evaluate(
+        data.y["test"][:, li], t.test[k], {attr: data.g["test"][:, ai]}, threshold=cfg.threshold, convention=cfg.convention,
+        n_boot=cfg.n_boot, seed=cfg.seed, y_val=data.y["val"][:, li], score_val=t.val[k],
+        group_names={attr: names} if names else None,
+    ).assign(label=data.labels[li])
+
+
+def _hp(row: pd.Series) -> dict[str, float]:
+    return {k: (int(v) if k in ("seed", "label", "attribute") else float(v)) for k, v in row.items()}
+
+
+def _config(cfg: SweepConfig, data: ProbeData, trained: list[_Trained], skipped: dict[str, str]) -> dict[str, Any]:
+    import jax
+
+    return {
+        **asdict(cfg),
+        "heads": list(cfg.heads),
+        "grids": cfg.heads,
+        "labels": data.labels,
+        "attributes": data.attributes,
+        "group_names": data.group_names,
+        "feature_kind": data.kind,
+        "heads_trained": {t.head: len(t.hparams) for t in trained},
+        "skipped": skipped,
+        "cache": {k: data.provenance.get(k) for k in ("weights_id", "weights_sha256", "preprocess", "row_fingerprint", "created")},
+        "versions": {"fmcache": __version__, "jax": jax.__version__, "numpy": np.__version__},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }

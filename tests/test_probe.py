@@ -1,0 +1,157 @@
+"""`fmcache probe` end to end on a cache written directly: sweep, selection, results, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fmcache.cache.store import open_root
+from fmcache.cache.writer import open_entry, write_samples
+from fmcache.datasets import load_dataset
+from fmcache.errors import FmcacheError, HeadInputError
+from fmcache.fairness import evaluate
+from fmcache.heads.grids import load_sweep
+from fmcache.heads.sweep import SweepConfig, run_sweep
+
+D = 16
+
+
+def _cache(root, *, n=300, chunk_rows=64, finish=True, poison=False) -> None:
+    """The synthetic samples table with features that carry the label, more weakly for sex 1."""
+    ds = load_dataset("synthetic", options={"size": str(n), "image_size": "32"})
+    t = ds.table
+    rng = np.random.default_rng(0)
+    y = t["label/lesion"].to_numpy()
+    strength = np.where(t["sa/sex"].to_numpy() == 1, 0.4, 1.5)
+    X = rng.normal(size=(n, D)).astype(np.float32)
+    X[:, 0] += y * strength
+    X[:, 1] += 0.5 * (t["sa/sex"].to_numpy() == 1)
+    if poison:
+        X[np.flatnonzero(t["split"].to_numpy() == 0)[0], 3] = np.nan
+    group = write_samples(open_root(str(root), mode="a"), ds.name, t, ds.group_attrs())
+    w = open_entry(group, "toy", {"model": "toy", "weights_id": "toy", "weights_sha256": None, "preprocess": {},
+                                  "dims": {"image": D}, "row_fingerprint": ds.fingerprint}, chunk_rows=chunk_rows)
+    for c in w.pending_chunks() if finish else [0]:
+        a, b = w.rows(c)
+        w.write_chunk(c, {"image": X[a:b]})
+    if finish:
+        w.finish()
+
+
+def _config(**over) -> SweepConfig:
+    grids, _ = load_sweep("all", ["linear", "groupdro"])
+    cfg = dict(dataset="synthetic", model="toy", heads=grids, n_boot=50, epochs=40, batch_size=64)
+    cfg.update(over)
+    return SweepConfig(**cfg)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("probe")
+    _cache(root)
+    return run_sweep(_config(), root=root), root
+
+
+def test_sweep_selects_on_validation_and_reports_every_head_and_attribute(run):
+    r, _ = run
+    m = r.metrics
+    assert set(m["head"]) == {"linear", "groupdro"}
+    assert set(m["attribute"]) == {"sex", "age"} and set(m["label"]) == {"lesion"}
+    # linear: 3 lr x 2 wd; groupdro: 2 lr x 2 step sizes, per attribute
+    assert r.config["heads_trained"] == {"linear": 6, "groupdro": 8}
+    for (head, attr), block in r.sweep.groupby(["head", "attribute"]):
+        chosen = block[block["selected"]]
+        assert len(chosen) == 1
+        assert chosen["criterion"].iloc[0] == block["criterion"].max()
+        if head == "groupdro":
+            assert set(block["attribute"]) == {attr}
+    auc = m[(m.metric == "auc") & (m.group == "overall")].set_index(["head", "attribute"])["value"]
+    assert (auc > 0.55).all() and (auc["linear"] > 0.7).all()  # the planted signal is learnable
+
+
+def test_saved_predictions_reproduce_the_metric_table(run):
+    r, _ = run
+    p = r.predictions["linear.lesion.sex"]
+    again = evaluate(p["y"], p["score"], {"sex": p["group"]}, threshold=float(
+        r.metrics.query("head == 'linear' and attribute == 'sex' and metric == 'threshold'")["value"].iloc[0]))
+    mine = r.metrics.query("head == 'linear' and attribute == 'sex' and metric in ['auc', 'dp', 'eqodds'] and group in ['overall', 'gap']")
+    ref = again[again["metric"].isin(["auc", "dp", "eqodds"])]
+    merged = mine.merge(ref, on=["metric", "group"], suffixes=("", "_again"))
+    assert len(merged) == len(mine) > 0
+    np.testing.assert_allclose(merged["value"], merged["value_again"], rtol=1e-6)
+    assert len(p["id"]) == len(p["score"]) == (r.metrics.query("metric == 'auc' and group == 'overall'")["n"].iloc[0])
+
+
+def test_results_command_lists_shows_and_exports(run, run_cli, tmp_path):
+    r, root = run
+    code, out, _ = run_cli("results", "--root", str(root))
+    assert code == 0 and r.path.name in out
+    csv = tmp_path / "m.csv"
+    code, out, _ = run_cli("results", r.path.name, "--root", str(root), "--csv", str(csv))
+    assert code == 0 and "groupdro" in out
+    pd.testing.assert_frame_equal(pd.read_csv(csv, keep_default_na=False, na_values=[""]).astype({"value": float})[["metric", "value"]],
+                                  r.metrics[["metric", "value"]].reset_index(drop=True), check_dtype=False)
+
+
+def test_probe_command_runs_and_prints_the_headline(run, run_cli):
+    _, root = run
+    code, out, err = run_cli("probe", "-d", "synthetic", "-m", "toy", "--heads", "linear", "--n-boot", "20",
+                             "--epochs", "3", "--root", str(root))
+    assert code == 0, err
+    assert "linear" in out and "auc_delta" in out and "run:" in out
+
+
+def test_bad_input_is_refused_clearly(tmp_path, run_cli):
+    _cache(tmp_path / "partial", finish=False)
+    with pytest.raises(FmcacheError, match="incomplete"):
+        run_sweep(_config(), root=tmp_path / "partial")
+    _cache(tmp_path / "nan", poison=True)
+    with pytest.raises(HeadInputError, match="NaN or inf"):
+        run_sweep(_config(), root=tmp_path / "nan")
+    root = tmp_path / "ok"
+    _cache(root, n=60)
+    with pytest.raises(FmcacheError, match="no sensitive attribute 'race'"):
+        run_sweep(_config(attributes=["race"]), root=root)
+    for args, expect in [
+        (["-m", "nope"], "no cached embeddings for model 'nope'"),
+        (["-m", "toy", "--labels", "effusion"], "no label 'effusion'"),
+        (["-m", "toy", "--heads", "grupdro"], "did you mean 'groupdro'"),
+        (["-m", "toy", "--sweep", "missing.yaml"], "no such file"),
+    ]:
+        code, _, err = run_cli("probe", "-d", "synthetic", "--root", str(root), *args)
+        assert code == 1 and expect in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_split_with_one_class_is_refused(tmp_path):
+    _cache(tmp_path, n=300)
+    group = open_root(str(tmp_path), mode="a")["synthetic/samples"]
+    labels = group["label"][...]
+    split = group["split"][...]
+    labels[split == 1] = 0
+    group["label"][...] = labels
+    with pytest.raises(HeadInputError, match="only class \\[0\\] in the val split"):
+        run_sweep(_config(), root=tmp_path)
+
+
+def test_a_sweep_file_sets_grids_and_epochs(tmp_path):
+    f = tmp_path / "sweep.yaml"
+    f.write_text("heads:\n  linear: {C: [0.1, 1.0]}\n  fairpenalty: {penalty: [1.0]}\nepochs: 5\n")
+    grids, settings = load_sweep(str(f), None)
+    assert grids == {"linear": {"C": [0.1, 1.0]}, "fairpenalty": {"penalty": [1.0]}} and settings == {"epochs": 5}
+    f.write_text("heads: [linear]\n")
+    with pytest.raises(FmcacheError, match="heads:"):
+        load_sweep(str(f), None)
+
+
+def test_comparison_with_erm_reads_its_numbers_from_the_table(run):
+    from fmcache.heads.summary import compare_to_baseline, sentences
+
+    r, _ = run
+    c = compare_to_baseline(r.metrics, "sex")
+    row = c.set_index("head").loc["groupdro"]
+    assert row["gap"] == "auc_delta"
+    gap = r.metrics.query("attribute == 'sex' and group == 'gap' and metric == 'auc_delta'").set_index("head")["value"]
+    assert row["value"] == gap["groupdro"] and row["baseline"] == gap["linear"]
+    line = sentences(c, "sex")[0]
+    assert f"{gap['linear']:.3f} with linear" in line and f"{gap['groupdro']:.3f}" in line
