@@ -73,6 +73,8 @@ def embed(
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the patient-level train/val/test split.")] = 0,
     chunk_rows: Annotated[int, typer.Option("--chunk-rows", min=1, help="Rows per cache chunk: the unit that is written, marked done and resumed.")] = 256,
+    slices: Annotated[int, typer.Option("--slices", min=1, help="3D datasets: slices each volume is resampled to (2.5D).")] = 32,
+    pool: Annotated[str, typer.Option("--pool", help="3D datasets: volume feature from its slices' features, max | mean.")] = "max",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a cache entry made with other weights, preprocessing or data.")] = False,
 ) -> None:
     """Encode every image of a dataset with a frozen model into the cache (resumable).
@@ -91,7 +93,7 @@ def embed(
         opts["config"] = str(dataset_config)
     ds = load_dataset(dataset, data, options=opts, seed=seed)
     summary = run_embed(ds, model, root=root, weights=weights, batch_size=batch_size, device=device,
-                        num_workers=num_workers, overwrite=overwrite, chunk_rows=chunk_rows)
+                        num_workers=num_workers, overwrite=overwrite, chunk_rows=chunk_rows, slices=slices, pool=pool)
     typer.echo(summary.line())
 
 

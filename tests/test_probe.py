@@ -17,8 +17,12 @@ from fmcache.heads.sweep import SweepConfig, run_sweep
 D = 16
 
 
-def _cache(root, *, n=300, chunk_rows=64, finish=True, poison=False) -> None:
-    """The synthetic samples table with features that carry the label, more weakly for sex 1."""
+def _cache(root, *, n=300, chunk_rows=64, finish=True, poison=False, vlm=False) -> None:
+    """The synthetic samples table with features that carry the label, more weakly for sex 1.
+
+    ``vlm``: also projected features and text prototypes, the class-1 prototype pointing
+    where positive images lie.
+    """
     ds = load_dataset("synthetic", options={"size": str(n), "image_size": "32"})
     t = ds.table
     rng = np.random.default_rng(0)
@@ -29,12 +33,20 @@ def _cache(root, *, n=300, chunk_rows=64, finish=True, poison=False) -> None:
     X[:, 1] += 0.5 * (t["sa/sex"].to_numpy() == 1)
     if poison:
         X[np.flatnonzero(t["split"].to_numpy() == 0)[0], 3] = np.nan
+    dims = {"image": D, "image_proj": 8} if vlm else {"image": D}
+    proj = X[:, :8] * 0.5
+    proj[:, 0] += 2.0 * (y == 1)
+    proj[:, 1] += 2.0 * (y == 0)
     group = write_samples(open_root(str(root), mode="a"), ds.name, t, ds.group_attrs())
     w = open_entry(group, "toy", {"model": "toy", "weights_id": "toy", "weights_sha256": None, "preprocess": {},
-                                  "dims": {"image": D}, "row_fingerprint": ds.fingerprint}, chunk_rows=chunk_rows)
+                                  "dims": dims, "row_fingerprint": ds.fingerprint, "logit_scale": 10.0}, chunk_rows=chunk_rows)
+    if vlm:
+        protos = np.zeros((2, 2, 8), np.float32)
+        protos[1, :, 0] = protos[0, :, 1] = 1.0
+        w.write_text("default", protos, {"templates": ["a {}", "an image of a {}"], "classes": ["normal", "lesion"], "label": None})
     for c in w.pending_chunks() if finish else [0]:
         a, b = w.rows(c)
-        w.write_chunk(c, {"image": X[a:b]})
+        w.write_chunk(c, {"image": X[a:b], "image_proj": proj[a:b]})
     if finish:
         w.finish()
 
@@ -155,3 +167,16 @@ def test_comparison_with_erm_reads_its_numbers_from_the_table(run):
     assert row["value"] == gap["groupdro"] and row["baseline"] == gap["linear"]
     line = sentences(c, "sex")[0]
     assert f"{gap['linear']:.3f} with linear" in line and f"{gap['groupdro']:.3f}" in line
+
+
+def test_zero_shot_and_clip_adapt_run_from_text_prototypes(tmp_path):
+    _cache(tmp_path, vlm=True)
+    grids, _ = load_sweep("default", ["zeroshot", "clip_adapt", "linear"])
+    r = run_sweep(_config(heads=grids), root=tmp_path)
+    assert r.config["feature_kind"] == "image_proj" and r.config["skipped"] == {}
+    auc = r.metrics.query("metric == 'auc' and group == 'overall' and attribute == 'sex'").set_index("head")["value"]
+    assert auc["zeroshot"] > 0.9 and auc["clip_adapt"] > 0.9
+    assert r.config["heads_trained"]["zeroshot"] == 1
+    # without the projected features the text heads are skipped, with the reason
+    r2 = run_sweep(_config(heads=grids, kind="image"), root=tmp_path)
+    assert set(r2.config["skipped"]) == {"zeroshot", "clip_adapt"} and "image_proj" in r2.config["skipped"]["zeroshot"]

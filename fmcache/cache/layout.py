@@ -7,6 +7,7 @@ ID, SUBJECT, SPLIT, LABEL = "id", "subject", "split", "label"
 SA, SA_RAW = "sa", "sa_raw"
 DONE = "done"
 TEXT = "text"
+SLICES = "slices"  # 2.5D: per-slice features of a volume, (N, S, D) per feature kind
 DISK_DTYPE = "float16"
 STATE_PARTIAL, STATE_COMPLETE = "partial", "complete"
 

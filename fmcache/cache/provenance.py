@@ -17,6 +17,7 @@ IDENTITY_KEYS = (
     "dims",
     "dtype",
     "row_fingerprint",
+    "volume",  # 2.5D: slice count and pooling; None for 2D data
 )
 
 

@@ -170,9 +170,24 @@ class Embeddings:
         """Features as float32 (n, d); ``kind`` "image" (pre-projection) or "image_proj"."""
         if kind not in self.kinds:
             raise UnknownNameError(f"{self.dataset}/{self.model} has no feature kind {kind!r} (it has {self.kinds})")
+        return self._read(kind, split)
+
+    def slice_features(self, split: Split = None, kind: str = "image") -> np.ndarray:
+        """Per-slice features of a 2.5D entry as float32 (n, S, D), slices in volume order.
+
+        ``features()`` of such an entry holds the volume feature pooled over the slices
+        (``provenance["volume"]["pool"]``).
+        """
+        if not self.provenance.get("volume"):
+            raise UnknownNameError(f"{self.dataset}/{self.model} holds 2D images, not volumes: it has no slice features")
+        if kind not in self.kinds:
+            raise UnknownNameError(f"{self.dataset}/{self.model} has no feature kind {kind!r} (it has {self.kinds})")
+        return self._read(f"{L.SLICES}/{kind}", split)
+
+    def _read(self, name: str, split: Split) -> np.ndarray:
         rows = self._rows(split)
-        arr = self._e[kind]
-        values = arr[...] if isinstance(rows, slice) else arr.get_orthogonal_selection((rows, slice(None)))
+        arr = self._e[name]
+        values = arr[...] if isinstance(rows, slice) else arr.get_orthogonal_selection((rows,) + (slice(None),) * (arr.ndim - 1))
         return np.asarray(values, dtype=np.float32)
 
     def labels(self, split: Split = None, label: str | None = None) -> np.ndarray:

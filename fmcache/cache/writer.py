@@ -79,6 +79,8 @@ class EntryWriter:
         self.n = int(group.attrs["n"])
         self.chunk_rows = int(group.attrs["chunk_rows"])
         self.kinds = list(group.attrs["feature_kinds"])
+        volume = group.attrs.get("volume")
+        self.slices = int(volume["slices"]) if volume else 0
 
     @property
     def n_chunks(self) -> int:
@@ -94,14 +96,19 @@ class EntryWriter:
         start = chunk * self.chunk_rows
         return start, min(start + self.chunk_rows, self.n)
 
+    @property
+    def arrays(self) -> list[str]:
+        """Every array a chunk fills: the feature kinds, and for volumes their per-slice features."""
+        return self.kinds + ([f"{L.SLICES}/{k}" for k in self.kinds] if self.slices else [])
+
     def write_chunk(self, chunk: int, features: Mapping[str, np.ndarray]) -> None:
-        """Write one chunk's rows for every feature kind, then mark it done."""
+        """Write one chunk's rows of every array in :attr:`arrays`, then mark it done."""
         start, stop = self.rows(chunk)
-        for kind in self.kinds:
-            values = np.asarray(features[kind])
+        for name in self.arrays:
+            values = np.asarray(features[name])
             if values.shape[0] != stop - start:
                 raise ValueError(f"chunk {chunk} of {self.where}: {values.shape[0]} rows for {stop - start}")
-            self.group[kind][start:stop] = values.astype(L.DISK_DTYPE)
+            self.group[name][start:stop] = values.astype(L.DISK_DTYPE)
         self.group[L.DONE][chunk] = True
 
     def write_text(self, prompt_set: str, prototypes: np.ndarray, prompts: Mapping[str, Any]) -> None:
@@ -129,12 +136,14 @@ def open_entry(
     """Create a model entry at full size, or reopen a matching one to resume it.
 
     ``provenance`` must hold every :data:`fmcache.cache.provenance.IDENTITY_KEYS` field
-    (``dims`` maps each feature kind to its width). An existing entry whose identity differs
+    (``dims`` maps each feature kind to its width; ``volume`` is ``{"slices": S, "pool": ...}``
+    for 2.5D entries, which then also hold ``slices/<kind>`` arrays of shape (n, S, D)).
+    An existing entry whose identity differs
     is refused (ProvenanceMismatchError) unless ``overwrite``, which deletes it first.
     """
     where = L.model_path(dataset_group.basename, model)
     n = int(dataset_group.attrs["n"])
-    provenance = {**provenance, "feature_kinds": list(provenance["dims"]), "dtype": L.DISK_DTYPE}
+    provenance = {"volume": None, **provenance, "feature_kinds": list(provenance["dims"]), "dtype": L.DISK_DTYPE}
     if model in dataset_group:
         existing = dataset_group[model]
         try:
@@ -148,8 +157,12 @@ def open_entry(
         del dataset_group[model]
     group = dataset_group.create_group(model)
     chunk_rows = max(1, min(chunk_rows, n or 1))
+    slices = int(provenance["volume"]["slices"]) if provenance["volume"] else 0
     for kind, dim in provenance["dims"].items():
         group.create_array(kind, shape=(n, int(dim)), dtype=L.DISK_DTYPE, chunks=(chunk_rows, int(dim)), fill_value=0)
+        if slices:
+            group.create_array(f"{L.SLICES}/{kind}", shape=(n, slices, int(dim)), dtype=L.DISK_DTYPE,
+                               chunks=(chunk_rows, slices, int(dim)), fill_value=0)
     n_chunks = math.ceil(n / chunk_rows)
     group.create_array(L.DONE, shape=(n_chunks,), dtype=bool, chunks=(max(n_chunks, 1),), fill_value=False)
     group.attrs.update(

@@ -55,10 +55,14 @@ class EmbedSummary:
 
 
 class _Rows(TorchDataset):
-    """Preprocessed pixels of the given rows; errors travel back as text, not tracebacks."""
+    """Preprocessed pixels of the given rows; errors travel back as text, not tracebacks.
 
-    def __init__(self, dataset: Dataset, rows: np.ndarray, transform: Callable[[Any], torch.Tensor]):
-        self.dataset, self.rows, self.transform = dataset, rows, transform
+    A 2D row gives a (3, H, W) tensor; a volume gives (S, 3, H, W), its slices resampled to
+    ``slices`` in volume order.
+    """
+
+    def __init__(self, dataset: Dataset, rows: np.ndarray, transform: Callable[[Any], torch.Tensor], slices: int = 0):
+        self.dataset, self.rows, self.transform, self.slices = dataset, rows, transform, slices
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -66,7 +70,13 @@ class _Rows(TorchDataset):
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str]:
         row = int(self.rows[i])
         try:
-            return row, self.transform(self.dataset.image(row)), ""
+            pixels = self.dataset.image(row)
+            if not self.slices:
+                return row, self.transform(pixels), ""
+            from fmcache.datasets.volumes import resample_slices, slices_to_images
+
+            images = slices_to_images(resample_slices(pixels, self.slices))
+            return row, torch.stack([self.transform(im) for im in images]), ""
         except DatasetError as e:
             return row, None, str(e)
 
@@ -115,6 +125,8 @@ def embed(
     progress: bool = True,
     encoder: Encoder | None = None,
     on_chunk: Callable[[int], None] | None = None,
+    slices: int = 32,
+    pool: str = "max",
 ) -> EmbedSummary:
     """Encode every image of ``dataset`` with ``model`` into the cache; resume if partial.
 
@@ -130,11 +142,19 @@ def embed(
         Local checkpoint file or folder overriding the entry's weights source.
     overwrite
         Replace an entry made with other weights / preprocessing (otherwise refused).
+    batch_size
+        Images per forward pass; for volumes, slices per forward pass (at least one volume).
+    slices, pool
+        Volumes (2.5D): each is resampled to ``slices`` slices, every slice is encoded and
+        cached (``slices/<kind>``), and the volume feature is their ``max`` or ``mean``.
     on_chunk
         Called with each chunk index after it is written (progress hooks, tests).
     """
+    if pool not in POOLS:
+        raise FmcacheError(f"unknown volume pool {pool!r}: use one of {', '.join(POOLS)}")
     device = resolve_device(device)
     check_images_exist(dataset)
+    volume = {"slices": int(slices), "pool": pool} if dataset.spec.dim == "3d" else None
     root_s = resolve_root(root)
     enc = encoder or load_model(model, weights=weights, device=device)
     provenance = {
@@ -146,6 +166,7 @@ def embed(
         "preprocess": enc.spec.preprocess.to_attrs(),
         "dims": dict(enc.dims),
         "row_fingerprint": dataset.fingerprint,
+        "volume": volume,
         "text_dim": enc.text_dim,
         "logit_scale": enc.logit_scale,
         "compute_dtype": "autocast-" + str(_amp_dtype()).removeprefix("torch.") if device.startswith("cuda") else "float32",
@@ -163,6 +184,9 @@ def embed(
     summary = EmbedSummary(dataset.name, model, root_s, writer.n, encoded, seconds, device, dict(enc.dims))
     writer.finish(last_run={"encoded": encoded, "seconds": round(seconds, 3), "device": device})
     return summary
+
+
+POOLS = {"max": lambda t: t.amax(dim=1), "mean": lambda t: t.mean(dim=1)}
 
 
 def _amp_dtype() -> torch.dtype:
@@ -185,8 +209,8 @@ def _encode_pending(
     rows = np.concatenate([np.arange(*writer.rows(c)) for c in pending])
     workers = default_workers() if num_workers is None else num_workers
     loader = DataLoader(
-        _Rows(dataset, rows, build_transform(enc.spec.preprocess)),
-        batch_size=batch_size,
+        _Rows(dataset, rows, build_transform(enc.spec.preprocess), writer.slices),
+        batch_size=max(1, batch_size // writer.slices) if writer.slices else batch_size,
         num_workers=workers,
         collate_fn=_collate,
         pin_memory=device.startswith("cuda"),
@@ -201,8 +225,7 @@ def _encode_pending(
         for batch_rows, x, error in loader:
             if error:
                 raise DatasetError(error)
-            out = enc.encode_image(x.to(device, non_blocking=True))
-            feats = {k: out[k].float().cpu().numpy() for k in writer.kinds}
+            feats = _encode_batch(enc, x.to(device, non_blocking=True), writer)
             _check_finite(feats, batch_rows, dataset, enc)
             for chunk in _scatter(batch_rows, feats, writer, buffers, filled):
                 writer.write_chunk(chunk, buffers.pop(chunk))
@@ -214,6 +237,22 @@ def _encode_pending(
     return len(rows)
 
 
+def _encode_batch(enc: Encoder, x: torch.Tensor, writer: EntryWriter) -> dict[str, np.ndarray]:
+    """Features of a batch for every array of the entry; volumes run slice by slice through the 2D model."""
+    if not writer.slices:
+        out = enc.encode_image(x)
+        return {k: out[k].float().cpu().numpy() for k in writer.kinds}
+    b, s = x.shape[:2]
+    out = enc.encode_image(x.flatten(0, 1))
+    pool = POOLS[writer.group.attrs["volume"]["pool"]]
+    feats = {}
+    for k in writer.kinds:
+        per_slice = out[k].float().reshape(b, s, -1)
+        feats[k] = pool(per_slice).cpu().numpy()
+        feats[f"slices/{k}"] = per_slice.cpu().numpy()
+    return feats
+
+
 def _scatter(batch_rows, feats, writer, buffers, filled) -> list[int]:
     """Copy a batch into its chunks' buffers; return the chunks that became full."""
     complete = []
@@ -222,7 +261,7 @@ def _scatter(batch_rows, feats, writer, buffers, filled) -> list[int]:
         chunk = int(chunk)
         start, stop = writer.rows(chunk)
         if chunk not in buffers:
-            buffers[chunk] = {k: np.empty((stop - start, v.shape[1]), np.float32) for k, v in feats.items()}
+            buffers[chunk] = {k: np.empty((stop - start,) + v.shape[1:], np.float32) for k, v in feats.items()}
             filled[chunk] = 0
         sel = chunks == chunk
         for k, v in feats.items():
@@ -236,7 +275,8 @@ def _scatter(batch_rows, feats, writer, buffers, filled) -> list[int]:
 def _check_finite(feats: dict[str, np.ndarray], rows: np.ndarray, dataset: Dataset, enc: Encoder) -> None:
     for kind, v in feats.items():
         # float16 on disk: values beyond its range would silently become inf
-        bad = ~np.isfinite(v).all(axis=1) | (np.abs(v) > 65504).any(axis=1)
+        flat = v.reshape(len(v), -1)
+        bad = ~np.isfinite(flat).all(axis=1) | (np.abs(flat) > 65504).any(axis=1)
         if bad.any():
             ids = dataset.table["id"].iloc[rows[bad][:3]].tolist()
             raise FmcacheError(
