@@ -79,5 +79,8 @@ class DatasetSpec:
     obtain: str  # where and how to get the release
     prompts: Mapping[str, PromptSet] = field(default_factory=dict)
     load: LoadFn | None = None  # None: open `path` as a 2D image
+    # "3d": `load` returns the volume as float32 (slices, H, W) in [0, 1] along the axis to
+    # slice; the embed stage resamples it to 32 slices and encodes each (2.5D)
+    dim: Literal["2d", "3d"] = "2d"
     options: Mapping[str, str] = field(default_factory=dict)  # option -> help (with default)
     needs_data: bool = True  # False for generated datasets
