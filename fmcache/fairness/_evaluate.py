@@ -231,52 +231,38 @@ def _bootstrap(stats, strata: np.ndarray, n_strata: int, n_boot: int, seed: Sequ
     return ({k: np.concatenate(v) for k, v in per_parts.items()}, {k: np.concatenate(v) for k, v in all_parts.items()})
 
 
+def _reason(metric: str, n_neg: int, n_pos: int, what: str, threshold_reason: str) -> str:
+    """Why ``metric`` is undefined for a set of ``n_neg`` negatives and ``n_pos`` positives."""
+    if n_neg + n_pos == 0:
+        return f"{what} is empty"
+    if metric in THRESHOLD_METRICS and threshold_reason:
+        return threshold_reason
+    if metric == "auc" and (n_neg == 0 or n_pos == 0):
+        return f"{what} has one class (no {'negatives' if n_neg == 0 else 'positives'})"
+    if metric == "auc":
+        return f"all scores in {what} are equal, so AUC ranks nothing"
+    if metric == "tpr":
+        return f"{what} has no positives"
+    if metric in ("fpr", "tnr"):
+        return f"{what} has no negatives"
+    return f"undefined for {what}"
+
+
 def _classification_reasons(
     block: PreparedBlock,
     names: Sequence[str],
-    point_per: Mapping[str, np.ndarray],
-    point_all: Mapping[str, np.ndarray],
     label: str,
     threshold_reason: str,
 ) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """Why each metric would be undefined, per group and overall (used where a value is NaN)."""
     reasons: dict[str, list[str]] = {m: [] for m in METRICS}
     for g, name in enumerate(names):
         n_neg, n_pos = block.cell_sizes(g)
         for m in METRICS:
-            r = ""
-            if n_neg + n_pos == 0:
-                r = f"group {name!r} is empty"
-            elif m in THRESHOLD_METRICS and threshold_reason:
-                r = threshold_reason
-            elif m == "auc" and (n_neg == 0 or n_pos == 0):
-                r = f"group {name!r} has one class (no {'negatives' if n_neg == 0 else 'positives'})"
-            elif m == "auc":
-                r = f"all scores in group {name!r} are equal, so AUC ranks nothing"
-            elif m == "tpr":
-                r = f"group {name!r} has no positives"
-            elif m in ("fpr", "tnr"):
-                r = f"group {name!r} has no negatives"
-            reasons[m].append(r or f"undefined for group {name!r}")
+            reasons[m].append(_reason(m, n_neg, n_pos, f"group {name!r}", threshold_reason))
     what = f"label {label!r}" if label else "the scored set"
     n_pos = int(block.label.sum())
-    n_neg = block.label.size - n_pos
-    overall: dict[str, str] = {}
-    for m in METRICS:
-        if block.label.size == 0:
-            r = f"{what} has no labelled samples"
-        elif m in THRESHOLD_METRICS and threshold_reason:
-            r = threshold_reason
-        elif m == "auc" and (n_pos == 0 or n_neg == 0):
-            r = f"{what} has one class"
-        elif m == "auc":
-            r = f"all scores of {what} are equal, so AUC ranks nothing"
-        elif m == "tpr":
-            r = f"{what} has no positives"
-        elif m in ("fpr", "tnr"):
-            r = f"{what} has no negatives"
-        else:
-            r = "undefined"
-        overall[m] = r
+    overall = {m: _reason(m, block.label.size - n_pos, n_pos, what, threshold_reason) for m in METRICS}
     return reasons, overall
 
 
@@ -422,7 +408,7 @@ def _classification_block(
         boot_per, boot_all = _bootstrap(lambda idx: block_stats(block, idx), block.strata, 2 * (G + 1), n_boot, seed)
         boot_gaps = _gaps_or_nan(conv.gaps, boot_per, boot_all, G)
     point_gaps = _gaps_or_nan(conv.gaps, point_per, point_all, G)
-    reasons, overall_reason = _classification_reasons(block, names, point_per, point_all, label, thr.reason)
+    reasons, overall_reason = _classification_reasons(block, names, label, thr.reason)
     group_n = [sum(block.cell_sizes(g)) for g in range(G)]
     _emit(
         rows,
