@@ -287,3 +287,394 @@ def write_ham10000(
         part = image_dirs[0] if int(image.split("_")[1]) <= HAM_PART_1_LAST else image_dirs[1]
         _jpeg(root / part / f"{image}.jpg", mode="RGB", size=(60, 45), seed=i)
     return root
+
+
+# ---------------------------------------------------------------------------- DICOM / NIfTI writers
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
+
+
+def write_dicom_slice(
+    path: Path,
+    stored: np.ndarray,
+    *,
+    series_uid: str,
+    study_uid: str,
+    position: Sequence[float] | None,
+    instance: int | None,
+    slice_location: float | None = None,
+    orientation: Sequence[float] | None = (1, 0, 0, 0, 1, 0),
+    slope: float = 1.0,
+    intercept: float = -1024.0,
+    image_type: Sequence[str] = ("ORIGINAL", "PRIMARY", "AXIAL"),
+    extra: dict | None = None,
+) -> None:
+    """One single-frame CT slice: uint16 ``stored`` values, HU = stored * slope + intercept.
+
+    A tag given as None is left out (to test the fallbacks of the slice ordering).
+    """
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = CT_IMAGE_STORAGE
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.Modality = "CT"
+    ds.ImageType = list(image_type)
+    ds.Rows, ds.Columns = stored.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelSpacing = [0.7, 0.7]
+    ds.SliceThickness = 2.5
+    ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = f"{slope:g}", f"{intercept:g}", "HU"
+    if position is not None:
+        ds.ImagePositionPatient = [f"{v:g}" for v in position]
+    if orientation is not None:
+        ds.ImageOrientationPatient = [f"{v:g}" for v in orientation]
+    if instance is not None:
+        ds.InstanceNumber = instance
+    if slice_location is not None:
+        ds.SliceLocation = f"{slice_location:g}"
+    for k, v in (extra or {}).items():
+        setattr(ds, k, v)
+    ds.PixelData = np.ascontiguousarray(stored, dtype="<u2").tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
+    """A NIfTI-1 file (.nii or .nii.gz, from the suffix) holding ``data`` with ``affine``."""
+    import nibabel as nib
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.asarray(data), affine), str(path))
+
+
+# ---------------------------------------------------------------------------- COVID-CT-MD
+
+COVID_HEADER = ("clinical_data", "Diagnosis", "Folder", "Patient Gender", "Patient Age", "Weight",
+                "Clinical characteristics", "Surgery", "Follow-up", "PCR")
+# (index, Diagnosis, Folder, Gender, Age, Weight, Clinical characteristics, Surgery, Follow-up, PCR, n slices)
+# the index column has gaps as in the release; P005's 105Y is what the reference's x[1:3] reads as 5
+COVID_ROWS = [
+    (0, "COVID-19", "P001", "M", "039Y", "80.0", "Dyspnea, Cough, Fever", "", "", "", 5),
+    (1, "COVID-19", "P002", "F", "048Y", "75.0", "Dyspnea, Flu-like symptoms", "No", "Uneventful", "", 4),
+    (2, "COVID-19", "P003", "M", "068Y", "90.0", "Cough", "", "Hospitalized", "", 6),
+    (3, "COVID-19", "P004", "M", "050Y", "75.0", "Dyspnea, fever", "No", "Uneventful", "", 5),
+    (4, "COVID-19", "P005", "F", "105Y", "62.0", "Cough, Fatigue", "No", "Uneventful", "", 4),
+    (171, "CAP", "cap001", "F", "071Y", "68.0", "Fever", "", "", "", 5),
+    (172, "CAP", "cap002", "M", "049Y", "83.0", "Cough, Fever", "Yes", "Hospitalized", "", 4),
+    (174, "CAP", "cap004", "F", "012Y", "40.0", "Cough", "", "", "", 5),
+    (302, "Normal", "normal072", "M", "031Y", "105.0", "Dyspnea", "", "", "", 4),
+    (303, "Normal", "normal073", "M", "039Y", "96.0", "Headache, Myalgia", "Yes", "", "", 5),
+    (305, "Normal", "normal075", "F", "056Y", "92.0", "Dyspnea", "", "", "", 6),
+]
+COVID_SIZE = (8, 8)
+COVID_Z0, COVID_DZ = -180.0, 2.5
+
+
+def covid_hu(k: int, shape: tuple[int, int] = COVID_SIZE) -> np.ndarray:
+    """HU of the fixture's slice k (k = 0 is the most inferior): -1000 + 150 k, plus a 0..70 column ramp."""
+    return -1000.0 + 150.0 * k + 10.0 * np.tile(np.arange(shape[1], dtype=np.float64), (shape[0], 1))
+
+
+def write_covid_series(folder: Path, n: int, *, seed: int = 0, prefix: str = "98C14734-ASSH") -> None:
+    """One patient's CT: slice k at z = -180 + 2.5 k, InstanceNumber counting from the top
+    (head-first numbering), saved as ``<prefix>_<Slice-ID>.dcm`` with Slice-IDs shuffled so that
+    neither file name nor InstanceNumber gives the anatomical order."""
+    from pydicom.uid import generate_uid
+
+    study, series = generate_uid(), generate_uid()
+    slice_ids = np.random.default_rng(seed).permutation(n) + 1
+    for k in range(n):
+        z = COVID_Z0 + COVID_DZ * k
+        write_dicom_slice(
+            folder / f"{prefix}_{slice_ids[k]}.dcm",
+            (covid_hu(k) + 1024).astype(np.uint16),
+            series_uid=series, study_uid=study, position=(-180.0, -160.0, z), instance=n - k, slice_location=z,
+        )
+
+
+def write_covid_ct_md(
+    root: Path, *, case_dirs: tuple[str, str, str] = ("COVID-19 Cases", "Cap Cases", "Normal Cases")
+) -> Path:
+    """COVID-CT-MD as unpacked from Figshare; returns root.
+
+    ``case_dirs``: the folders of COVID-19, CAP and Normal patients (the README spells them
+    "COVID-19 subjects", "CAP subjects", "Normal subjects").
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    _write_csv(root / "Clinical-data.csv", COVID_HEADER, [r[:-1] for r in COVID_ROWS])
+    where = dict(zip(("COVID-19", "CAP", "Normal"), case_dirs))
+    for i, row in enumerate(COVID_ROWS):
+        write_covid_series(root / where[row[1]] / row[2], row[-1], seed=i)
+    # the slice-label files are present in the release but not read
+    _write_csv(root / "Index.csv", ("Label Index", "Diagnosis", "Relative Path", "Folder/ID"),
+               [[0, "COVID-19", "./COVID-19/", "P001"], [55, "CAP", "./CAP/", "cap001"]])
+    np.save(root / "Slice-level-labels.npy", np.zeros((2, 6), np.uint8))
+    return root
+
+
+# ---------------------------------------------------------------------------- ADNI
+
+ADNI_FILE = "ADNI1_Screening_1.5T_2_20_2024.csv"
+ADNI_HEADER = ("Image Data ID", "Subject", "Group", "Sex", "Age", "Visit", "Modality", "Description", "Type",
+               "Acq Date", "Format", "Downloaded")
+_MPR = "MPR; GradWarp; B1 Correction; N3; Scaled"
+_MPRR = "MPR-R; GradWarp; B1 Correction; N3; Scaled"
+# (Image Data ID, Subject, Group, Sex, Age, Description, Acq Date, series id); 002_S_0413, 002_S_0295
+# and 067_S_0110 have a Scaled and a Scaled_2 image of the same scan
+ADNI_ROWS = [
+    ("I63897", "941_S_1363", "MCI", "F", 70, _MPR, "3/12/2007", 26613),
+    ("I63879", "941_S_1203", "CN", "M", 83, _MPR, "1/29/2007", 25190),
+    ("I63874", "941_S_1202", "CN", "M", 78, _MPRR, "1/30/2007", 25209),
+    ("I66462", "941_S_1197", "CN", "F", 82, _MPR, "1/20/2007", 25040),
+    ("I97327", "941_S_1311", "MCI", "M", 69, _MPR, "3/02/2007", 27361),
+    ("I45117", "002_S_0413", "CN", "F", 76, _MPR, "5/02/2006", 13893),
+    ("I118673", "002_S_0413", "CN", "F", 76, _MPR + "_2", "5/02/2006", 13893),
+    ("I45108", "002_S_0295", "CN", "M", 85, _MPR, "4/18/2006", 13408),
+    ("I118671", "002_S_0295", "CN", "M", 85, _MPR + "_2", "4/18/2006", 13408),
+    ("I40817", "067_S_0110", "AD", "M", 74, _MPR, "2/17/2006", 11002),
+    ("I118820", "067_S_0110", "AD", "M", 74, _MPR + "_2", "2/17/2006", 11002),
+    ("I31143", "023_S_0916", "AD", "F", 75, _MPRR, "10/02/2006", 20512),
+    ("I59363", "130_S_1201", "AD", "F", 69, _MPR, "1/03/2007", 24801),
+    ("I35475", "005_S_0221", "AD", "M", 67, _MPR, "7/27/2006", 16601),
+]
+# voxel axes of the fixture files: anterior -> posterior, inferior -> superior, left -> right
+# ("PSR"), so that reorientation to RAS+ has to transpose and flip; shape (P, S, R)
+ADNI_SHAPE = (7, 6, 5)
+ADNI_AFFINE = np.array([[0, 0, 1.2, -90.0], [-1.0, 0, 0, 120.0], [0, 1.0, 0, -100.0], [0, 0, 0, 1]])
+
+
+def adni_volume(seed: int = 0) -> np.ndarray:
+    """Fixture MRI in file order (P, S, R): value 100 + 10 * (superior index) + noise < 5."""
+    rng = np.random.default_rng(seed)
+    s = np.arange(ADNI_SHAPE[1])[None, :, None]
+    return (100 + 10 * s + rng.integers(0, 5, ADNI_SHAPE)).astype(np.int16)
+
+
+def adni_relpath(subject: str, image: str, description: str, acq_date: str, series: int) -> str:
+    """ADNI/<Subject>/<Description_>/<date>/I<id>/ADNI_<Subject>_MR_<Description_>_Br_<ts>_S<series>_I<id>.nii."""
+    import re
+
+    desc = re.sub(r"[^0-9A-Za-z]", "_", description)
+    m, d, y = (int(v) for v in acq_date.split("/"))
+    when = f"{y:04d}-{m:02d}-{d:02d}_10_21_36.0"
+    stamp = f"{y + 2:04d}{m:02d}{d:02d}122825655"
+    return f"ADNI/{subject}/{desc}/{when}/{image}/ADNI_{subject}_MR_{desc}_Br_{stamp}_S{series}_{image}.nii"
+
+
+def write_adni(root: Path, *, csv_name: str = ADNI_FILE) -> Path:
+    """An ADNI1 screening collection downloaded from IDA as NIfTI (MCI images included); returns root."""
+    rows = [[img, subj, grp, sex, age, "sc", "MRI", desc, "Processed", date, "NiFTI", "2/20/2024"]
+            for img, subj, grp, sex, age, desc, date, _ in ADNI_ROWS]
+    _write_csv(root / csv_name, ADNI_HEADER, rows)
+    for i, (img, subj, _, _, _, desc, date, series) in enumerate(ADNI_ROWS):
+        write_nifti(root / adni_relpath(subj, img, desc, date, series), adni_volume(i), ADNI_AFFINE)
+    return root
+
+
+# ---------------------------------------------------------------------------- NPZ helpers
+
+
+def _npz(path: Path, **arrays: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **{k: np.asarray(v) for k, v in arrays.items()})
+
+
+# ---------------------------------------------------------------------------- FairVLMed10k
+
+FAIRVLMED_HEADER = ("filename", "age", "gender", "race", "ethnicity", "language", "maritalstatus", "note",
+                    "gpt4_summary", "glaucoma", "use")
+# (filename, age, gender, race, ethnicity, language, maritalstatus, glaucoma, use)
+FAIRVLMED_ROWS = [
+    ("data_00001.npz", "56.56", "female", "asian", "non-hispanic", "english", "single", "yes", "training"),
+    ("data_00002.npz", "72.10", "male", "white", "non-hispanic", "english", "married or partnered", "no", "training"),
+    ("data_00003.npz", "60.00", "female", "black", "hispanic", "spanish", "divorced", "yes", "training"),
+    ("data_00004.npz", "45.31", "male", "white", "unknown", "unknown", "married or partnered", "no", "training"),
+    ("data_00005.npz", "81.02", "female", "white", "non-hispanic", "other", "widowed", "yes", "training"),
+    ("data_00006.npz", "59.99", "male", "asian", "non-hispanic", "english", "unknown", "no", "training"),
+    ("data_00007.npz", "33.47", "female", "black", "non-hispanic", "english", "legally separated", "no", "validation"),
+    ("data_00008.npz", "67.80", "male", "white", "non-hispanic", "english", "married or partnered", "yes", "validation"),
+    ("data_00009.npz", "64.25", "female", "asian", "non-hispanic", "english", "single", "no", "test"),
+    ("data_00010.npz", "52.66", "male", "black", "hispanic", "spanish", "married or partnered", "yes", "test"),
+    ("data_00011.npz", "77.00", "female", "white", "non-hispanic", "english", "divorced", "no", "test"),
+    ("data_00012.npz", "41.90", "female", "white", "non-hispanic", "english", "single", "no", "test"),
+]
+_NPZ_CODES = {
+    "gender": {"female": 0, "male": 1},
+    "race": {"asian": 0, "black": 1, "white": 2},
+    "ethnicity": {"non-hispanic": 0, "hispanic": 1, "unknown": -1},
+    "language": {"english": 0, "spanish": 1, "other": 2, "other languages": 2, "unknown": -1},
+    "maritalstatus": {"married or partnered": 0, "single": 1, "divorced": 2, "widowed": 3, "legally separated": 4, "unknown": -1},
+}
+
+
+def write_fairvlmed10k(root: Path, *, test_dir: str = "Test", summary_dir: str = ".", jpg_export: int | None = None) -> Path:
+    """FairVLMed as in the FairCLIP README, in ``root/FairVLMed``; returns root.
+
+    ``test_dir`` "Testing" mimics FairCLIP's code; ``summary_dir`` "ReadMe" FairMedFM's copy;
+    ``jpg_export`` replaces that row's NPZ by FairMedFM's ``slo_fundus_NNNNN.jpg`` export.
+    slo_fundus is dark uint8 (max 86), 24 x 20 in place of 664 x 512.
+    """
+    base = root / "FairVLMed"
+    folders = {"training": "Training", "validation": "Validation", "test": test_dir}
+    rows = []
+    for i, (fn, age, gender, race, eth, lang, marital, glaucoma, use) in enumerate(FAIRVLMED_ROWS):
+        note = f"{age} year old {gender} with {'glaucoma' if glaucoma == 'yes' else 'no glaucoma'}."
+        rows.append([fn, age, gender, race, eth, lang, marital, note, "summary: " + note, glaucoma, use])
+        image = np.random.default_rng(i).integers(0, 87, (24, 20), dtype=np.uint8)
+        folder = base / folders[use]
+        if jpg_export == i + 1:
+            export = folder / f"slo_fundus_{fn[5:10]}.jpg"
+            export.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image, mode="L").save(export, "JPEG", quality=90)
+            continue
+        codes = {k: _NPZ_CODES[k][v] for k, v in
+                 (("gender", gender), ("race", race), ("ethnicity", eth), ("language", lang), ("maritalstatus", marital))}
+        _npz(folder / fn, slo_fundus=image, md=-1.5, tds=np.zeros(52), age=float(age), glaucoma=int(glaucoma == "yes"),
+             note=note, note_extra="", **codes)
+    _write_csv(base / summary_dir / "data_summary.csv", FAIRVLMED_HEADER, rows)
+    _write_csv(base / "gpt-4_summarized_notes.csv", ("filename", "note", "gpt4_summary"), [[r[0], r[7], r[8]] for r in rows])
+    return root
+
+
+# ---------------------------------------------------------------------------- Harvard-GF3300
+
+GF_HEADER = ("filename", "age", "gender", "race", "ethnicity", "language", "maritalstatus", "glaucoma", "use")
+GF_ROWS = [
+    ("data_0001.npz", "70.5", "female", "asian", "non-hispanic", "english", "single", "yes", "training"),
+    ("data_0002.npz", "48.2", "male", "black", "non-hispanic", "other languages", "married or partnered", "no", "training"),
+    ("data_0003.npz", "63.0", "female", "white", "hispanic", "spanish", "divorced", "yes", "training"),
+    ("data_0004.npz", "55.9", "male", "white", "non-hispanic", "unknown", "unknown", "no", "training"),
+    ("data_0005.npz", "61.3", "female", "black", "non-hispanic", "english", "widowed", "no", "training"),
+    ("data_0006.npz", "39.4", "male", "asian", "unknown", "english", "married or partnered", "yes", "training"),
+    ("data_0007.npz", "66.6", "female", "white", "non-hispanic", "english", "single", "no", "validation"),
+    ("data_0008.npz", "58.1", "male", "asian", "non-hispanic", "other languages", "legally separated", "yes", "test"),
+    ("data_0009.npz", "74.0", "female", "black", "non-hispanic", "english", "married or partnered", "no", "test"),
+    ("data_0010.npz", "60.0", "male", "white", "non-hispanic", "english", "single", "yes", "test"),
+]
+
+
+def write_gf3300(root: Path, *, container: str = "dataset-001", split_dirs: tuple[str, str, str] = ("Training", "Validation", "Test")) -> Path:
+    """Harvard-GF3300 as in FairMedFM's copy (data_summary.csv at root, NPZ under dataset-001/); returns root.
+
+    rnflt is a 20 x 20 float map (200 x 200 in the release) whose first three pixels are
+    -2, 350 and 174 um; oct_bscans a small 3D array.
+    """
+    folders = dict(zip(("training", "validation", "test"), split_dirs))
+    for i, (fn, age, gender, race, eth, lang, marital, glaucoma, use) in enumerate(GF_ROWS):
+        rnflt = np.random.default_rng(i).uniform(40, 160, (20, 20))
+        rnflt[0, :3] = (-2.0, 350.0, 174.0)
+        folder = root / container / folders[use] if container else root / folders[use]
+        _npz(folder / fn, oct_bscans=np.zeros((4, 8, 8), np.uint8), rnflt=rnflt, md=-2.0, glaucoma=int(glaucoma == "yes"),
+             tds=np.zeros(52), race=_NPZ_CODES["race"][race], male=int(gender == "male"),
+             hispanic=_NPZ_CODES["ethnicity"][eth], language=_NPZ_CODES["language"][lang],
+             maritalstatus=_NPZ_CODES["maritalstatus"][marital], age=float(age))
+    _write_csv(root / "data_summary.csv", GF_HEADER, GF_ROWS)
+    return root
+
+
+# ---------------------------------------------------------------------------- PAPILA
+
+PAPILA_RELEASE = "PapilaDB-PAPILA-17f8fa7746adb20275b5b6a0d99dc9dfe3007e9f"
+PAPILA_ROW1 = (None, "Age", "Gender", "Diagnosis", "Refractive_Defect", None, None, "Phakic/Pseudophakic", "IOP", None,
+               "Pachymetry", "Axial_Length", "VF_MD")
+PAPILA_ROW2 = (None, "Age", "Gender", "Diagnosis", "dioptre_1", "dioptre_2", "astigmatism", "Phakic/Pseudophakic",
+               "Pneumatic", "Perkins", "Pachymetry", "Axial_Length", "VF_MD")
+# (ID, Age, Gender, Diagnosis OD, Diagnosis OS); #011 has no age, #016's age and #013's gender
+# are stored as floats, #007's eyes differ, #002's are both suspect
+PAPILA_PATIENTS = [
+    ("#002", 47, 0, 2, 2),
+    ("#004", 64, 1, 0, 0),
+    ("#005", 60, 0, 1, 1),
+    ("#007", 55, 1, 0, 1),
+    ("#010", 72, 1, 1, 2),
+    ("#011", None, 0, 0, 0),
+    ("#013", 38, 1.0, 0, 0),
+    ("#016", 81.0, 0, 1, 1),
+]
+
+
+def write_papila(root: Path, *, csv_sheets: bool = False) -> Path:
+    """PAPILA unzipped from Figshare into ``root/PapilaDB-PAPILA-<commit>/``; returns root.
+
+    The spreadsheets have the official two header rows and an ``ID`` row; ``csv_sheets``
+    writes MEDFAIR's one-header CSV conversions instead.
+    """
+    import pandas as pd
+
+    base = root / PAPILA_RELEASE
+    (base / "ClinicalData").mkdir(parents=True, exist_ok=True)
+    for eye, col in (("od", 3), ("os", 4)):
+        data = [[p[0], p[1], p[2], p[col], 0.75, -1.75, 90.0, 0.0, 21.0, None, 586.0, 23.64, -0.07] for p in PAPILA_PATIENTS]
+        if csv_sheets:
+            _write_csv(base / "ClinicalData" / f"patient_data_{eye}.csv", ("ID", *PAPILA_ROW2[1:]),
+                       [["" if v is None else v for v in r] for r in data])
+        else:
+            sheet = [list(PAPILA_ROW1), list(PAPILA_ROW2), ["ID"] + [None] * 12, *data]
+            pd.DataFrame(sheet).to_excel(base / "ClinicalData" / f"patient_data_{eye}.xlsx", header=False, index=False)
+    for i, p in enumerate(PAPILA_PATIENTS):
+        for j, eye in enumerate(("OD", "OS")):
+            stem = f"RET{p[0][1:]}{eye}"
+            _jpeg(base / "FundusImages" / f"{stem}.jpg", mode="RGB", size=(40, 30), seed=2 * i + j)
+            contours = base / "ExpertsSegmentations" / "Contours"
+            contours.mkdir(parents=True, exist_ok=True)
+            (contours / f"{stem}_disc_exp1.txt").write_text("1 2\n3 4\n")
+            (contours / f"{stem}_cup_exp2 2.txt").write_text("1 2\n")  # macOS duplicate, as in the release
+    (base / "HelpCode" / "kfold").mkdir(parents=True, exist_ok=True)
+    (base / "README.txt").write_text("PAPILA\n")
+    return root
+
+
+# ---------------------------------------------------------------------------- BRSET
+
+BRSET_HEADER = (
+    "image_id,patient_id,camera,patient_age,comorbidities,diabetes_time_y,insuline,patient_sex,exam_eye,diabetes,"
+    "nationality,optic_disc,vessels,macula,DR_SDRG,DR_ICDR,focus,iluminaton,image_field,artifacts,diabetic_retinopathy,"
+    "macular_edema,scar,nevus,amd,vascular_occlusion,hypertensive_retinopathy,drusens,hemorrhage,retinal_detachment,"
+    "myopic_fundus,increased_cup_disc,other,quality"
+).split(",")
+# (image_id, patient_id, camera, patient_age, comorbidities, diabetes_time_y, insuline, patient_sex, exam_eye,
+#  optic_disc, DR_ICDR, diabetic_retinopathy, quality); img00007 and img00010 have a
+#  diabetic_retinopathy that disagrees with DR_ICDR, as in the real file
+BRSET_ROWS = [
+    ("img00001", 1, "Canon CR", "48", "diabetes1", "5", "yes", 1, 1, "1", 0, 0, "Adequate"),
+    ("img00002", 1, "Canon CR", "48", "diabetes1", "5", "yes", 1, 2, "1", 2, 1, "Adequate"),
+    ("img00003", 2, "NIKON NF5050", "NA", "0", "NA", "NA", 2, 1, "1", 0, 0, "Adequate"),
+    ("img00004", 2, "NIKON NF5050", "NA", "0", "NA", "NA", 2, 2, "1", 0, 0, "Inadequate"),
+    ("img00005", 3, "Canon CR", "67", "diabetes1, SAH", "0,5", "", 2, 1, "2", 4, 1, "Adequate"),
+    ("img00006", 3, "Canon CR", "67", "diabetes1, SAH", "0,5", "", 2, 2, "2", 3, 1, "Adequate"),
+    ("img00007", 3, "Canon CR", "67", "diabetes1, SAH", "0,5", "", 2, 1, "1", 1, 0, "Adequate"),
+    ("img00008", 4, "Canon CR", "59", "NA", "1O", "no", 1, 1, "1", 0, 0, "Adequate"),
+    ("img00009", 5, "Canon CR", "60", "0", "Não", "no", 2, 1, "1", 0, 0, "Adequate"),
+    ("img00010", 5, "Canon CR", "60", "0", "Não", "no", 2, 2, "1", 0, 1, "Adequate"),
+    ("img00011", 6, "NIKON NF5050", "72", "diabetes1", "", "yes", 1, 1, "bv", 2, 1, "Inadequate"),
+    ("img00012", 7, "NIKON NF5050", "35", "0", "NA", "NA", 2, 1, "1", 0, 0, "Adequate"),
+    ("img00013", 7, "NIKON NF5050", "35", "0", "NA", "NA", 2, 2, "1", 0, 0, "Adequate"),
+    ("img00014", 8, "Canon CR", "81", "diabetes1", "20", "yes", 2, 1, "1", 1, 1, "Adequate"),
+    ("img00015", 9, "Canon CR", "NA", "NA", "NA", "NA", 1, 1, "1", 0, 0, "Adequate"),
+    ("img00016", 10, "NIKON NF5050", "44", "diabetes1", "12", "yes", 2, 1, "1", 3, 1, "Adequate"),
+]
+
+
+def write_brset(root: Path) -> Path:
+    """BRSET 1.0.0 as on PhysioNet (labels.csv beside fundus_photos/); returns root."""
+    rows = []
+    for i, (img, pid, cam, age, com, dtime, ins, sex, eye, disc, icdr, dr, quality) in enumerate(BRSET_ROWS):
+        values = dict(image_id=img, patient_id=pid, camera=cam, patient_age=age, comorbidities=com, diabetes_time_y=dtime,
+                      insuline=ins, patient_sex=sex, exam_eye=eye, diabetes="yes" if com.startswith("diabetes") else "no",
+                      nationality="Brazil", optic_disc=disc, vessels=1, macula=1, DR_SDRG=icdr, DR_ICDR=icdr, focus=1,
+                      iluminaton=1, image_field=1, artifacts=1, diabetic_retinopathy=dr, quality=quality)
+        rows.append([values.get(c, 0) for c in BRSET_HEADER])
+        _jpeg(root / "fundus_photos" / f"{img}.jpg", mode="RGB", size=(36, 36), seed=i)
+    _write_csv(root / "labels.csv", BRSET_HEADER, rows)
+    return root

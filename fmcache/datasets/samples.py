@@ -15,10 +15,17 @@ import pandas as pd
 from fmcache.datasets.attributes import encode
 from fmcache.datasets.pixels import open_image
 from fmcache.datasets.spec import AttributeRule, DatasetSpec
-from fmcache.datasets.splits import DEFAULT_FRACTIONS, patient_split
+from fmcache.datasets.splits import DEFAULT_FRACTIONS, balance_test, patient_split
 from fmcache.errors import DatasetError
 
 SPLIT_POLICY = "patient-level, stratified by first label x first attribute"
+BALANCED_TEST = "balanced-test"
+# options every dataset accepts; the machinery handles them, adapters never see them
+RESERVED_OPTIONS = {
+    "split": "patient (default): seeded patient-level train/val/test split; balanced-test:<attribute> "
+    "(e.g. balanced-test:sex): the reference protocol, whose test split holds equally many samples of "
+    "the attribute's groups (seeded, whole subjects; surplus and unknown-group test subjects move to train)",
+}
 # per-row columns an adapter may add that travel unchanged into the samples table
 EXTRA_PREFIXES = ("gen/", "meta/")
 
@@ -57,13 +64,23 @@ class Dataset:
     def attribute_names(self) -> list[str]:
         return [c.split("/", 1)[1] for c in self.table.columns if c.startswith("sa/")]
 
+    def file(self, path: str) -> Path:
+        """Where a ``path`` of the table lives (relative paths start at the data root)."""
+        p = Path(path)
+        return p if p.is_absolute() or self.root is None else self.root / p
+
+    def missing_files(self) -> list[str]:
+        """Table paths with nothing on disk (a volume may be a folder, e.g. a DICOM series)."""
+        exists = (lambda p: p.exists()) if self.spec.dim == "3d" else (lambda p: p.is_file())
+        return [p for p in self.table["path"].astype(str) if p and not exists(self.file(p))]
+
     def image(self, i: int) -> Any:
-        """Pixels of row ``i`` as a PIL image (RGB)."""
+        """Pixels of row ``i``: a PIL image (RGB), or for a 3D dataset the volume as float32
+        (slices, H, W) in [0, 1]."""
         row = self.table.iloc[i]
         if self.spec.load is not None:
             return self.spec.load(self.root or Path("."), row)
-        path = Path(row["path"])
-        return open_image(path if path.is_absolute() or self.root is None else self.root / path)
+        return open_image(self.file(row["path"]))
 
     def group_attrs(self) -> dict[str, Any]:
         """Attributes recorded on the dataset's cache group (JSON-serialisable)."""
@@ -111,11 +128,45 @@ def data_root(spec: DatasetSpec, data: str | Path | None) -> Path | None:
 
 
 def check_options(spec: DatasetSpec, options: Mapping[str, str]) -> dict[str, str]:
-    unknown = sorted(set(options) - set(spec.options))
+    unknown = sorted(set(options) - set(spec.options) - set(RESERVED_OPTIONS))
     if unknown:
-        known = ", ".join(sorted(spec.options)) or "none"
+        known = ", ".join(sorted({*spec.options, *RESERVED_OPTIONS})) or "none"
         raise DatasetError(f"{spec.key}: unknown dataset option(s) {', '.join(unknown)} (known: {known})")
-    return {k: str(v) for k, v in options.items()}
+    opts = {k: str(v) for k, v in options.items()}
+    if opts.get("split", "").strip() == "patient":  # the default spelt out: same table, same fingerprint
+        del opts["split"]
+    balanced_attribute(spec.key, opts)  # a malformed split option fails before the release is read
+    return opts
+
+
+def adapter_options(options: Mapping[str, str]) -> dict[str, str]:
+    """The options meant for the adapter's ``read``: all but the reserved ones."""
+    return {k: v for k, v in options.items() if k not in RESERVED_OPTIONS}
+
+
+def balanced_attribute(key: str, options: Mapping[str, str]) -> str | None:
+    """The attribute named by ``split=balanced-test:<attribute>``; None for the plain split."""
+    value = str(options.get("split", "patient")).strip()
+    if value == "patient":
+        return None
+    kind, _, attr = value.partition(":")
+    if kind.strip() != BALANCED_TEST or not attr.strip():
+        raise DatasetError(
+            f"{key}: option split={value!r} is not 'patient' or '{BALANCED_TEST}:<attribute>' (e.g. -o split=balanced-test:sex)"
+        )
+    return attr.strip()
+
+
+def split_policy(options: Mapping[str, str]) -> str:
+    """How the split was made, as recorded on the cache group."""
+    attr = balanced_attribute("", options)
+    return SPLIT_POLICY if attr is None else f"{SPLIT_POLICY}; test balanced between the {attr} groups (surplus -> train)"
+
+
+def split_suffix(options: Mapping[str, str]) -> str:
+    """Cache-name suffix for a non-default split: its samples table differs, so its group must too."""
+    attr = balanced_attribute("", options)
+    return "" if attr is None else f"_split-{BALANCED_TEST}-{attr}"
 
 
 def attribute_rules(spec: DatasetSpec, raw: pd.DataFrame) -> Mapping[str, AttributeRule]:
@@ -167,6 +218,9 @@ def build_samples(
     first_attr = next((v for k, v in attrs.items() if k.startswith("sa/")), np.zeros(len(out), np.int8))
     strata = first_label.astype(np.int16) * 10 + first_attr
     out["split"] = patient_split(out["subject"], strata, seed=seed)
+    balanced = balanced_attribute(spec.key, options or {})
+    if balanced is not None:
+        out["split"] = _balance(spec, raw, out, attrs, balanced, seed)
     out["path"] = raw["path"].astype(str).to_numpy()
     for k, v in {**labels, **attrs}.items():
         out[k] = v
@@ -181,3 +235,19 @@ def build_samples(
             h.update(c.encode())
             h.update(pd.util.hash_pandas_object(out[c], index=False).to_numpy().tobytes())
     return out, h.hexdigest()[:16]
+
+
+def _balance(spec: DatasetSpec, raw: pd.DataFrame, out: pd.DataFrame, attrs: Mapping[str, np.ndarray], attr: str, seed: int) -> np.ndarray:
+    """The split with a test set balanced between ``attr``'s groups (see :func:`balance_test`)."""
+    if f"sa/{attr}" not in attrs:
+        have = ", ".join(k[3:] for k in attrs if k.startswith("sa/")) or "none"
+        raise DatasetError(f"{spec.key}: split=balanced-test:{attr} names no sensitive attribute of this dataset (have: {have})")
+    groups = attribute_rules(spec, raw)[attr].groups
+    try:
+        return balance_test(out["split"].to_numpy(), out["subject"], attrs[f"sa/{attr}"], n_groups=len(groups), seed=seed)
+    except ValueError as e:
+        code = e.args[0]
+        what = f"no test subject in group {groups[code]!r}" if code >= 0 else "no subjects that pair up"
+        raise DatasetError(
+            f"{spec.key}: cannot balance the test split by {attr}: {what}; use another attribute or the plain split"
+        ) from None

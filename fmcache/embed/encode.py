@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -103,12 +102,13 @@ def default_workers() -> int:
 
 def check_images_exist(dataset: Dataset) -> None:
     """Fail before any work when an image file is missing (cheap; saves a failed long run)."""
-    if dataset.spec.load is not None or dataset.root is None:
-        return
-    for p in dataset.table["path"]:
-        full = Path(p) if os.path.isabs(p) else dataset.root / p
-        if not full.is_file():
-            raise DatasetError(f"image file not found: {full} (listed in the {dataset.spec.key} metadata; is --data the dataset root?)")
+    missing = dataset.missing_files()
+    if missing:
+        raise DatasetError(
+            f"image file not found: {dataset.file(missing[0])}"
+            + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+            + f" (listed in the {dataset.spec.key} metadata; is --data the dataset root? `fmcache datasets check` lists them all)"
+        )
 
 
 def embed(

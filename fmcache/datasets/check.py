@@ -1,0 +1,121 @@
+"""Validate a user's copy of a release: can it be read, are its files there, what does it hold."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from fmcache.datasets.registry import get_dataset, load_dataset
+from fmcache.datasets.splits import SPLIT_NAMES
+from fmcache.errors import DatasetError
+
+SHOW_MISSING = 5  # names listed when files are missing; the count says how many in all
+
+
+@dataclass
+class CheckReport:
+    """What :func:`check_dataset` found. ``ok`` is True when ``problems`` is empty.
+
+    ``label_counts`` maps each label to {value: rows} (-1 = unknown); ``group_counts`` maps
+    each attribute to {group name: rows}, "unknown" included.
+    """
+
+    key: str
+    root: Path | None
+    rows: int = 0
+    subjects: int = 0
+    files: int = 0
+    missing: list[str] = field(default_factory=list)
+    split_counts: dict[str, int] = field(default_factory=dict)
+    label_counts: dict[str, dict[int, int]] = field(default_factory=dict)
+    group_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def lines(self) -> list[str]:
+        """The report as short lines of text."""
+        out = [f"{self.key} at {self.root}"]
+        if self.rows:
+            out.append(f"  rows {self.rows}, subjects {self.subjects}, files listed {self.files}, missing {len(self.missing)}")
+            out.append("  split: " + ", ".join(f"{k} {n}" for k, n in self.split_counts.items()))
+            for name, counts in self.label_counts.items():
+                out.append(f"  label {name}: " + ", ".join(f"{'unknown' if v == -1 else v} {n}" for v, n in counts.items()))
+            for name, counts in self.group_counts.items():
+                out.append(f"  {name}: " + ", ".join(f"{g} {n}" for g, n in counts.items()))
+        out.extend(f"  problem: {p}" for p in self.problems)
+        out.append("OK" if self.ok else f"{len(self.problems)} problem(s)")
+        return out
+
+
+def check_dataset(key: str, path: str | Path | None, options: Mapping[str, str] | None = None, *, seed: int = 0) -> CheckReport:
+    """Read a copy of a release as the adapter does and report what it holds and what is wrong.
+
+    Parameters
+    ----------
+    key
+        Dataset key (``fmcache datasets`` lists them).
+    path
+        Root of the user's copy (None: ``$FMCACHE_DATA/<key>``).
+    options
+        Dataset options, as for :func:`fmcache.datasets.load_dataset`.
+    seed
+        Split seed (only matters for a ``split=balanced-test:<attribute>`` option).
+
+    Returns
+    -------
+    CheckReport
+        Rows, subjects, label and group counts, files missing and the problems, each naming
+        its fix. An unknown dataset key still raises.
+    """
+    spec = get_dataset(key)
+    report = CheckReport(key=key, root=Path(path).expanduser() if path is not None else None)
+    try:
+        ds = load_dataset(key, path, options=options, seed=seed)
+    except DatasetError as e:
+        report.problems.append(f"{e} (see `fmcache datasets {key}` for the expected layout)")
+        return report
+    report.root = ds.root
+    t = ds.table
+    report.rows, report.subjects = len(t), int(t["subject"].nunique())
+    report.split_counts = {k: int((t["split"] == code).sum()) for k, code in SPLIT_NAMES.items()}
+    for name in ds.label_names:
+        values, counts = np.unique(t[f"label/{name}"].to_numpy(), return_counts=True)
+        report.label_counts[name] = {int(v): int(n) for v, n in zip(values, counts)}
+    for attr in ds.attribute_names:
+        codes = t[f"sa/{attr}"].to_numpy()
+        groups = ds.rules[attr].groups
+        report.group_counts[attr] = {g: int((codes == i).sum()) for i, g in enumerate(groups)} | {"unknown": int((codes == -1).sum())}
+
+    listed = [p for p in t["path"].astype(str) if p]
+    report.files = len(listed)
+    report.missing = ds.missing_files()
+    if report.missing:
+        shown = ", ".join(report.missing[:SHOW_MISSING]) + (", ..." if len(report.missing) > SHOW_MISSING else "")
+        report.problems.append(
+            f"{len(report.missing)} of {len(listed)} image files missing below {ds.root}: {shown}; "
+            f"unpack or download them (layout: `fmcache datasets {key}`)"
+        )
+    _check_first_image(ds, report)
+    for attr, c in report.group_counts.items():
+        if spec.needs_data and c["unknown"] == report.rows:
+            report.problems.append(f"{attr} is unknown in every row; check the metadata column it comes from ({ds.rules[attr].source})")
+    return report
+
+
+def _check_first_image(ds, report: CheckReport) -> None:
+    """Decode one present image, so that a readable table over unreadable pixels is caught too."""
+    missing = set(report.missing)
+    for i, p in enumerate(ds.table["path"].astype(str)):
+        if p in missing:
+            continue
+        try:
+            ds.image(i)
+        except DatasetError as e:
+            report.problems.append(f"cannot load the pixels of row {ds.table['id'].iloc[i]}: {e}")
+        return
