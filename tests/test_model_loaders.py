@@ -37,7 +37,7 @@ WEIGHT_FILES = (
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("tiny")
-    return {key: tm.build_tiny_checkpoint(key, root) for key in tm.KEYS}
+    return {key: tm.build_tiny_checkpoint(key, root) for key in tm.HUB_KEYS}
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def _assert_features(enc, key: str, weights: str, batch: torch.Tensor) -> None:
 # ---- features and text match the libraries' own calls ----------------------------------------
 
 
-@pytest.mark.parametrize("key", tm.KEYS)
+@pytest.mark.parametrize("key", tm.HUB_KEYS)
 def test_tiny_checkpoint_matches_library(key, tiny, batch):
     enc = load_model(key, weights=tiny[key])
     assert not enc.module.training
@@ -158,7 +158,7 @@ def _into_hub_cache(src: str, repo: str, commit: str) -> None:
     (base / "refs" / "main").write_text(commit)
 
 
-@pytest.mark.parametrize("key", tm.KEYS)
+@pytest.mark.parametrize("key", tm.HUB_KEYS)
 def test_hub_offline_from_cache(key, tiny, batch):
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo = MODELS[key].weights.removeprefix("hf-hub:")
@@ -169,7 +169,7 @@ def test_hub_offline_from_cache(key, tiny, batch):
                                tm.direct_features(key, tiny[key], batch)["image"], atol=1e-5)
 
 
-@pytest.mark.parametrize("key", tm.KEYS)
+@pytest.mark.parametrize("key", tm.HUB_KEYS)
 def test_hub_offline_not_cached(key):
     repo = MODELS[key].weights.removeprefix("hf-hub:")
     with pytest.raises(ModelError) as info:
@@ -193,7 +193,7 @@ def _rename_one(sd: dict) -> tuple[str, str]:
     return old, old + "_renamed"
 
 
-@pytest.mark.parametrize("key", tm.KEYS)
+@pytest.mark.parametrize("key", tm.HUB_KEYS)
 def test_renamed_key_is_an_error_naming_both(key, tmp_path, tiny):
     folder = _copy(tiny[key], tmp_path / key)
     names = {}
@@ -205,7 +205,7 @@ def test_renamed_key_is_an_error_naming_both(key, tmp_path, tiny):
     assert "1 unexpected key(s)" in msg and names["new"] in msg
 
 
-@pytest.mark.parametrize("key", tm.KEYS)
+@pytest.mark.parametrize("key", tm.HUB_KEYS)
 def test_extra_and_missing_keys_are_errors(key, tmp_path, tiny):
     folder = _copy(tiny[key], tmp_path / key)
 
@@ -236,7 +236,7 @@ def test_openai_file_with_foreign_keys_lists_them(tmp_path):
 # ---- unreadable files --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("key", tm.KEYS)
+@pytest.mark.parametrize("key", tm.HUB_KEYS)
 def test_truncated_weights_file_names_it(key, tmp_path, tiny):
     folder = _copy(tiny[key], tmp_path / key)
     ckpt = _weights_file(folder)

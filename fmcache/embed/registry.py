@@ -14,6 +14,12 @@ FAMILIES = {
     "hf_clip": "hf_clip",
     "hf_dinov2": "hf_dinov2",
     "efficientnet_lite": "efficientnet_lite",
+    "timm_vit_mae": "timm_vit_mae",
+    "sam_vit": "sam_vit",
+    "torchvision_resnet": "torchvision_resnet",
+    "hf_blip": "hf_blip",
+    "hf_blip2": "hf_blip2",
+    "medclip": "medclip",
 }
 
 
