@@ -212,6 +212,31 @@ def results(
 
 
 @app.command()
+def report(
+    runs: Annotated[list[str], typer.Argument(help="Run names (see `fmcache results`) or run directories.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write.")] = Path("study.html"),
+    no_representation: Annotated[
+        bool, typer.Option("--no-representation", help="Skip the t-SNE maps and attribute probes on the cached features.")
+    ] = False,
+    root: RootOpt = None,
+) -> None:
+    """Write one self-contained HTML report (no network needed to view it) from one or more runs.
+
+    Setup, headline tables with bootstrap intervals, trade-off, per-group and calibration
+    figures, ranks across datasets, representation fairness, and a summary generated from the
+    tables. Tables sort on click and download as CSV.
+
+    Example: fmcache report 20261127-101500-synthetic-medclip 20261127-103000-chexpert-medclip --out study.html
+    """
+    from fmcache.report import build_report
+    from fmcache.runs import runs_dir
+
+    paths = [Path(r) if Path(r).exists() else runs_dir(root) / r for r in runs]
+    path = build_report(paths, out, representation=not no_representation)
+    typer.echo(f"report: {path.resolve()}")
+
+
+@app.command()
 def demo(
     root: RootOpt = None,
     model: Annotated[str, typer.Option("--model", "-m", help="Model to embed with.")] = "efficientnet_lite0",
@@ -258,17 +283,41 @@ def _fmt(v: tuple[float, ...]) -> str:
 
 @app.command()
 def datasets(
-    name: Annotated[Optional[str], typer.Argument(help="Show one dataset's expected layout, options and rules.", show_default=False)] = None,
+    name: Annotated[
+        Optional[str],
+        typer.Argument(help="A dataset to show (layout, options, rules); or `check` to validate your copy of DATASET.", show_default=False),
+    ] = None,
+    dataset: Annotated[Optional[str], typer.Argument(help="With `check`: the dataset key.", show_default=False)] = None,
+    data: Annotated[
+        Optional[str],
+        typer.Option("--data", "--path", help="With `check`: root of your copy of the release (default $FMCACHE_DATA/<dataset>).", show_default=False),
+    ] = None,
+    option: Annotated[
+        Optional[list[str]], typer.Option("--option", "-o", help="With `check`: dataset option KEY=VALUE, repeatable.", show_default=False)
+    ] = None,
 ) -> None:
-    """List the datasets, or show one dataset's expected layout, options and attribute rules."""
+    """List the datasets, show one (`fmcache datasets NAME`), or check your copy of one.
+
+    `fmcache datasets check DATASET --data PATH` reads your copy as `embed` would, checks that
+    every image file is there, prints rows, subjects, label and group counts, and exits
+    non-zero naming each problem and its fix.
+    """
     from rich.table import Table
 
     from fmcache.datasets import DATASETS, get_dataset
+    from fmcache.datasets.samples import RESERVED_OPTIONS
 
     console = make_console()
+    if name == "check":
+        if dataset is None:
+            raise FmcacheError("`fmcache datasets check` needs a dataset key: fmcache datasets check DATASET --data PATH")
+        _check(dataset, data, _options(option))
+        return
+    if dataset is not None or data is not None or option:
+        raise FmcacheError(f"`fmcache datasets {name or ''}` takes no further arguments; to validate a copy: fmcache datasets check DATASET --data PATH")
     if name is None:
         get_dataset("synthetic")  # loads the built-in adapters
-        t = Table(title="fmcache datasets", caption="`fmcache datasets NAME` shows the expected layout and options")
+        t = Table(title="fmcache datasets", caption="`fmcache datasets NAME` shows the expected layout and options; `fmcache datasets check NAME --data PATH` checks your copy")
         for col in ("key", "dataset", "modality", "labels", "sensitive attributes", "where to get it"):
             t.add_column(col, overflow="fold")
         for s in DATASETS.values():
@@ -284,10 +333,19 @@ def datasets(
         console.print("\n[bold]Sensitive attributes[/bold]")
         for a, r in s.attributes.items():
             console.print(f"  {a}: groups {list(r.groups)}; {r.description}" + (f" [{r.source}]" if r.source else ""), markup=False)
-    if s.options:
-        console.print("\n[bold]Options[/bold] (-o KEY=VALUE)")
-        for k, h in s.options.items():
-            console.print(f"  {k}: {h}", markup=False)
+    console.print("\n[bold]Options[/bold] (-o KEY=VALUE)")
+    for k, h in {**s.options, **RESERVED_OPTIONS}.items():
+        console.print(f"  {k}: {h}", markup=False)
+
+
+def _check(dataset: str, data: str | None, options: dict[str, str]) -> None:
+    from fmcache.datasets.check import check_dataset
+
+    report = check_dataset(dataset, data, options)
+    for line in report.lines():
+        typer.echo(line)
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 @cache_app.command("ls")
@@ -326,7 +384,9 @@ def cache_info(
 def main() -> None:
     """Console entry point: one line on a user error, non-zero exit, no traceback."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:  # typer.Exit(n) comes back as a return value here
+            sys.exit(code)
     except FmcacheError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(1)

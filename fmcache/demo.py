@@ -95,11 +95,22 @@ def _step_verdict(ctx: DemoContext) -> None:
         ctx.console.print(f"  - {line}", markup=False)
 
 
+def _step_report(ctx: DemoContext) -> None:
+    from fmcache.report import build_report
+
+    run = ctx.facts["run"]
+    with ctx.console.status("writing the report"):
+        path = build_report([run.path], run.path.with_name(f"{run.path.name}.html"))
+    ctx.console.print(f"report: {path}  (open it in a browser; it needs no network)", markup=False)
+    ctx.facts["report"] = path
+
+
 STEPS: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("embed the synthetic dataset", _step_embed),
     ("show what the cache holds", _step_show_cache),
     ("sweep every head type on the cached features", _step_sweep),
     ("which heads reduce the planted disparity, and at what cost", _step_verdict),
+    ("write the report", _step_report),
 ]
 
 

@@ -7,31 +7,37 @@ leading axis and sharing every minibatch; ``predict_stack`` scores features with
     from fmcache.heads import fit_stack, predict_stack
     fit = fit_stack("groupdro", X, y, groups, {"lr": [1e-4, 2.5e-4], "label": 0})
     scores = fit.predict(X_test)                      # (K, n) P(label = 1)
+
+JAX loads on first use of these names, so reading a run's summary needs no JAX.
 """
 
 from __future__ import annotations
 
-from fmcache.heads.registry import HEADS
-from fmcache.heads.train import (
-    FitResult,
-    cell_counts,
-    fit_stack,
-    get_head,
-    predict_stack,
-)
-from fmcache.heads.types import Batch, HeadSpec, HeadType
-from fmcache.heads.zeroshot import class_prototypes, zeroshot_params
+import importlib
+from typing import Any
 
-__all__ = [
-    "HEADS",
-    "Batch",
-    "FitResult",
-    "HeadSpec",
-    "HeadType",
-    "cell_counts",
-    "class_prototypes",
-    "fit_stack",
-    "get_head",
-    "predict_stack",
-    "zeroshot_params",
-]
+_LAZY = {
+    "HEADS": "fmcache.heads.registry",
+    "FitResult": "fmcache.heads.train",
+    "cell_counts": "fmcache.heads.train",
+    "fit_stack": "fmcache.heads.train",
+    "get_head": "fmcache.heads.train",
+    "predict_stack": "fmcache.heads.train",
+    "Batch": "fmcache.heads.types",
+    "HeadSpec": "fmcache.heads.types",
+    "HeadType": "fmcache.heads.types",
+    "class_prototypes": "fmcache.heads.zeroshot",
+    "zeroshot_params": "fmcache.heads.zeroshot",
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fmcache.heads' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,0 +1,200 @@
+"""The report's tables as data frames: what is displayed is exactly what the CSV holds."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from fmcache.heads.summary import compare_to_baseline
+from fmcache.report.model import Column, Table
+from fmcache.runs import Run
+
+BASELINE = "linear"
+
+# (metric, summary group, title, which way is better)
+HEADLINE = (
+    ("auc", "overall", "AUC", "higher"),
+    ("auc_min", "gap", "Worst-group AUC", "higher"),
+    ("auc_delta", "gap", "AUC gap", "lower"),
+    ("eqodds", "gap", "Eq.-odds gap", "lower"),
+    ("dp", "gap", "DP gap", "lower"),
+    ("ece", "overall", "ECE", "lower"),
+    ("auc_es", "gap", "ES-AUC (trade-off)", "higher"),
+)
+KEYS = ["dataset", "label", "attribute"]
+
+
+def slug(*parts: object) -> str:
+    """An HTML id / file name from free text."""
+    return re.sub(r"[^a-z0-9]+", "-", "-".join(str(p) for p in parts).lower()).strip("-")
+
+
+def _better(metric: str, better: str | None, convention: str) -> str | None:
+    # the reference code's equalized odds is a score (1 - mean gap), higher is fairer
+    if convention == "fairmedfm" and metric == "eqodds":
+        return "higher"
+    return better
+
+
+def headline(cls: pd.DataFrame, dataset: str, label: str, attribute: str, convention: str) -> Table:
+    """Utility, gaps and trade-off per (model, method) of one slice, with intervals."""
+    m = cls[(cls["dataset"] == dataset) & (cls["label"] == label) & (cls["attribute"] == attribute)
+            & (cls["convention"] == convention)]
+    wanted = pd.MultiIndex.from_tuples([(metric, group) for metric, group, _, _ in HEADLINE])
+    m = m[pd.MultiIndex.from_frame(m[["metric", "group"]]).isin(wanted)]
+    wide = m.pivot_table(index=["model", "method"], columns="metric", values=["value", "ci_low", "ci_high", "n"],
+                         aggfunc="first", sort=False, dropna=False)
+    rows = []
+    for (model, method), r in wide.iterrows():
+        row = {"dataset": dataset, "label": label, "attribute": attribute, "model": model, "method": method}
+        for metric, _, _, _ in HEADLINE:
+            for suffix, col in (("", "value"), ("_ci_low", "ci_low"), ("_ci_high", "ci_high")):
+                row[metric + suffix] = float(r.get((col, metric), np.nan))
+        n = r.get(("n", "auc"), np.nan)
+        row["n_test"] = int(n) if np.isfinite(n) else 0
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    cols = [Column("model", "Model"), Column("method", "Method")]
+    cols += [Column(metric, title, ci=(f"{metric}_ci_low", f"{metric}_ci_high"), better=_better(metric, b, convention))
+             for metric, _, title, b in HEADLINE]
+    cols.append(Column("n_test", "n (test)", decimals=0))
+    tid = slug("t", dataset, label, attribute, "headline")
+    return Table(tid, f"Headline: {dataset}, label {label}, by {attribute}", frame, cols,
+                 caption=(f"Test-set metrics of the heads chosen on validation, {convention} convention; "
+                          "[low, high] is the 95% bootstrap interval; ★ marks the best value of each column."),
+                 csv_name=f"{tid}.csv")
+
+
+def mitigation(cls: pd.DataFrame, dataset: str, label: str, attribute: str, convention: str) -> Table | None:
+    """Each method's target gap and AUC next to the baseline's, per model; None without a baseline."""
+    m = cls[(cls["dataset"] == dataset) & (cls["label"] == label) & (cls["convention"] == convention)]
+    rows = []
+    for model, block in m.groupby("model", sort=False):
+        block = block.assign(head=block["method"])
+        try:
+            cmp = compare_to_baseline(block, attribute, baseline=BASELINE, label=label)
+        except KeyError:  # a method without the gap it targets: nothing to compare
+            continue
+        if cmp.empty:
+            continue
+        base = block[(block["head"] == BASELINE) & (block["attribute"] == attribute) & (block["metric"] == "auc")
+                     & (block["group"] == "overall")]["value"].iloc[0]
+        for r in cmp.itertuples(index=False):
+            verdict = ("n/a" if np.isnan(r.change) else "clear reduction" if r.clear
+                       else "within interval" if r.reduces else "no reduction")
+            rows.append({"dataset": dataset, "label": label, "attribute": attribute, "model": model, "method": r.head,
+                         "gap_metric": r.gap, "baseline_gap": r.value - r.change, "gap": r.value, "change": r.change,
+                         "baseline_auc": float(base), "auc": r.auc, "auc_change": r.auc_change, "verdict": verdict})
+    if not rows:
+        return None
+    frame = pd.DataFrame(rows)
+    # the baseline gap recomputed from value - change can be off in the last bit
+    frame["baseline_gap"] = frame["baseline_gap"].round(12)
+    tid = slug("t", dataset, label, attribute, "mitigation")
+    cols = [Column("model", "Model"), Column("method", "Method"), Column("gap_metric", "Target gap"),
+            Column("baseline_gap", f"Gap with {BASELINE}"), Column("gap", "Gap"),
+            Column("change", "Gap change", better="lower", signed=True),
+            Column("baseline_auc", f"AUC with {BASELINE}"), Column("auc", "AUC"),
+            Column("auc_change", "AUC change", better="higher", signed=True), Column("verdict", "Reading")]
+    return Table(tid, f"Mitigations against {BASELINE}: {dataset}, label {label}, by {attribute}", frame, cols,
+                 caption=("Each method on the gap it is built to shrink. A clear reduction: the method's interval "
+                          f"lies wholly below the {BASELINE} value; within interval: lower, but not clearly."),
+                 csv_name=f"{tid}.csv")
+
+
+def runs_table(runs: Sequence[tuple[Run, str]]) -> Table:
+    """One row per run: what was trained, how it was selected and evaluated."""
+    rows = []
+    for run, kind in runs:
+        c = run.config
+        rows.append({
+            "run": run.path.name, "kind": kind, "dataset": c.get("dataset"), "model": c.get("model"),
+            "methods": ", ".join(sorted(run.metrics["head"].unique())) if "head" in run.metrics else "",
+            "labels": ", ".join(c.get("labels") or []), "attributes": ", ".join(c.get("attributes") or []),
+            "features": c.get("feature_kind", ""), "convention": c.get("convention", ""),
+            "threshold": str(c.get("threshold", "")), "selection": c.get("criterion", ""),
+            "bootstrap": c.get("n_boot", ""), "seed": c.get("seed", ""), "init_seeds": c.get("seeds", ""),
+            "epochs": c.get("epochs", ""), "fmcache": (c.get("versions") or {}).get("fmcache", ""),
+            "created": c.get("created", ""),
+        })
+    frame = pd.DataFrame(rows).astype(str)
+    cols = [Column(k, t, wrap=k == "methods") for k, t in (
+        ("run", "Run"), ("kind", "Kind"), ("dataset", "Dataset"), ("model", "Model"), ("methods", "Methods"),
+        ("labels", "Labels"), ("attributes", "Attributes"), ("features", "Features"), ("convention", "Convention"),
+        ("threshold", "Threshold"), ("selection", "Selected on val by"), ("bootstrap", "Bootstrap resamples"),
+        ("seed", "Seed"), ("init_seeds", "Init seeds"), ("epochs", "Epochs"), ("fmcache", "fmcache"),
+        ("created", "Created"))]
+    return Table("t-runs", "Runs", frame, cols, caption="Every run the report reads.", csv_name="runs.csv")
+
+
+def provenance_table(runs: Sequence[tuple[Run, str]]) -> Table:
+    """Where each run's features came from: weights, preprocessing, sample fingerprint."""
+    rows = []
+    for run, _ in runs:
+        c = run.config.get("cache") or {}
+        pre = c.get("preprocess") or {}
+        rows.append({"dataset": run.config.get("dataset"), "model": run.config.get("model"),
+                     "weights": c.get("weights_id") or "", "sha256": (c.get("weights_sha256") or "")[:16],
+                     "preprocess": json.dumps(pre, separators=(",", ":")) if pre else "",
+                     "rows": c.get("row_fingerprint") or "", "cached": c.get("created") or ""})
+    frame = pd.DataFrame(rows).astype(str).drop_duplicates()
+    cols = [Column(k, t, wrap=k in ("weights", "preprocess")) for k, t in (
+        ("dataset", "Dataset"), ("model", "Model"), ("weights", "Weights"), ("sha256", "SHA-256 (first 16)"),
+        ("preprocess", "Preprocessing"), ("rows", "Samples fingerprint"), ("cached", "Embedded"))]
+    return Table("t-provenance", "Cache provenance", frame, cols, csv_name="provenance.csv")
+
+
+def groups_table(frame: pd.DataFrame) -> Table:
+    """Group sizes per split; ``frame`` has dataset, attribute, group, train, val, test, source."""
+    cols = [Column("dataset", "Dataset"), Column("attribute", "Attribute"), Column("group", "Group"),
+            Column("train", "Train", decimals=0), Column("val", "Val", decimals=0), Column("test", "Test", decimals=0),
+            Column("source", "Counted from")]
+    return Table("t-groups", "Attributes and group sizes", frame, cols,
+                 caption="Samples per split in each group (samples whose group is unknown are left out).",
+                 csv_name="groups.csv")
+
+
+def ranks_table(result, what: str, tid: str, blocks: str = "datasets") -> Table:
+    """Average ranks behind a critical-difference diagram."""
+    frame = result.ranks.rename("avg_rank").rename_axis("method").reset_index()
+    return Table(tid, f"Average ranks: {what}", frame,
+                 [Column("method", "Method"), Column("avg_rank", "Average rank", better="lower", decimals=2)],
+                 caption=(f"Over {result.n_datasets} {blocks}; critical difference {result.cd:.2f}; "
+                          f"Friedman p = {result.friedman.pvalue:.2g}."), csv_name=f"{tid}.csv")
+
+
+def representation_table(frame: pd.DataFrame) -> Table:
+    """Attribute predictability per (dataset, model, attribute)."""
+    cols = [Column("dataset", "Dataset"), Column("model", "Model"), Column("attribute", "Attribute"),
+            Column("auc", "Attribute AUC", ci=("ci_low", "ci_high")), Column("n", "n", decimals=0)]
+    return Table("t-representation", "How well a linear probe predicts the attribute from the features", frame, cols,
+                 caption=("Cross-validated AUC of a logistic regression predicting the group (0.5 = not "
+                          "linearly readable), on a subsample; interval over the folds."),
+                 csv_name="representation.csv")
+
+
+def segmentation_table(seg: pd.DataFrame, dataset: str, attribute: str) -> Table:
+    """Dice per group per prompt type, with the Dice gap."""
+    m = seg[(seg["dataset"] == dataset) & (seg["attribute"] == attribute)]
+    groups = [g for g in pd.unique(m["group"]) if g not in ("overall", "gap")]
+    rows = []
+    for (model, prompt), block in m.groupby(["model", "prompt"], sort=False):
+        row = {"dataset": dataset, "attribute": attribute, "model": model, "prompt": prompt}
+        for metric, group, key in [("dsc", "overall", "dsc"), *[("dsc", g, f"dsc_{g}") for g in groups],
+                                   ("dsc_delta", "gap", "dsc_delta")]:
+            hit = block[(block["metric"] == metric) & (block["group"] == group)]
+            for suffix, col in (("", "value"), ("_ci_low", "ci_low"), ("_ci_high", "ci_high")):
+                row[key + suffix] = float(hit[col].iloc[0]) if len(hit) else np.nan
+        rows.append(row)
+    cols = [Column("model", "Model"), Column("prompt", "Prompt"),
+            Column("dsc", "Dice", ci=("dsc_ci_low", "dsc_ci_high"), better="higher")]
+    cols += [Column(f"dsc_{g}", f"Dice, {g}", ci=(f"dsc_{g}_ci_low", f"dsc_{g}_ci_high"), better="higher") for g in groups]
+    cols.append(Column("dsc_delta", "Dice gap", ci=("dsc_delta_ci_low", "dsc_delta_ci_high"), better="lower"))
+    tid = slug("t", dataset, attribute, "dice")
+    return Table(tid, f"Dice per group and prompt: {dataset}, by {attribute}", pd.DataFrame(rows), cols,
+                 caption="[low, high] is the bootstrap interval; ★ marks the best value of each column.",
+                 csv_name=f"{tid}.csv")
