@@ -126,6 +126,10 @@ def probe(
     epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Training epochs (default 100, or the sweep file's).", show_default=False)] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Minibatch size (default 128).", show_default=False)] = None,
     feature_kind: Annotated[str, typer.Option("--feature-kind", help="auto (projected if the model has it) | image | image_proj.")] = "auto",
+    volume: Annotated[
+        str, typer.Option("--volume", help="3D datasets: max | mean of per-slice predictions (heads trained on slices), "
+                          "or features: heads trained on the pooled volume feature.")
+    ] = "max",
     seed: Annotated[int, typer.Option("--seed", help="Seed of minibatch order and bootstrap resamples.")] = 0,
     root: RootOpt = None,
 ) -> None:
@@ -153,7 +157,7 @@ def probe(
             dataset=dataset, model=m, heads=grids, labels=_csv(labels), attributes=_csv(attributes), seeds=seeds,
             criterion=criterion, threshold=float(threshold) if _is_number(threshold) else threshold,
             convention=convention, n_boot=n_boot, epochs=epochs or settings.get("epochs", 100),
-            batch_size=batch_size or settings.get("batch_size", 128), kind=feature_kind, seed=seed,
+            batch_size=batch_size or settings.get("batch_size", 128), kind=feature_kind, volume=volume, seed=seed,
         )
         with console.status(f"{dataset}/{m}: loading") as status:
             run = run_sweep(cfg, root=root, on_head=lambda h, k: status.update(f"{dataset}/{m}: training {k} {h} heads"))

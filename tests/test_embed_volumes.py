@@ -16,7 +16,7 @@ from fmcache.embed.encode import embed
 from fmcache.embed.preprocess import build_transform
 from fmcache.embed.registry import load_model
 
-N, DEPTH, SLICES = 16, 20, 8
+N, DEPTH, SLICES = 30, 20, 8
 
 
 def _blob_slice(i: int) -> int:
@@ -54,13 +54,13 @@ def cached(tmp_path_factory):
     root = tmp_path_factory.mktemp("vol")
     embed(ds, "efficientnet_lite0", root=root, encoder=enc, batch_size=16, chunk_rows=4, num_workers=0,
           progress=False, slices=SLICES)
-    return fmcache.open_cache(root).embeddings("toyvol", "efficientnet_lite0"), ds, enc
+    return fmcache.open_cache(root).embeddings("toyvol", "efficientnet_lite0"), ds, enc, root
 
 
 def test_slices_are_cached_in_volume_order(cached):
     from fmcache.datasets.volumes import resample_slices, slices_to_images
 
-    emb, ds, enc = cached
+    emb, ds, enc, _ = cached
     s = emb.slice_features()
     assert s.shape == (N, SLICES, 1280)
     assert emb.provenance["volume"] == {"slices": SLICES, "pool": "max"}
@@ -79,7 +79,7 @@ def test_a_planted_slice_makes_the_volume_positive_under_max_pooling(cached):
     from fmcache.datasets.volumes import resample_slices
     from fmcache.heads import fit_stack
 
-    emb, ds, _ = cached
+    emb, ds, _, _ = cached
     s = emb.slice_features()
     # which resampled slice holds the blob, read off the pixels, not the model
     bright = np.stack([resample_slices(ds.image(i), SLICES).max(axis=(1, 2)) for i in range(N)])
@@ -93,3 +93,18 @@ def test_a_planted_slice_makes_the_volume_positive_under_max_pooling(cached):
     planted = held_out & (np.arange(N) % 2 == 1)
     clean = held_out & (np.arange(N) % 2 == 0)
     assert volume_score[planted].min() > 0.5 > volume_score[clean].max()
+
+
+def test_a_sweep_scores_volumes_by_their_slices(cached, tmp_path):
+    from fmcache.heads.sweep import SweepConfig, run_sweep
+
+    emb, _, _, root = cached
+    cfg = dict(dataset="toyvol", model="efficientnet_lite0", heads={"linear": {"C": [1.0]}}, n_boot=20, threshold=0.5)
+    by_slices = run_sweep(SweepConfig(**cfg, volume="max"), root=root)
+    assert by_slices.config["volume"] == "max"
+    auc = by_slices.metrics.query("metric == 'auc' and group == 'overall'")["value"].iloc[0]
+    assert auc > 0.8
+    # one score per volume, not per slice
+    assert len(by_slices.predictions["linear.planted.sex"]["score"]) == int((emb.samples()["split"] == "test").sum())
+    pooled = run_sweep(SweepConfig(**cfg, volume="features"), root=root)
+    assert pooled.config["volume"] == "features"

@@ -11,6 +11,7 @@ from fmcache.cache.reader import Embeddings
 from fmcache.errors import HeadInputError, UnknownNameError, did_you_mean
 
 SPLITS = ("train", "val", "test")
+VOLUME_MODES = ("max", "mean", "features")
 
 
 @dataclass
@@ -30,6 +31,28 @@ class ProbeData:
     test_rows: np.ndarray
     provenance: dict[str, Any]
     text: dict[str, Any] = field(default_factory=dict)  # prototypes + logit scale, for VLM heads
+    # 2.5D scored slice by slice: X rows are (volume, slice) pairs, S per volume, and a
+    # volume's score is the max or mean of its slices' scores
+    slices: int = 0
+    pool: str = ""
+
+    def training_set(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Features, labels and groups of the training rows (each slice carries its volume's)."""
+        X, y, g = self.X["train"], self.y["train"], self.g["train"]
+        if self.slices:
+            y, g = np.repeat(y, self.slices, axis=0), np.repeat(g, self.slices, axis=0)
+        return X, y, g
+
+    def row_groups(self, split: str) -> np.ndarray:
+        """Groups aligned with the rows of ``X[split]``."""
+        return np.repeat(self.g[split], self.slices, axis=0) if self.slices else self.g[split]
+
+    def pool_scores(self, scores: np.ndarray) -> np.ndarray:
+        """(K, rows) scores to (K, samples): volumes take the max or mean over their slices."""
+        if not self.slices:
+            return scores
+        per_slice = scores.reshape(scores.shape[0], -1, self.slices)
+        return per_slice.max(axis=2) if self.pool == "max" else per_slice.mean(axis=2)
 
 
 def load_probe_data(
@@ -38,12 +61,17 @@ def load_probe_data(
     labels: list[str] | None = None,
     attributes: list[str] | None = None,
     kind: str = "auto",
+    volume: str = "max",
 ) -> ProbeData:
     """Read and check an entry: names exist, features are finite, each split has both classes.
 
     ``kind="auto"`` takes the post-projection feature where the model has one (as the
-    benchmark's probes do), else the image feature.
+    benchmark's probes do), else the image feature. For a 2.5D entry, ``volume`` says how a
+    volume is scored: ``max`` (the benchmark's rule) or ``mean`` of per-slice predictions
+    from heads trained on slices, or ``features``: heads trained on the pooled volume feature.
     """
+    if volume not in VOLUME_MODES:
+        raise HeadInputError(f"unknown volume mode {volume!r}: use one of {', '.join(VOLUME_MODES)}")
     if emb.dataset_info.get("task") == "multiclass":
         raise HeadInputError(
             f"{emb.dataset}: multi-class labels are not supported by `fmcache probe` yet; "
@@ -56,9 +84,14 @@ def load_probe_data(
     if kind == "auto":
         kind = "image_proj" if "image_proj" in emb.kinds else "image"
     samples = emb.samples()
+    slices = int(emb.provenance["volume"]["slices"]) if emb.provenance.get("volume") and volume != "features" else 0
     X, y, g = {}, {}, {}
     for split in SPLITS:
-        X[split] = emb.features(split=split, kind=kind)
+        if slices:
+            per_slice = emb.slice_features(split=split, kind=kind)
+            X[split] = per_slice.reshape(-1, per_slice.shape[-1])
+        else:
+            X[split] = emb.features(split=split, kind=kind)
         bad = ~np.isfinite(X[split]).all(axis=1)
         if bad.any():
             raise HeadInputError(
@@ -82,7 +115,8 @@ def load_probe_data(
     return ProbeData(
         dataset=emb.dataset, model=emb.model, kind=kind, X=X, y=y, g=g, labels=labels, attributes=attributes,
         group_names={a: emb.group_names(a) for a in attributes}, test_ids=test["id"].to_numpy(dtype=str),
-        test_rows=test.index.to_numpy(), provenance=emb.provenance, text=text,
+        test_rows=test.index.to_numpy(), provenance=emb.provenance, text=text, slices=slices,
+        pool=volume if slices else "",
     )
 
 

@@ -43,6 +43,7 @@ class SweepConfig:
     epochs: int = 100
     batch_size: int = 128
     kind: str = "auto"
+    volume: str = "max"  # 2.5D: max / mean of slice predictions, or "features" (pooled volume feature)
     seed: int = 0  # minibatch order and bootstrap resamples
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -62,7 +63,7 @@ def run_sweep(cfg: SweepConfig, *, root: str | os.PathLike[str] | None = None,
     ``on_head(name, n_heads)`` is called before each head type trains (progress display).
     """
     emb = open_cache(root).embeddings(cfg.dataset, cfg.model)
-    data = load_probe_data(emb, labels=cfg.labels, attributes=cfg.attributes, kind=cfg.kind)
+    data = load_probe_data(emb, labels=cfg.labels, attributes=cfg.attributes, kind=cfg.kind, volume=cfg.volume)
     trained, skipped = [], {}
     for head, grid in cfg.heads.items():
         why = _not_applicable(head, data)
@@ -145,13 +146,15 @@ def _train(head: str, stack: pd.DataFrame, data: ProbeData, cfg: SweepConfig) ->
             solver = "lbfgs"
         else:
             solver = "adamw"
+        X, y, g = data.training_set()
         fit = fit_stack(
-            head, data.X["train"], data.y["train"], data.g["train"], hp, epochs=cfg.epochs, batch_size=cfg.batch_size,
+            head, X, y, g, hp, epochs=cfg.epochs, batch_size=cfg.batch_size,
             seed=cfg.seed, solver=solver, prototypes=data.text.get("prototypes"),
             logit_scale=float(data.text.get("logit_scale", 100.0)),
         )
         predict = fit.predict
-    return _Trained(head, stack, predict(data.X["val"], data.g["val"]), predict(data.X["test"], data.g["test"]))
+    scores = {split: data.pool_scores(predict(data.X[split], data.row_groups(split))) for split in ("val", "test")}
+    return _Trained(head, stack, scores["val"], scores["test"])
 
 
 def _selections(t: _Trained, data: ProbeData, criterion: str):
