@@ -694,11 +694,11 @@ def _medclip_reference(weights: str):
     for prefix, cls, cfg in (("vision_model.", SwinModel, SwinConfig(**TINY_MEDCLIP_SWIN)),
                              ("text_model.", BertModel,
                               BertConfig(vocab_size=len(_tiny_bert_vocab()), **TINY_MEDCLIP_BERT))):
-        folder = Path(tempfile.mkdtemp(prefix="medclip-ref-"))
-        cfg.save_pretrained(str(folder))
         part = {k[len(prefix) + len("model."):]: v for k, v in sd.items() if k.startswith(prefix + "model.")}
-        torch.save(part, folder / "pytorch_model.bin")
-        model, info = cls.from_pretrained(str(folder), local_files_only=True, output_loading_info=True)
+        with tempfile.TemporaryDirectory(prefix="medclip-ref-") as tmp:
+            cfg.save_pretrained(tmp)
+            torch.save(part, Path(tmp) / "pytorch_model.bin")
+            model, info = cls.from_pretrained(tmp, local_files_only=True, output_loading_info=True)
         assert not info["missing_keys"], info["missing_keys"]
         towers[prefix] = (model.eval(), sd[prefix + "projection_head.weight"])
     return towers["vision_model."], towers["text_model."]
