@@ -22,12 +22,13 @@ from fairlearn.metrics import MetricFrame, false_positive_rate, selection_rate, 
 from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
 
 from fmcache import fairness
+from fmcache.fairness import _classification
 
 THRESHOLD = 0.5
 
 
 def _ece(y, s):
-    return fairness.expected_calibration_error(np.asarray(y), np.asarray(s))
+    return _classification.expected_calibration_error(np.asarray(y), np.asarray(s))
 
 
 def _at(fn):

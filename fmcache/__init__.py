@@ -5,7 +5,9 @@ Reading the cache needs neither torch nor JAX: those stages load only when used.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from fmcache._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -16,18 +18,11 @@ if TYPE_CHECKING:
 
 __all__ = ["Cache", "Embeddings", "FmcacheError", "Run", "__version__", "load_results", "open_cache"]
 
-
-def __getattr__(name: str) -> Any:
-    if name in ("open_cache", "Cache", "Embeddings"):
-        from fmcache.cache import reader
-
-        return getattr(reader, name)
-    if name in ("load_results", "Run"):
-        from fmcache import runs
-
-        return getattr(runs, name)
-    if name == "FmcacheError":
-        from fmcache.errors import FmcacheError
-
-        return FmcacheError
-    raise AttributeError(f"module 'fmcache' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "Cache": "fmcache.cache.reader",
+    "Embeddings": "fmcache.cache.reader",
+    "open_cache": "fmcache.cache.reader",
+    "Run": "fmcache.runs",
+    "load_results": "fmcache.runs",
+    "FmcacheError": "fmcache.errors",
+})

@@ -12,7 +12,6 @@ import typer
 # JAX would otherwise reserve most of a GPU's memory, leaving none to the torch stage
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-from fmcache.console import make_console  # noqa: E402
 from fmcache.errors import FmcacheError  # noqa: E402
 
 app = typer.Typer(
@@ -143,9 +142,8 @@ def probe(
     Example: fmcache probe -d chexpert -m medclip --sweep all --attributes sex,age
     """
     import fmcache
-    from fmcache.heads.grids import load_sweep
-    from fmcache.heads.sweep import SweepConfig, run_sweep
-    from fmcache.heads.summary import headline
+    from fmcache.probe import SweepConfig, load_sweep, run_sweep
+    from fmcache.views import frame_table, headline, make_console
 
     grids, settings = load_sweep(sweep, _csv(heads))
     models = _csv(model) or []
@@ -161,7 +159,7 @@ def probe(
         )
         with console.status(f"{dataset}/{m}: loading") as status:
             run = run_sweep(cfg, root=root, on_head=lambda h, k: status.update(f"{dataset}/{m}: training {k} {h} heads"))
-        _print_table(console, headline(run.metrics), f"{dataset}/{m} — test metrics of the heads chosen by val {criterion}")
+        console.print(frame_table(headline(run.metrics), f"{dataset}/{m} — test metrics of the heads chosen by val {criterion}"))
         for h, why in run.config["skipped"].items():
             console.print(f"skipped {h}: {why}", markup=False)
         console.print(f"run: {run.path}", markup=False)
@@ -175,17 +173,6 @@ def _is_number(text: str) -> bool:
         return False
 
 
-def _print_table(console, df, title: str) -> None:
-    from rich.table import Table
-
-    t = Table(title=title)
-    for col in df.columns:
-        t.add_column(col, overflow="fold")
-    for row in df.itertuples(index=False):
-        t.add_row(*[str(v) for v in row])
-    console.print(t)
-
-
 @app.command()
 def results(
     run: Annotated[Optional[str], typer.Argument(help="Run name (from the list) or path; omit to list runs.", show_default=False)] = None,
@@ -196,8 +183,8 @@ def results(
 
     From Python: fmcache.load_results(path) returns .metrics, .sweep, .predictions, .config.
     """
-    from fmcache.heads.summary import headline
-    from fmcache.runs import list_runs, load_results, runs_dir
+    from fmcache.runs import list_runs, load_results, run_path, runs_dir
+    from fmcache.views import frame_table, headline, make_console
 
     console = make_console()
     if run is None:
@@ -205,12 +192,11 @@ def results(
         if runs.empty:
             typer.echo(f"no runs under {runs_dir(root)} yet: `fmcache probe` makes them")
             return
-        _print_table(console, runs.drop(columns=["path"]), f"runs under {runs_dir(root)}")
+        console.print(frame_table(runs.drop(columns=["path"]), f"runs under {runs_dir(root)}"))
         return
-    path = Path(run) if Path(run).exists() else runs_dir(root) / run
-    r = load_results(path)
+    r = load_results(run_path(run, root))
     for label in r.metrics["label"].unique():
-        _print_table(console, headline(r.metrics, label), f"{r.path.name} — label {label}")
+        console.print(frame_table(headline(r.metrics, label), f"{r.path.name} — label {label}"))
     if csv is not None:
         r.metrics.to_csv(csv, index=False)
         typer.echo(f"wrote {len(r.metrics)} rows to {csv}")
@@ -234,10 +220,9 @@ def report(
     Example: fmcache report 20261127-101500-synthetic-medclip 20261127-103000-chexpert-medclip --out study.html
     """
     from fmcache.report import build_report
-    from fmcache.runs import runs_dir
+    from fmcache.runs import run_path
 
-    paths = [Path(r) if Path(r).exists() else runs_dir(root) / r for r in runs]
-    path = build_report(paths, out, representation=not no_representation)
+    path = build_report([run_path(r, root) for r in runs], out, representation=not no_representation)
     typer.echo(f"report: {path.resolve()}")
 
 
@@ -267,6 +252,7 @@ def models() -> None:
 
     from fmcache.embed.models import MODELS
     from fmcache.embed.weights import weights_dir
+    from fmcache.views import make_console
 
     t = Table(title="fmcache models", caption=f"local checkpoints go in {weights_dir()} ($FMCACHE_WEIGHTS) or pass --weights PATH")
     t.add_column("key", no_wrap=True)
@@ -313,6 +299,7 @@ def datasets(
 
     from fmcache.datasets import DATASETS, get_dataset
     from fmcache.datasets.samples import RESERVED_OPTIONS
+    from fmcache.views import make_console
 
     console = make_console()
     if name == "check":
@@ -359,7 +346,7 @@ def _check(dataset: str, data: str | None, options: dict[str, str]) -> None:
 def cache_ls(root: RootOpt = None) -> None:
     """List every (dataset, model) entry with its state, size and weights."""
     import fmcache
-    from fmcache.cache.summary import entries_table
+    from fmcache.views import entries_table, make_console
 
     c = fmcache.open_cache(root)
     if not any(c.models(d) for d in c.datasets()):
@@ -378,7 +365,7 @@ def cache_info(
     import json
 
     import fmcache
-    from fmcache.cache.summary import describe_dataset
+    from fmcache.views import describe_dataset
 
     c = fmcache.open_cache(root)
     if model is None:

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from rich.console import Console
 
-from fmcache.console import make_console
+from fmcache.views import make_console
 
 
 @dataclass
@@ -44,7 +44,7 @@ def _step_embed(ctx: DemoContext) -> None:
 
 def _step_show_cache(ctx: DemoContext) -> None:
     import fmcache
-    from fmcache.cache.summary import describe_dataset, entries_table
+    from fmcache.views import describe_dataset, entries_table
 
     cache = fmcache.open_cache(ctx.root)
     ctx.console.print(entries_table(cache))
@@ -62,9 +62,8 @@ def _step_show_cache(ctx: DemoContext) -> None:
 
 
 def _step_sweep(ctx: DemoContext) -> None:
-    from fmcache.heads.grids import load_sweep
-    from fmcache.heads.summary import headline
-    from fmcache.heads.sweep import SweepConfig, run_sweep
+    from fmcache.probe import SweepConfig, load_sweep, run_sweep
+    from fmcache.views import headline
 
     grids, _ = load_sweep("all", None)
     cfg = SweepConfig(dataset=ctx.facts["dataset"], model=ctx.model, heads=grids, n_boot=1000)
@@ -79,19 +78,21 @@ def _step_sweep(ctx: DemoContext) -> None:
 
 
 def _step_verdict(ctx: DemoContext) -> None:
-    from fmcache.heads.summary import compare_to_baseline, sentences
+    from fmcache.runs import BASELINE, compare_to_baseline
+    from fmcache.views import mitigation_sentences
 
+    run = ctx.facts["run"]
     attribute = ctx.facts["planted"].get("attribute", "sex")
-    comparison = compare_to_baseline(ctx.facts["run"].metrics, attribute)
-    base = ctx.facts["run"].metrics.query(
-        f"head == 'linear' and attribute == '{attribute}' and metric == 'auc_delta' and group == 'gap'"
+    comparison = compare_to_baseline(run.metrics, attribute, target_gaps=run.target_gaps)
+    base = run.metrics.query(
+        f"head == '{BASELINE}' and attribute == '{attribute}' and metric == 'auc_delta' and group == 'gap'"
     ).iloc[0]
     ctx.console.print(
         f"The linear probe (ERM) shows an AUC gap of {base['value']:.3f} [{base['ci_low']:.3f}, {base['ci_high']:.3f}] "
         f"between {attribute} groups on test. Each mitigation, on the gap it targets:",
         markup=False,
     )
-    for line in sentences(comparison, attribute):
+    for line in mitigation_sentences(comparison, attribute):
         ctx.console.print(f"  - {line}", markup=False)
 
 

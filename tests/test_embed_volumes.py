@@ -96,7 +96,7 @@ def test_a_planted_slice_makes_the_volume_positive_under_max_pooling(cached):
 
 
 def test_a_sweep_scores_volumes_by_their_slices(cached, tmp_path):
-    from fmcache.heads.sweep import SweepConfig, run_sweep
+    from fmcache.probe import SweepConfig, run_sweep
 
     emb, _, _, root = cached
     cfg = dict(dataset="toyvol", model="efficientnet_lite0", heads={"linear": {"C": [1.0]}}, n_boot=20, threshold=0.5)

@@ -7,6 +7,7 @@ import pytest
 from sklearn.metrics import accuracy_score, roc_auc_score
 
 from fmcache import fairness
+from fmcache.fairness import _bootstrap, _classification
 from fmcache.errors import MetricInputError
 
 
@@ -24,26 +25,26 @@ def _row(df, metric, group="overall"):
 
 def test_vectorised_auc_matches_looped_sklearn_on_the_same_indices():
     y, s, g = _data(400)
-    idx = fairness.resample_indices(g * 2 + y, n_boot=300, seed=7)
+    idx = _bootstrap.resample_indices(g * 2 + y, n_boot=300, seed=7)
     looped = np.array([roc_auc_score(y[i], s[i]) for i in idx])
-    np.testing.assert_allclose(fairness.auc_over_resamples(y, s, idx), looped, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(_bootstrap.auc_over_resamples(y, s, idx), looped, rtol=0, atol=1e-12)
     # any index matrix, not only stratified ones (the class balance then varies per row)
     free = np.random.default_rng(1).integers(0, 400, (50, 400))
     looped = np.array([roc_auc_score(y[i], s[i]) for i in free])
-    np.testing.assert_allclose(fairness.auc_over_resamples(y, s, free), looped, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(_bootstrap.auc_over_resamples(y, s, free), looped, rtol=0, atol=1e-12)
 
 
 def test_stratification_keeps_every_cell_count_and_is_seeded():
     y, _, g = _data(301)
     strata = g * 2 + y
-    idx = fairness.resample_indices(strata, n_boot=200, seed=3)
+    idx = _bootstrap.resample_indices(strata, n_boot=200, seed=3)
     assert idx.shape == (200, 301)
     expected = np.bincount(strata, minlength=4)
     counts = np.stack([np.bincount(strata[row], minlength=4) for row in idx])
     assert (counts == expected).all()
-    assert np.array_equal(idx, fairness.resample_indices(strata, n_boot=200, seed=3))
-    assert not np.array_equal(idx, fairness.resample_indices(strata, n_boot=200, seed=4))
-    assert fairness.resample_indices(strata, seed=0).shape[0] == 1000  # the default
+    assert np.array_equal(idx, _bootstrap.resample_indices(strata, n_boot=200, seed=3))
+    assert not np.array_equal(idx, _bootstrap.resample_indices(strata, n_boot=200, seed=4))
+    assert _bootstrap.resample_indices(strata, seed=0).shape[0] == 1000  # the default
 
 
 def test_table_intervals_match_a_looped_reference():
@@ -51,7 +52,7 @@ def test_table_intervals_match_a_looped_reference():
     n_boot, ci = 200, 0.9
     df = fairness.evaluate(y, s, {"sex": g}, n_boot=n_boot, seed=11, ci=ci, threshold=0.45)
     # evaluate draws label 0 / attribute 0 from seed (11, 0, 0), stratified by group x label
-    idx = fairness.resample_indices(g * 2 + y, n_boot=n_boot, seed=(11, 0, 0))
+    idx = _bootstrap.resample_indices(g * 2 + y, n_boot=n_boot, seed=(11, 0, 0))
     q = [50 * (1 - ci), 50 * (1 + ci)]
     auc1, acc_all, dp, ece0 = [], [], [], []
     for i in idx:
@@ -61,7 +62,7 @@ def test_table_intervals_match_a_looped_reference():
         acc_all.append(accuracy_score(yi, si >= 0.45))
         rates = [(si[gi == k] >= 0.45).mean() for k in (0, 1)]
         dp.append(abs(rates[0] - rates[1]))
-        ece0.append(fairness.expected_calibration_error(yi[gi == 0], si[gi == 0]))
+        ece0.append(_classification.expected_calibration_error(yi[gi == 0], si[gi == 0]))
     for (metric, group), samples in {
         ("auc", "1"): auc1,
         ("acc", "overall"): acc_all,
@@ -108,7 +109,7 @@ def test_segmentation_bootstrap():
     g = rng.integers(0, 2, 2000)
     dice = np.clip(rng.normal(0.8 - 0.1 * g, 0.1), 0, 1)
     df = fairness.evaluate_dice(dice, g, n_boot=200, seed=1)
-    idx = fairness.resample_indices(g, n_boot=200, seed=(1, 0, 0))
+    idx = _bootstrap.resample_indices(g, n_boot=200, seed=(1, 0, 0))
     looped = [dice[i][g[i] == 1].mean() for i in idx]
     row = _row(df, "dsc", "1")
     assert row.ci_low == pytest.approx(np.percentile(looped, 2.5), abs=1e-12)

@@ -12,6 +12,7 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import accuracy_score, log_loss, precision_recall_curve, roc_auc_score, roc_curve
 
 from fmcache import fairness
+from fmcache.fairness import _classification, _thresholds
 from fmcache.errors import FmcacheError, MetricInputError
 
 
@@ -80,9 +81,9 @@ def test_per_group_values_match_sklearn():
 def test_ece_bin_edges_and_clipped_bce_match_sklearn():
     s = np.array([0.0, 0.1, 0.2, 0.30000000000000004, 0.5, 0.9, 1.0, 1.0, 0.05, 0.7])
     y = np.array([0, 1, 0, 1, 1, 0, 1, 0, 0, 1])
-    assert fairness.expected_calibration_error(y, s) == pytest.approx(_ref_ece(y, s), abs=1e-12)
-    assert fairness.binary_cross_entropy(y, s) == pytest.approx(log_loss(y, s), abs=1e-9)
-    assert fairness.roc_auc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    assert _classification.expected_calibration_error(y, s) == pytest.approx(_ref_ece(y, s), abs=1e-12)
+    assert _classification.binary_cross_entropy(y, s) == pytest.approx(log_loss(y, s), abs=1e-9)
+    assert _classification.roc_auc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
 
 
 def test_metricframe_by_group_and_parity_differences():
@@ -168,7 +169,7 @@ def test_best_f1_tie_goes_to_the_lowest_threshold_then_strict_cut():
     y = np.array([1, 0, 0, 1])
     s = np.array([0.1, 0.2, 0.3, 0.9])
     assert _ref_best_f1(y, s) == 0.1
-    assert fairness.best_f1_threshold(y, s) == 0.1
+    assert _thresholds.best_f1_threshold(y, s) == 0.1
     df = fairness.evaluate(y, s, np.zeros(4, int), convention="fairmedfm", threshold="best_f1_on_test")
     assert _v(df, "threshold") == 0.1
     # strict >: the positive scored exactly 0.1 is predicted negative
@@ -179,7 +180,7 @@ def test_best_f1_tie_goes_to_the_lowest_threshold_then_strict_cut():
 @pytest.mark.parametrize("seed", range(6))
 def test_best_f1_threshold_matches_reference_code(seed):
     y, s, _ = _data(n=300, seed=seed, decimals=1 + seed % 3)
-    assert fairness.best_f1_threshold(y, s) == _ref_best_f1(y, s)
+    assert _thresholds.best_f1_threshold(y, s) == _ref_best_f1(y, s)
 
 
 def test_strict_threshold_only_under_fairmedfm():
@@ -194,12 +195,12 @@ def test_fairmedfm_ece_spans_the_scored_range_and_drops_empty_bins():
     y = np.array([1, 0, 0])
     s = np.array([0.51, 0.52, 0.59])
     # [0.51, 0.59] in 10 bins: each score alone, 7 empty bins dropped
-    assert fairness.expected_calibration_error(y, s, convention="fairmedfm") == pytest.approx((0.49 + 0.52 + 0.59) / 3)
+    assert _classification.expected_calibration_error(y, s, convention="fairmedfm") == pytest.approx((0.49 + 0.52 + 0.59) / 3)
     # on [0, 1] all three share bin (0.5, 0.6]
-    assert fairness.expected_calibration_error(y, s) == pytest.approx(abs(np.mean(s) - 1 / 3))
+    assert _classification.expected_calibration_error(y, s) == pytest.approx(abs(np.mean(s) - 1 / 3))
     # all scores equal: pandas widens the range by 0.1% and all fall in one bin
     same = np.full(4, 0.3)
-    assert fairness.expected_calibration_error(np.array([0, 1, 1, 0]), same, convention="fairmedfm") == pytest.approx(0.2)
+    assert _classification.expected_calibration_error(np.array([0, 1, 1, 0]), same, convention="fairmedfm") == pytest.approx(0.2)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -223,8 +224,8 @@ def test_per_group_ece_is_rebinned_over_the_groups_own_range():
 def test_fairmedfm_bce_floors_the_log_at_minus_100():
     y = np.array([1, 0])
     s = np.array([0.0, 0.0])
-    assert fairness.binary_cross_entropy(y, s, convention="fairmedfm") == pytest.approx(50.0)
-    assert fairness.binary_cross_entropy(y, s) == pytest.approx(log_loss(y, s, labels=[0, 1]))
+    assert _classification.binary_cross_entropy(y, s, convention="fairmedfm") == pytest.approx(50.0)
+    assert _classification.binary_cross_entropy(y, s) == pytest.approx(log_loss(y, s, labels=[0, 1]))
 
 
 # ------------------------------------------------------------------ thresholds
@@ -234,15 +235,15 @@ def test_validation_thresholds():
     yv, sv, _ = _data(n=400, seed=3, decimals=2)
     fpr, tpr, thr = roc_curve(yv, sv, drop_intermediate=False)
     t_ref = thr[np.argmax(tpr - fpr)]
-    t = fairness.youden_threshold(yv, sv)
+    t = _thresholds.youden_threshold(yv, sv)
     assert np.array_equal(sv >= t, sv >= t_ref) and np.array_equal(sv > t, sv >= t_ref)
-    t90 = fairness.sensitivity_threshold(yv, sv, 0.9)
+    t90 = _thresholds.sensitivity_threshold(yv, sv, 0.9)
     tpr90 = (sv[yv == 1] >= t90).mean()
     assert tpr90 >= 0.9
     above = np.unique(sv[sv > t90])[1]  # one distinct score fewer falls short of the target
     assert (sv[yv == 1] >= above).mean() < 0.9
     f1s = [2 * ((sv >= c) & (yv == 1)).sum() / ((sv >= c).sum() + (yv == 1).sum()) for c in np.unique(sv)]
-    t_f1 = fairness.f1_threshold(yv, sv)
+    t_f1 = _thresholds.f1_threshold(yv, sv)
     best = 2 * ((sv >= t_f1) & (yv == 1)).sum() / ((sv >= t_f1).sum() + (yv == 1).sum())
     assert best == pytest.approx(max(f1s))
     y, s, g = _data(n=200, seed=4)
@@ -398,7 +399,7 @@ def test_table_schema():
     assert (df.label == "").all() and (df.attribute == "").all()
     assert df.ci_low.isna().all() and df.ci_high.isna().all()
     assert df.n.dtype == np.int64 and df.value.dtype == np.float64
-    for m in fairness.METRICS:
+    for m in _classification.METRICS:
         assert {"overall", "0", "1", "2"} <= set(df[df.metric == m].group)
 
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from fmcache.cache.store import open_root
 from fmcache.cache.writer import open_entry, write_samples
 from fmcache.datasets import load_dataset
 from fmcache.errors import FmcacheError, HeadInputError
 from fmcache.fairness import evaluate
-from fmcache.heads.grids import load_sweep
-from fmcache.heads.sweep import SweepConfig, run_sweep
+from fmcache.probe import SweepConfig, load_sweep, run_sweep
 
 D = 16
 
@@ -157,15 +157,16 @@ def test_a_sweep_file_sets_grids_and_epochs(tmp_path):
 
 
 def test_comparison_with_erm_reads_its_numbers_from_the_table(run):
-    from fmcache.heads.summary import compare_to_baseline, sentences
+    from fmcache.runs import compare_to_baseline
+    from fmcache.views import mitigation_sentences
 
     r, _ = run
-    c = compare_to_baseline(r.metrics, "sex")
+    c = compare_to_baseline(r.metrics, "sex", target_gaps=r.target_gaps)
     row = c.set_index("head").loc["groupdro"]
     assert row["gap"] == "auc_delta"
     gap = r.metrics.query("attribute == 'sex' and group == 'gap' and metric == 'auc_delta'").set_index("head")["value"]
     assert row["value"] == gap["groupdro"] and row["baseline"] == gap["linear"]
-    line = sentences(c, "sex")[0]
+    line = mitigation_sentences(c, "sex")[0]
     assert f"{gap['linear']:.3f} with linear" in line and f"{gap['groupdro']:.3f}" in line
 
 
@@ -180,3 +181,72 @@ def test_zero_shot_and_clip_adapt_run_from_text_prototypes(tmp_path):
     # without the projected features the text heads are skipped, with the reason
     r2 = run_sweep(_config(heads=grids, kind="image"), root=tmp_path)
     assert set(r2.config["skipped"]) == {"zeroshot", "clip_adapt"} and "image_proj" in r2.config["skipped"]["zeroshot"]
+
+
+def _squared_hinge(name: str):
+    """A head type written outside the package: a linear scorer with a squared-hinge loss."""
+    import jax.numpy as jnp
+
+    from fmcache.heads import HeadType
+    from fmcache.heads.types import dense, dense_init, masked_mean, squeeze_binary
+
+    def predict(p, x, g=None):
+        return squeeze_binary(dense(p, x))
+
+    def loss(p, state, batch, hp):
+        margin = (2.0 * batch.y - 1.0) * predict(p, batch.x)
+        return hp["margin_weight"] * masked_mean(jnp.maximum(0.0, 1.0 - margin) ** 2, batch.m), state
+
+    return HeadType(
+        name=name, init=lambda key, spec, hp: dense_init(key, spec.d, spec.n_out), loss=loss, predict=predict,
+        hparams={"margin_weight": 1.0}, multiclass=False, description="squared hinge",
+        default_grid={"lr": (1e-3,), "weight_decay": (0.0,)},
+        search_grid={"lr": (1e-3, 4e-3), "weight_decay": (0.0,), "margin_weight": (0.5, 1.0)},
+        target_gap="eqodds",
+    )
+
+
+@pytest.fixture
+def registered_hinge():
+    from fmcache.heads import HEADS, register_head
+
+    head = register_head(_squared_hinge("sq_hinge"))
+    yield head
+    HEADS.pop(head.name)
+
+
+def test_an_outside_head_type_is_swept_once_registered(registered_hinge, tmp_path):
+    from fmcache.runs import compare_to_baseline
+
+    _cache(tmp_path)
+    grids, _ = load_sweep("all", ["linear", "sq_hinge"])
+    assert grids["sq_hinge"] == {"lr": [1e-3, 4e-3], "weight_decay": [0.0], "margin_weight": [0.5, 1.0]}
+    r = run_sweep(_config(heads=grids), root=tmp_path)
+    assert r.config["heads_trained"]["sq_hinge"] == 4 and r.config["target_gaps"]["sq_hinge"] == "eqodds"
+    auc = r.metrics.query("metric == 'auc' and group == 'overall' and attribute == 'sex'").set_index("head")["value"]
+    assert auc["sq_hinge"] > 0.75
+    chosen = r.sweep.query("head == 'sq_hinge' and attribute == 'sex' and selected")
+    assert len(chosen) == 1 and chosen["margin_weight"].iloc[0] in (0.5, 1.0)
+    # the run says which gap the head targets, and the comparison with ERM reads that one
+    row = compare_to_baseline(r.metrics, "sex", target_gaps=r.target_gaps).set_index("head").loc["sq_hinge"]
+    assert row["gap"] == "eqodds"
+
+
+def test_an_unknown_head_type_is_refused_until_registered(tmp_path):
+    with pytest.raises(FmcacheError, match="unknown head type 'sq_hinge'"):
+        load_sweep("default", ["sq_hinge"])
+
+
+def test_a_fit_of_an_unregistered_head_type_predicts():
+    from fmcache.heads import HEADS, fit_stack, predict_stack
+
+    head = _squared_hinge("unregistered_hinge")
+    assert head.name not in HEADS
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 4)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(np.int8)
+    fit = fit_stack(head, X, y, hparams={"lr": [1e-2, 3e-2]}, epochs=20, batch_size=50)
+    scores = fit.predict(X)
+    assert scores.shape == (2, 200)
+    np.testing.assert_array_equal(scores, predict_stack(head, fit.params, X))
+    assert min(roc_auc_score(y, s) for s in scores) > 0.9

@@ -26,8 +26,7 @@ def small_run(root):
     from fmcache.cache.store import open_root
     from fmcache.cache.writer import open_entry, write_samples
     from fmcache.datasets import load_dataset
-    from fmcache.heads.grids import load_sweep
-    from fmcache.heads.sweep import SweepConfig, run_sweep
+    from fmcache.probe import SweepConfig, load_sweep, run_sweep
 
     n = 300
     ds = load_dataset("synthetic", options={"size": str(n), "image_size": "32"})
@@ -212,9 +211,18 @@ def test_report_command(probe, run_cli, tmp_path):
     assert code == 1 and err.strip().count("\n") == 0 and "no-such-run" in err
 
 
-def test_a_run_moved_away_from_its_cache_skips_representation_with_a_note(probe, tmp_path):
-    run, _, _ = probe
+def _representation(page: str) -> str:
+    return re.sub(r"<p class=\"note\">.*?</p>", "", page.split('id="representation"')[1])
+
+
+def test_a_run_finds_its_cache_by_the_root_it_recorded(probe, tmp_path):
+    run, root, _ = probe
+    assert run.config["root"] == str(root.resolve())
+    # a run directory moved elsewhere still maps the features of the cache it was trained on
     moved = shutil.copytree(run.path, tmp_path / "elsewhere" / "runs" / run.path.name)
-    page = build_report([moved], tmp_path / "moved.html").read_text()
-    assert "Not mapped" in page and "t-SNE" not in re.sub(r"<p class=\"note\">.*?</p>", "", page.split('id="representation"')[1])
-    assert json.loads((moved / "config.json").read_text())["dataset"] == "synthetic"
+    assert "t-SNE" in _representation(build_report([moved], tmp_path / "moved.html").read_text())
+    # a cache that is gone from its recorded root only drops the section, with a note
+    config = json.loads((moved / "config.json").read_text())
+    (moved / "config.json").write_text(json.dumps({**config, "root": str(tmp_path / "gone")}))
+    page = build_report([moved], tmp_path / "gone.html").read_text()
+    assert "Not mapped" in page and "t-SNE" not in _representation(page)

@@ -46,7 +46,7 @@ def test_loading_results_needs_neither_torch_nor_jax(tmp_path):
     code = (
         "import sys, fmcache\n"
         f"r = fmcache.load_results({str(path)!r}); r.predictions\n"
-        "import fmcache.heads.summary, fmcache.report\n"
+        "import fmcache.runs, fmcache.report\n"
         "bad = [m for m in ('torch', 'jax') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )

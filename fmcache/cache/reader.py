@@ -89,6 +89,10 @@ class Cache:
         """The dataset group's attributes (adapter, labels, attribute rules, split policy...)."""
         return dict(self._dataset_group(dataset).attrs)
 
+    def samples(self, dataset: str) -> pd.DataFrame:
+        """A cached dataset's samples table (as ``Embeddings.samples``), no model entry needed."""
+        return _samples(self._dataset_group(dataset))
+
     def embeddings(self, dataset: str, model: str, *, allow_partial: bool = False) -> Embeddings:
         """Open a (dataset, model) entry; CacheMissError if absent or not complete."""
         g = self._dataset_group(dataset)
@@ -151,8 +155,7 @@ class Embeddings:
 
     @property
     def attributes(self) -> list[str]:
-        s = self._d[L.SAMPLES]
-        return sorted(s[L.SA].array_keys()) if L.SA in s else []
+        return _attributes(self._d)
 
     @cached_property
     def _split(self) -> np.ndarray:
@@ -214,17 +217,7 @@ class Embeddings:
 
     def samples(self) -> pd.DataFrame:
         """One row per sample: id, subject, split, labels, binarised and raw attributes."""
-        s = self._d[L.SAMPLES]
-        df = pd.DataFrame({"id": s[L.ID][...], "subject": s[L.SUBJECT][...], "split": s[L.SPLIT][...]})
-        df["split"] = df["split"].map({v: k for k, v in SPLIT_NAMES.items()})
-        y = np.asarray(s[L.LABEL][...])
-        for i, name in enumerate(self.label_names):
-            df[f"label/{name}"] = y[:, i]
-        for a in self.attributes:
-            df[f"sa/{a}"] = np.asarray(s[L.SA][a][...])
-            if L.SA_RAW in s and a in s[L.SA_RAW]:
-                df[f"sa_raw/{a}"] = np.asarray(s[L.SA_RAW][a][...], dtype=object)
-        return df
+        return _samples(self._d)
 
     def prompt_sets(self) -> list[str]:
         return sorted(self._e[L.TEXT].array_keys()) if L.TEXT in self._e else []
@@ -245,6 +238,25 @@ class Embeddings:
 
     def __repr__(self) -> str:
         return f"Embeddings({self.dataset!r}, {self.model!r}, n={self._e.attrs.get('n')}, kinds={self.kinds})"
+
+
+def _attributes(dataset_group: zarr.Group) -> list[str]:
+    s = dataset_group[L.SAMPLES]
+    return sorted(s[L.SA].array_keys()) if L.SA in s else []
+
+
+def _samples(dataset_group: zarr.Group) -> pd.DataFrame:
+    s = dataset_group[L.SAMPLES]
+    df = pd.DataFrame({"id": s[L.ID][...], "subject": s[L.SUBJECT][...], "split": s[L.SPLIT][...]})
+    df["split"] = df["split"].map({v: k for k, v in SPLIT_NAMES.items()})
+    y = np.asarray(s[L.LABEL][...])
+    for i, name in enumerate(dataset_group.attrs.get("label_names", [])):
+        df[f"label/{name}"] = y[:, i]
+    for a in _attributes(dataset_group):
+        df[f"sa/{a}"] = np.asarray(s[L.SA][a][...])
+        if L.SA_RAW in s and a in s[L.SA_RAW]:
+            df[f"sa_raw/{a}"] = np.asarray(s[L.SA_RAW][a][...], dtype=object)
+    return df
 
 
 __all__ = ["Cache", "Embeddings", "FmcacheError", "open_cache"]

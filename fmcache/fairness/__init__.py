@@ -10,60 +10,39 @@ used, so ``from fmcache import fairness`` stays light.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from fmcache._lazy import lazy_exports
 
-# metrics, conventions, thresholds, bootstrap
-from fmcache.fairness._bootstrap import auc_over_resamples, percentile_interval, resample_indices
-from fmcache.fairness._classification import (
-    METRICS,
-    binary_cross_entropy,
-    expected_calibration_error,
-    roc_auc,
-    threshold_rates,
+# evaluation under named conventions; each metric's title and direction
+from fmcache.fairness._conventions import (
+    CONVENTIONS,
+    Convention,
+    Gap,
+    Metric,
+    fairlearn,
+    fairmedfm,
+    get_convention,
+    metric_info,
+    paper,
 )
-from fmcache.fairness._conventions import CONVENTIONS, Convention, Gap, fairlearn, fairmedfm, get_convention, paper
 from fmcache.fairness._evaluate import COLUMNS, evaluate, evaluate_dice, evaluate_segmentation
-from fmcache.fairness._groups import Grouping, encode_groups, intersect_groups
 from fmcache.fairness._segmentation import dice_per_sample, iou_per_sample
-from fmcache.fairness._thresholds import (
-    best_f1_threshold,
-    f1_threshold,
-    resolve_threshold,
-    sensitivity_threshold,
-    youden_threshold,
-)
 
 __all__ = [
     "COLUMNS",
     "CONVENTIONS",
-    "METRICS",
     "Convention",
     "Gap",
-    "Grouping",
-    "auc_over_resamples",
-    "best_f1_threshold",
-    "binary_cross_entropy",
+    "Metric",
     "dice_per_sample",
-    "encode_groups",
     "evaluate",
     "evaluate_dice",
     "evaluate_segmentation",
-    "expected_calibration_error",
-    "f1_threshold",
     "fairlearn",
     "fairmedfm",
     "get_convention",
-    "intersect_groups",
     "iou_per_sample",
+    "metric_info",
     "paper",
-    "percentile_interval",
-    "resample_indices",
-    "resolve_threshold",
-    "roc_auc",
-    "sensitivity_threshold",
-    "threshold_rates",
-    "youden_threshold",
 ]
 
 # statistical tests and representation fairness (scikit-learn loads inside the functions)
@@ -101,13 +80,4 @@ _LAZY: dict[str, str] = {
 }
 __all__ += list(_LAZY)
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'fmcache.fairness' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -4,6 +4,9 @@ A convention is data: how predictions are thresholded, how ECE bins are laid out
 BCE guards log(0), and a table of gaps, each a (name, per-group metrics, aggregate)
 entry. The gaps are generated from that table by the aggregates below, vectorised over
 bootstrap resamples, rather than written out one by one.
+
+Every metric and gap also carries how it is shown: its title and which way is better.
+Tables, figures and sentences read these through :func:`metric_info` and nowhere else.
 """
 
 from __future__ import annotations
@@ -54,12 +57,42 @@ AGGREGATES: dict[str, Aggregate] = {
 
 
 @dataclass(frozen=True)
-class Gap:
-    """A summary over groups: `aggregate` applied to the per-group `metrics` (and overall)."""
+class Metric:
+    """A metric computed per group and overall.
+
+    Attributes
+    ----------
+    name : the stable name in result tables.
+    title : how figures and sentences name it.
+    higher_is_better : True, False, or None for rates that are neither (TPR, FPR, ...).
+    short : a narrower title for table headings (default: ``title``).
+    bounded : its values lie in [0, 1].
+    fairness : it measures a difference between groups ("fairer", not "better").
+    """
 
     name: str
-    metrics: tuple[str, ...]
-    aggregate: str
+    title: str
+    higher_is_better: bool | None
+    short: str = ""
+    bounded: bool = False
+    fairness: bool = False
+
+    @property
+    def heading(self) -> str:
+        return self.short or self.title
+
+
+@dataclass(frozen=True)
+class Gap(Metric):
+    """A summary over groups: `aggregate` applied to the per-group `metrics` (and overall).
+
+    Most gaps are differences between groups (``fairness``); the worst-group and
+    equity-scaled values are utilities that weigh the groups.
+    """
+
+    metrics: tuple[str, ...] = ()
+    aggregate: str = "range"
+    fairness: bool = True
 
 
 @dataclass(frozen=True)
@@ -80,25 +113,44 @@ class Convention:
         return score > threshold if self.strict_threshold else score >= threshold
 
 
+# per-group and overall metrics; every convention computes them under these names
+METRIC_SPECS: Mapping[str, Metric] = {m.name: m for m in (
+    Metric("auc", "AUC", True, bounded=True),
+    Metric("acc", "Accuracy", True, bounded=True),
+    Metric("ece", "ECE", False),
+    Metric("bce", "BCE", False),
+    Metric("tpr", "TPR", None, bounded=True),
+    Metric("fpr", "FPR", None, bounded=True),
+    Metric("tnr", "TNR", None, bounded=True),
+    Metric("selection_rate", "Selection rate", None, bounded=True),
+    Metric("dsc", "Dice", True, bounded=True),
+    Metric("iou", "IoU", True, bounded=True),
+)}
+
 _SEG_GAPS = (
-    Gap("dsc_delta", ("dsc",), "range"),
-    Gap("dsc_skew", ("dsc",), "skew"),
-    Gap("dsc_std", ("dsc",), "std"),
-    Gap("dsc_es", ("dsc",), "es_std"),
+    Gap("dsc_delta", "Dice gap (max − min)", False, short="Dice gap", metrics=("dsc",), aggregate="range"),
+    Gap("dsc_skew", "Dice skewness", False, metrics=("dsc",), aggregate="skew"),
+    Gap("dsc_std", "Dice std over groups", False, metrics=("dsc",), aggregate="std"),
+    Gap("dsc_es", "Equity-scaled Dice", True, fairness=False, metrics=("dsc",), aggregate="es_std"),
 )
 
 
 def _gaps(eqodds: Gap) -> tuple[Gap, ...]:
     return (
-        Gap("auc_delta", ("auc",), "range"),
-        Gap("auc_min", ("auc",), "min"),
-        Gap("acc_delta", ("acc",), "range"),
-        Gap("ece_delta", ("ece",), "range"),
+        Gap("auc_delta", "AUC gap (max − min)", False, short="AUC gap", metrics=("auc",), aggregate="range"),
+        Gap("auc_min", "Worst-group AUC", True, fairness=False, metrics=("auc",), aggregate="min"),
+        Gap("acc_delta", "Accuracy gap (max − min)", False, metrics=("acc",), aggregate="range"),
+        Gap("ece_delta", "ECE gap (max − min)", False, metrics=("ece",), aggregate="range"),
         eqodds,
-        Gap("eqopp", ("tpr",), "range"),
-        Gap("dp", ("selection_rate",), "range"),
-        Gap("auc_es", ("auc",), "es_std"),
+        Gap("eqopp", "Equal-opportunity gap", False, metrics=("tpr",), aggregate="range"),
+        Gap("dp", "Demographic-parity gap", False, short="DP gap", metrics=("selection_rate",), aggregate="range"),
+        Gap("auc_es", "Equity-scaled AUC", True, short="ES-AUC (trade-off)", fairness=False, metrics=("auc",),
+            aggregate="es_std"),
     )
+
+
+def _eqodds(members: tuple[str, ...], aggregate: str) -> Gap:
+    return Gap("eqodds", "Equalized-odds gap", False, short="Eq.-odds gap", metrics=members, aggregate=aggregate)
 
 
 def paper() -> Convention:
@@ -125,7 +177,7 @@ def paper() -> Convention:
       min_g(1 - dsc_g); ``dsc_std`` = std_g(dsc_g) (ddof = 0); ``dsc_es`` = dsc / (1 + dsc_std)
     - thresholds: a number or "val:..." chosen on a validation set; never the test set.
     """
-    return Convention("paper", False, "unit", "clip_eps", _gaps(Gap("eqodds", ("tpr", "fpr"), "mean_range")), _SEG_GAPS, False)
+    return Convention("paper", False, "unit", "clip_eps", _gaps(_eqodds(("tpr", "fpr"), "mean_range")), _SEG_GAPS, False)
 
 
 def fairmedfm() -> Convention:
@@ -148,9 +200,10 @@ def fairmedfm() -> Convention:
     - ``eqodds`` = 1 - (range(tpr_g) + range(tnr_g)) / 2 (higher is fairer)
     - ``eqopp`` = range(tpr_g), the reference's "eo"
     """
-    return Convention(
-        "fairmedfm", True, "range", "log_floor", _gaps(Gap("eqodds", ("tpr", "tnr"), "one_minus_mean_range")), _SEG_GAPS, True
-    )
+    # a score, not a gap: higher is fairer
+    eqodds = Gap("eqodds", "Equalized odds, 1 − (ΔTPR + ΔTNR)/2", True, short="Eq. odds (1 − gap)", metrics=("tpr", "tnr"),
+                 aggregate="one_minus_mean_range")
+    return Convention("fairmedfm", True, "range", "log_floor", _gaps(eqodds), _SEG_GAPS, True)
 
 
 def fairlearn() -> Convention:
@@ -162,7 +215,7 @@ def fairlearn() -> Convention:
     - ``eqopp`` = range(tpr_g): fairlearn.metrics.equal_opportunity_difference
     - prediction yhat = 1 if s >= t; ``ece``, ``bce``, ``auc`` and the other gaps as `paper`.
     """
-    return Convention("fairlearn", False, "unit", "clip_eps", _gaps(Gap("eqodds", ("tpr", "fpr"), "max_range")), _SEG_GAPS, False)
+    return Convention("fairlearn", False, "unit", "clip_eps", _gaps(_eqodds(("tpr", "fpr"), "max_range")), _SEG_GAPS, False)
 
 
 CONVENTIONS: Mapping[str, Convention] = {c.name: c for c in (paper(), fairmedfm(), fairlearn())}
@@ -179,6 +232,32 @@ def get_convention(name: str | Convention) -> Convention:
             f"unknown metric convention {name!r}{did_you_mean(str(name), list(CONVENTIONS))}; "
             f"choose one of {', '.join(CONVENTIONS)}"
         ) from None
+
+
+def metric_info(name: str, convention: str | Convention = "paper") -> Metric:
+    """How a metric or gap of the result tables is titled and which way is better, under a convention.
+
+    Parameters
+    ----------
+    name : a metric name of the result tables (``auc``, ``eqodds``, ``dsc_delta``, ...).
+    convention : the convention whose formula produced it (``eqodds`` is a gap under
+        ``paper`` and ``fairlearn`` but a higher-is-fairer score under ``fairmedfm``).
+
+    Returns
+    -------
+    Metric
+        ``title``, ``heading`` (short title), ``higher_is_better``, ``fairness``, ``bounded``;
+        a :class:`Gap` for summaries over groups.
+    """
+    conv = get_convention(convention)
+    for gap in (*conv.gaps, *conv.segmentation_gaps):
+        if gap.name == name:
+            return gap
+    try:
+        return METRIC_SPECS[name]
+    except KeyError:
+        known = [*METRIC_SPECS, *(g.name for g in conv.gaps + conv.segmentation_gaps)]
+        raise UnknownNameError(f"unknown metric {name!r}{did_you_mean(name, known)}; known: {', '.join(known)}") from None
 
 
 def apply_gaps(

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from fmcache.errors import FmcacheError
+from fmcache.errors import FmcacheError, UnknownNameError
+from fmcache.fairness._conventions import metric_info
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "OKABE_ITO",
+    "axis_label",
     "cd_diagram",
     "group_bars",
     "group_colors",
@@ -53,55 +55,23 @@ _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 _SUMMARY_GROUPS = ("overall", "gap")
 _REQUIRED = ("metric", "group", "value", "ci_low", "ci_high")
 
-# display name and which direction is better ("higher", "lower" or None)
-_METRICS: dict[str, tuple[str, str | None]] = {
-    "auc": ("AUC", "higher"),
-    "acc": ("Accuracy", "higher"),
-    "ece": ("ECE", "lower"),
-    "bce": ("BCE", "lower"),
-    "tpr": ("TPR", None),
-    "fpr": ("FPR", None),
-    "tnr": ("TNR", None),
-    "selection_rate": ("Selection rate", None),
-    "dsc": ("Dice", "higher"),
-    "iou": ("IoU", "higher"),
-    "auc_delta": ("AUC gap (max − min)", "lower"),
-    "auc_min": ("Worst-group AUC", "higher"),
-    "acc_delta": ("Accuracy gap (max − min)", "lower"),
-    "ece_delta": ("ECE gap (max − min)", "lower"),
-    "eqodds": ("Equalized-odds gap", "lower"),
-    "eqopp": ("Equal-opportunity gap", "lower"),
-    "dp": ("Demographic-parity gap", "lower"),
-    "auc_es": ("Equity-scaled AUC", "higher"),
-    "dsc_delta": ("Dice gap (max − min)", "lower"),
-    "dsc_skew": ("Dice skewness", "lower"),
-    "dsc_std": ("Dice std over groups", "lower"),
-    "dsc_es": ("Equity-scaled Dice", "higher"),
-}
-# the reference code's equalized odds is 1 - (dTPR + dTNR)/2: a score, not a gap
-_CONVENTION_METRICS: dict[tuple[str, str], tuple[str, str | None]] = {
-    ("fairmedfm", "eqodds"): ("Equalized odds, 1 − (ΔTPR + ΔTNR)/2", "higher"),
-}
+def _metric_info(metric: str, convention: str | None = None) -> tuple[str, str | None, bool]:
+    """Title, "higher" / "lower" / None, and whether values lie in [0, 1]; a column that is
+    no metric of the result tables is shown by its own name."""
+    try:
+        info = metric_info(metric, convention or "paper")
+    except UnknownNameError:
+        return metric, None, False
+    better = None if info.higher_is_better is None else ("higher" if info.higher_is_better else "lower")
+    return info.title, better, info.bounded
 
 
-def _metric_info(metric: str, convention: str | None = None) -> tuple[str, str | None]:
-    if convention is not None and (convention, metric) in _CONVENTION_METRICS:
-        return _CONVENTION_METRICS[(convention, metric)]
-    return _METRICS.get(metric, (metric, None))
-
-
-_FAIRNESS_GAPS = frozenset(
-    {"auc_delta", "acc_delta", "ece_delta", "eqodds", "eqopp", "dp", "dsc_delta", "dsc_skew",
-     "dsc_std"}
-)
-_BOUNDED = frozenset({"auc", "acc", "tpr", "fpr", "tnr", "selection_rate", "dsc", "iou"})
-
-
-def _axis_label(metric: str, convention: str | None) -> str:
-    name, better = _metric_info(metric, convention)
+def axis_label(metric: str, convention: str | None = None) -> str:
+    """An axis label: the metric's title and which way is better (or fairer, for a gap)."""
+    name, better, _ = _metric_info(metric, convention)
     if better is None:
         return name
-    word = "fairer" if metric in _FAIRNESS_GAPS else "better"
+    word = "fairer" if metric_info(metric, convention or "paper").fairness else "better"
     return f"{name}  ({better} is {word})"
 
 
@@ -299,11 +269,11 @@ def group_bars(
                       rotation=30 if rotate else 0, ha="right" if rotate else "center")
         top = max(tops) if tops else 1.0
         upper = top * 1.15 if top > 0 else 1.0
-        if metric in _BOUNDED and top <= 1.0:
+        name, better, bounded = _metric_info(metric, conv)
+        if bounded and top <= 1.0:
             # a round top keeps the topmost tick in view
             upper = min(math.ceil(top * 1.1 * 10.0) / 10.0, 1.0)
         ax.set_ylim(0.0, upper)
-        name, better = _metric_info(metric, conv)
         head = name + (f" ({better} is better)" if better else "")
         ax.set_title(head + (f"\noverall {ov:.3f}" if _finite(ov) else ""), fontsize=10)
         ax.set_ylabel(name)
@@ -407,8 +377,8 @@ def tradeoff_scatter(
             ax.errorbar(xs[i], ys[i], xerr=xerr, yerr=yerr, fmt="none", ecolor="#b0b0b0",
                         elinewidth=1.0, capsize=3, zorder=2)
     ax.scatter(xs, ys, s=46, color=OKABE_ITO[0], edgecolor="black", linewidth=0.6, zorder=3)
-    ax.set_xlabel(_axis_label(x, conv))
-    ax.set_ylabel(_axis_label(y, conv))
+    ax.set_xlabel(axis_label(x, conv))
+    ax.set_ylabel(axis_label(y, conv))
     ax.grid(color="#e5e5e5", linewidth=0.8, zorder=0)
     ax.set_axisbelow(True)
     ax.spines[["top", "right"]].set_visible(False)

@@ -1,7 +1,8 @@
 """Heads trained on cached features, many at once.
 
-A head type is a record of pure functions (``HeadType``: init, loss, predict); ``HEADS``
-names them all. ``fit_stack`` trains K heads of one type together, stacked along a
+A head type is a record of pure functions (``HeadType``: init, loss, predict) and of the
+facts the sweep needs (grids, target gap, text, solvers); ``HEADS`` names them all, and
+``register_head`` adds one's own. ``fit_stack`` trains K heads of one type together, stacked along a
 leading axis and sharing every minibatch; ``predict_stack`` scores features with them.
 
     from fmcache.heads import fit_stack, predict_stack
@@ -13,15 +14,15 @@ JAX loads on first use of these names, so reading a run's summary needs no JAX.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from fmcache._lazy import lazy_exports
 
 _LAZY = {
     "HEADS": "fmcache.heads.registry",
+    "get_head": "fmcache.heads.registry",
+    "register_head": "fmcache.heads.registry",
     "FitResult": "fmcache.heads.train",
     "cell_counts": "fmcache.heads.train",
     "fit_stack": "fmcache.heads.train",
-    "get_head": "fmcache.heads.train",
     "predict_stack": "fmcache.heads.train",
     "Batch": "fmcache.heads.types",
     "HeadSpec": "fmcache.heads.types",
@@ -31,13 +32,4 @@ _LAZY = {
 }
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'fmcache.heads' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

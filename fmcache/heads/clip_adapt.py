@@ -43,4 +43,5 @@ CLIP_ADAPT = HeadType(
     loss=loss,
     predict=logits,
     description="CLIP-Adapt: trainable class prototypes initialised from the text prototypes",
+    needs_text=True,
 )

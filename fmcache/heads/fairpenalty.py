@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from fmcache.heads import linear
 from fmcache.heads.types import (
     Batch,
+    SEARCH_GRID,
     HeadType,
     Hparams,
     Params,
@@ -60,4 +61,7 @@ def fairpenalty(kind: str = "dp") -> HeadType:
         uses_groups=True,
         multiclass=False,
         description=f"logistic regression + differentiable {kind.upper()} penalty",
+        search_grid={**SEARCH_GRID, "penalty": (0.3, 3.0)},
+        target_gap="dp" if kind == "dp" else "eqodds",
+        needs_cell_counts=True,  # for the number of groups
     )

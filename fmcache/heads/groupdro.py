@@ -11,6 +11,7 @@ from fmcache.heads import linear
 from fmcache.heads.types import (
     Batch,
     HeadSpec,
+    SEARCH_GRID,
     HeadType,
     Hparams,
     Params,
@@ -49,4 +50,5 @@ GROUPDRO = HeadType(
     hparams={"dro_step": 0.01},
     uses_groups=True,
     description="logistic regression minimising the worst-group loss (GroupDRO)",
+    search_grid={**SEARCH_GRID, "dro_step": (0.01, 0.1)},
 )

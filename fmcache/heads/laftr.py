@@ -34,6 +34,7 @@ from fmcache.heads.types import (
 )
 
 VARIANTS = ("dp", "eqodd", "eqopp")
+TARGET_GAPS = {"dp": "dp", "eqodd": "eqodds", "eqopp": "eqopp"}
 
 
 def init(key: jax.Array, spec: HeadSpec, hp: Hparams, *, variant: str) -> Params:
@@ -95,4 +96,8 @@ def laftr(variant: str = "dp") -> HeadType:
         hparams={"adv_coeff": 0.1, "alternate": 0.0},
         uses_groups=True,
         description=f"LAFTR: encoder + classifier + attribute adversary ({variant})",
+        # the benchmark trains LAFTR with a learning rate of its own
+        default_grid={"lr": (3e-4,), "weight_decay": (0.05,)},
+        search_grid={"lr": (3e-4, 1e-3), "weight_decay": (0.05,), "adv_coeff": (0.1, 1.0)},
+        target_gap=TARGET_GAPS[variant],
     )

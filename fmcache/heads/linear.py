@@ -37,4 +37,6 @@ LINEAR = HeadType(
     loss=loss,
     predict=logits,
     description="logistic regression on the features (ERM)",
+    search_grid={"lr": (2.5e-4, 1e-3, 4e-3), "weight_decay": (0.0, 0.05)},
+    solvers=("adamw", "lbfgs"),
 )

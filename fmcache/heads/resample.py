@@ -35,4 +35,5 @@ RESAMPLE = HeadType(
     predict=linear.logits,
     uses_groups=True,
     description="logistic regression with group x label cells reweighted to equal mass",
+    needs_cell_counts=True,
 )

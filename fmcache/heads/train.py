@@ -18,10 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 from numpy.typing import ArrayLike
 
-from fmcache.errors import HeadInputError, UnknownNameError, did_you_mean
+from fmcache.errors import HeadInputError
 from fmcache.heads import inputs, memory
 from fmcache.heads.optim import adamw_init, adamw_update, cosine_lr
-from fmcache.heads.registry import HEADS
+from fmcache.heads.registry import get_head
 from fmcache.heads.types import Batch, HeadSpec, HeadType, positive_score
 
 SOLVERS = ("adamw", "lbfgs")
@@ -33,7 +33,7 @@ class FitResult:
 
     Attributes
     ----------
-    head : the head type's name.
+    head : the head type.
     params : pytree of NumPy arrays, each (K, ...).
     hparams : every hyperparameter of every head (defaults filled in), each (K,).
     state : the heads' final training state (GroupDRO: ``{"q": (K, G)}``), NumPy.
@@ -43,7 +43,7 @@ class FitResult:
         ``heads_per_chunk``, ``solver``, ``seed``.
     """
 
-    head: str
+    head: HeadType
     params: Any
     hparams: dict[str, np.ndarray]
     state: Any
@@ -57,15 +57,6 @@ class FitResult:
     def predict(self, X: ArrayLike, groups: ArrayLike | None = None) -> np.ndarray:
         """Scores of every head on ``X``; see ``predict_stack``."""
         return predict_stack(self.head, self.params, X, groups=groups, attribute=self.hparams.get("attribute"))
-
-
-def get_head(head: str | HeadType) -> HeadType:
-    """The registered head type of that name (a HeadType passes through)."""
-    if isinstance(head, HeadType):
-        return head
-    if head not in HEADS:
-        raise UnknownNameError(f"unknown head type {head!r}{did_you_mean(head, sorted(HEADS))}; known: {', '.join(sorted(HEADS))}")
-    return HEADS[head]
 
 
 def fit_stack(
@@ -109,10 +100,11 @@ def fit_stack(
     n_classes : classes of the task (2: one logit per head).
     epochs, batch_size : minibatch AdamW with a cosine schedule to 0 over all steps; the
         batch order is drawn from ``seed`` and shared by all heads.
-    solver : ``"adamw"`` (every head type) or ``"lbfgs"`` (``linear`` only): full-batch,
-        minimising scikit-learn's objective sum(logloss) + ||w||^2 / (2C), intercept free.
-    prototypes, logit_scale : the text prototypes (C, T, D) and logit scale that
-        ``clip_adapt`` starts from.
+    solver : ``"adamw"`` or ``"lbfgs"``, one of the head type's ``solvers``. ``lbfgs`` is
+        full-batch, minimising scikit-learn's objective sum(logloss) + ||w||^2 / (2C),
+        intercept free (the ``linear`` head).
+    prototypes, logit_scale : the text prototypes (C, T, D) and logit scale that heads with
+        ``needs_text`` start from (``clip_adapt``) or are built from (``zeroshot``).
     hidden : LAFTR's encoder width.
     max_iter, tol : the ``lbfgs`` solver's limits (tol on the preconditioned gradient of
         the loss averaged over rows).
@@ -122,15 +114,15 @@ def fit_stack(
     Returns
     -------
     FitResult
-        Parameters stacked over K, the filled-in hyperparameters, final state and a log.
+        Parameters stacked over K, the filled-in hyperparameters, final state and a log. A
+        head type that is not trained (``trainable=False``) gets the parameters its ``init``
+        builds, and an empty training log.
     """
     ht = get_head(head)
-    if not ht.trainable:
-        raise HeadInputError(f"head {ht.name!r} is not trained; build its parameters directly (zeroshot_params)")
     if solver not in SOLVERS:
         raise HeadInputError(f"unknown solver {solver!r}; choose one of {SOLVERS}")
-    if solver == "lbfgs" and ht.name != "linear":
-        raise HeadInputError(f"solver 'lbfgs' fits the 'linear' head only, not {ht.name!r}")
+    if solver not in ht.solvers:
+        raise HeadInputError(f"solver {solver!r} does not fit head {ht.name!r}; it takes {', '.join(ht.solvers)}")
     if epochs < 1 or batch_size < 1:
         raise HeadInputError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
     X = inputs.check_features(X)
@@ -139,8 +131,8 @@ def fit_stack(
     G = inputs.as_columns(groups, n, "groups")
     if prototypes is not None:
         n_classes = int(np.asarray(prototypes).shape[0])
-    if ht.name == "clip_adapt" and prototypes is None:
-        raise HeadInputError("head 'clip_adapt' starts from the model's text prototypes: pass prototypes=")
+    if ht.needs_text and prototypes is None:
+        raise HeadInputError(f"head {ht.name!r} starts from the model's text prototypes: pass prototypes=")
     if n_classes < 2:
         raise HeadInputError(f"n_classes must be >= 2, got {n_classes}")
 
@@ -157,7 +149,10 @@ def fit_stack(
     spec = HeadSpec(d=d, n_classes=n_classes, n_groups=n_groups, hidden=hidden, prototypes=None if prototypes is None else np.asarray(prototypes, np.float32), logit_scale=float(logit_scale))
 
     start = time.perf_counter()
-    if solver == "lbfgs":
+    if not ht.trainable:
+        params, state = _init(ht, spec, {k: jnp.asarray(v) for k, v in hp.items()})
+        params, state, log = jax.tree_util.tree_map(np.asarray, params), jax.tree_util.tree_map(np.asarray, state), {}
+    elif solver == "lbfgs":
         from fmcache.heads.lbfgs import fit_logistic
 
         params, log = fit_logistic(X, Y, hp["C"], hp["label"], n_classes=n_classes, max_iter=max_iter, tol=tol, memory_budget=memory_budget, max_heads_per_chunk=max_heads_per_chunk)
@@ -165,7 +160,7 @@ def fit_stack(
     else:
         params, state, log = _fit_adamw(ht, spec, X, Y, G, hp, K, epochs, batch_size, seed, memory_budget, max_heads_per_chunk)
     log.update(seconds=time.perf_counter() - start, solver=solver, seed=seed)
-    return FitResult(head=ht.name, params=params, hparams=hp, state=state, spec=spec, log=log)
+    return FitResult(head=ht, params=params, hparams=hp, state=state, spec=spec, log=log)
 
 
 def cell_counts(Y: np.ndarray, G: np.ndarray | None, hp: Mapping[str, np.ndarray], n_groups: int, n_classes: int) -> np.ndarray:
@@ -189,7 +184,9 @@ def _fit_adamw(ht: HeadType, spec: HeadSpec, X: np.ndarray, Y: np.ndarray, G: np
     n = X.shape[0]
     batch_size = min(batch_size, n)
     steps_per_epoch = -(-n // batch_size)
-    full_hp = {**hp, "cell_counts": cell_counts(Y, G, hp, spec.n_groups, spec.n_classes)}
+    full_hp = dict(hp)
+    if ht.needs_cell_counts:
+        full_hp["cell_counts"] = cell_counts(Y, G, hp, spec.n_groups, spec.n_classes)
     Gc = G if G is not None else np.zeros((n, 1), np.int32)
 
     one = {k: v[:1] for k, v in full_hp.items()}

@@ -61,14 +61,22 @@ def _no_state(spec: HeadSpec, hp: Hparams) -> State:
     return {}
 
 
+# the benchmark's protocol: AdamW with a cosine schedule, lr 2.5e-4, weight decay 0.05
+BENCHMARK_GRID: Mapping[str, tuple[float, ...]] = {"lr": (2.5e-4,), "weight_decay": (0.05,)}
+# a small search around it, for model selection on validation to choose from
+SEARCH_GRID: Mapping[str, tuple[float, ...]] = {"lr": (2.5e-4, 1e-3), "weight_decay": (0.05,)}
+
+
 @dataclass(frozen=True)
 class HeadType:
-    """A head: pure functions of one head's parameters.
+    """A head: pure functions of one head's parameters, and every fact the engine and the
+    sweep need about it. Adding a head type is making one of these.
 
     Attributes
     ----------
     name : registry key.
-    init : ``(key, spec, hp) -> params``.
+    init : ``(key, spec, hp) -> params``. For a head that is not trained, the parameters it
+        is used with (built from ``spec``, e.g. the text prototypes).
     loss : ``(params, state, batch, hp) -> (scalar loss, new state)``; the new state (e.g.
         GroupDRO's group weights) is carried to the next step and is not differentiated.
     predict : ``(params, x, g) -> logits``, (n,) for two classes or (n, C); ``g`` is the
@@ -78,8 +86,20 @@ class HeadType:
         seed, label, attribute).
     uses_groups : the loss needs the sensitive attribute; rows with an unknown group are
         left out of its training.
-    trainable : False for heads built without training (zero-shot).
+    trainable : False for heads built without training (zero-shot): ``init`` is the fit.
     multiclass : the head also handles more than two classes.
+    description : one line for listings.
+    default_grid : the hyperparameters ``--sweep default`` trains it with (one point: the
+        benchmark's protocol).
+    search_grid : the wider grid ``--sweep all`` trains it over.
+    target_gap : the fairness gap (a metric name of ``fmcache.fairness``) the head is built
+        to shrink; the linear probe's value of it is the baseline it is compared with.
+    needs_text : the head starts from the model's text prototypes (VLMs only); it is trained
+        and scored on the label its prompts describe.
+    solvers : the optimisers that fit it: ``adamw`` (minibatch) and, for plain logistic
+        regression, ``lbfgs`` (full batch, scikit-learn's objective).
+    needs_cell_counts : the loss reads ``hp["cell_counts"]``, the (groups, classes) count of
+        its training rows per (group, label) cell, which the engine then fills in.
     """
 
     name: str
@@ -92,6 +112,12 @@ class HeadType:
     trainable: bool = True
     multiclass: bool = True
     description: str = ""
+    default_grid: Mapping[str, tuple[float, ...]] = field(default_factory=lambda: dict(BENCHMARK_GRID), hash=False, compare=False)
+    search_grid: Mapping[str, tuple[float, ...]] = field(default_factory=lambda: dict(SEARCH_GRID), hash=False, compare=False)
+    target_gap: str = "auc_delta"
+    needs_text: bool = False
+    solvers: tuple[str, ...] = ("adamw",)
+    needs_cell_counts: bool = False
 
 
 # Small shared pieces the head modules build on.

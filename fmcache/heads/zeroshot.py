@@ -72,4 +72,7 @@ ZEROSHOT = HeadType(
     predict=logits,
     trainable=False,
     description="CLIP zero-shot from the cached text prototypes",
+    default_grid={},
+    search_grid={},
+    needs_text=True,
 )

@@ -18,7 +18,7 @@ from fmcache import __version__
 from fmcache.errors import FmcacheError
 from fmcache.report import figures, narrative, tables
 from fmcache.report.model import Note, Report, Section, Sentence, Subhead
-from fmcache.runs import Run, load_results
+from fmcache.runs import BASELINE, Run, load_results
 
 MAX_REPRESENTATION = 6  # (dataset, model) pairs whose features are mapped; t-SNE is the slow part
 REPRESENTATION_ROWS = 1500  # features subsampled per pair
@@ -53,8 +53,7 @@ def classification_metrics(runs: Sequence[tuple[Run, str]]) -> tuple[pd.DataFram
         m = run.metrics
         if m.empty:
             continue
-        method = m["head"].astype(str) + (" (fine-tuned)" if kind == "finetune" else "")
-        m = m.assign(method=method, run=run.path.name)
+        m = m.assign(method=m["head"].astype(str).map(lambda h: _method(h, kind)), run=run.path.name)
         if "convention" not in m:
             m["convention"] = run.config.get("convention", "paper")
         fresh = []
@@ -71,15 +70,13 @@ def classification_metrics(runs: Sequence[tuple[Run, str]]) -> tuple[pd.DataFram
     return frame, notes
 
 
-def _cache_entry(run: Run):
-    """The cache entry a run was trained on, or None when it cannot be opened here."""
-    import fmcache
+def _method(head: str, kind: str) -> str:
+    return f"{head} (fine-tuned)" if kind == "finetune" else head
 
-    try:
-        root = run.path.resolve().parent.parent  # <root>/runs/<run>
-        return fmcache.open_cache(str(root)).embeddings(run.config["dataset"], run.config["model"])
-    except Exception:  # noqa: BLE001 - a missing or moved cache only drops a section
-        return None
+
+def target_gaps(runs: Sequence[tuple[Run, str]]) -> dict[str, str]:
+    """The gap each method is built to shrink, as the runs recorded it."""
+    return {_method(head, kind): gap for run, kind in runs for head, gap in run.target_gaps.items()}
 
 
 def group_sizes(runs: Sequence[tuple[Run, str]], cls: pd.DataFrame) -> pd.DataFrame:
@@ -90,7 +87,7 @@ def group_sizes(runs: Sequence[tuple[Run, str]], cls: pd.DataFrame) -> pd.DataFr
         for attr in run.config.get("attributes") or []:
             if (ds, attr) in done:
                 continue
-            entry = _cache_entry(run)
+            entry = run.cache_entry()
             if entry is not None and attr in entry.attributes:
                 s = entry.samples()
                 names = entry.group_names(attr)
@@ -109,22 +106,6 @@ def group_sizes(runs: Sequence[tuple[Run, str]], cls: pd.DataFrame) -> pd.DataFr
     return pd.DataFrame(rows, columns=["dataset", "attribute", "group", "train", "val", "test", "source"])
 
 
-def _pred_key(head: str, label: str, attribute: str) -> str:
-    # as the sweep names them ("/" would nest Zarr groups)
-    return f"{head}.{label}.{attribute}".replace("/", "_")
-
-
-def _predictions(run: Run, key: str) -> dict[str, np.ndarray] | None:
-    """One selected head's saved predictions (reading only that head's arrays), or None."""
-    import zarr
-
-    try:
-        group = zarr.open_group(str(run.path / "predictions"), mode="r")[key]
-        return {k: np.asarray(group[k][...]) for k in ("score", "y", "group")}
-    except (KeyError, FileNotFoundError, zarr.errors.GroupNotFoundError):
-        return None
-
-
 def _slices(cls: pd.DataFrame) -> list[tuple[str, str, str, str]]:
     keys = cls[["dataset", "label", "attribute", "convention"]].drop_duplicates()
     return [tuple(k) for k in keys.itertuples(index=False)]
@@ -133,6 +114,7 @@ def _slices(cls: pd.DataFrame) -> list[tuple[str, str, str, str]]:
 def results_sections(runs, cls: pd.DataFrame) -> tuple[list[Section], list[tuple], list[tuple]]:
     """One section per dataset, a subsection per (label, attribute[, convention])."""
     sections, heads, mits = [], [], []
+    targets = target_gaps(runs)
     by_run = {(r.config.get("dataset"), r.config.get("model")): r for r, k in runs if k == "probe"}
     conventions = cls["convention"].nunique()
     for dataset in pd.unique(cls["dataset"]):
@@ -144,7 +126,7 @@ def results_sections(runs, cls: pd.DataFrame) -> tuple[list[Section], list[tuple
             head = tables.headline(cls, ds, label, attr, conv)
             sec.blocks.append(head)
             heads.append((head.frame, head.id))
-            mit = tables.mitigation(cls, ds, label, attr, conv)
+            mit = tables.mitigation(cls, ds, label, attr, conv, targets)
             if mit is not None:
                 sec.blocks.append(mit)
                 mits.append((mit.frame, mit.id))
@@ -157,7 +139,7 @@ def results_sections(runs, cls: pd.DataFrame) -> tuple[list[Section], list[tuple
                 run = by_run.get((ds, model))
                 if run is None:
                     continue
-                arrays = _predictions(run, _pred_key(tables.BASELINE, label, attr))
+                arrays = run.prediction(BASELINE, label, attr)
                 if arrays is None:
                     continue
                 preds.append((model, arrays))
@@ -165,16 +147,16 @@ def results_sections(runs, cls: pd.DataFrame) -> tuple[list[Section], list[tuple
             if preds:
                 names = names or [str(c) for c in range(int(max(p["group"].max() for _, p in preds)) + 1)]
                 sec.blocks.append(figures.reliability(preds, names, id=f"f-{sid}-reliability",
-                                                      where=f"{where}, {tables.BASELINE} probe"))
+                                                      where=f"{where}, {BASELINE} probe"))
             else:
-                sec.blocks.append(Note(f"No saved {tables.BASELINE} predictions for {where}: no reliability diagram."))
+                sec.blocks.append(Note(f"No saved {BASELINE} predictions for {where}: no reliability diagram."))
         sections.append(sec)
     return sections, heads, mits
 
 
 def ranks_section(cls: pd.DataFrame) -> Section:
     """Critical-difference diagrams across datasets: models (baseline head) and methods."""
-    from fmcache.fairness import nemenyi
+    from fmcache.fairness import metric_info, nemenyi
 
     sec = Section("ranks", "Ranks across datasets")
     if cls["dataset"].nunique() < 2:
@@ -182,18 +164,19 @@ def ranks_section(cls: pd.DataFrame) -> Section:
                                f"this report has one ({cls['dataset'].iloc[0]})."))
         return sec
     for (label, attr), m in cls.groupby(["label", "attribute"], sort=False):
-        for metric, group, higher, what in (("auc", "overall", True, "AUC"), ("auc_delta", "gap", False, "AUC gap")):
+        for metric, group in (("auc", "overall"), ("auc_delta", "gap")):
+            info = metric_info(metric)
             rows = m[(m["metric"] == metric) & (m["group"] == group)]
-            for by, block_of, sel in (("model", "dataset", rows["method"] == tables.BASELINE),
+            for by, block_of, sel in (("model", "dataset", rows["method"] == BASELINE),
                                       ("method", ["dataset", "model"], slice(None))):
                 r = rows[sel] if by == "model" else rows
                 wide = r.pivot_table(index=block_of, columns=by, values="value").dropna(axis=1)
                 if wide.shape[0] < 2 or wide.shape[1] < 2:
                     continue
-                title = f"{by}s on {what}, label {label}, by {attr}" + (f" ({tables.BASELINE} probe)" if by == "model" else "")
+                title = f"{by}s on {info.heading}, label {label}, by {attr}" + (f" ({BASELINE} probe)" if by == "model" else "")
                 tid = tables.slug("cd", label, attr, by, metric)
                 try:
-                    res = nemenyi(wide, higher_is_better=higher)
+                    res = nemenyi(wide, higher_is_better=info.higher_is_better)
                 except FmcacheError as e:
                     sec.blocks.append(Note(f"No ranks for {title}: {e}"))
                     continue
@@ -217,7 +200,7 @@ def representation_section(runs) -> Section:
         key = (run.config.get("dataset"), run.config.get("model"))
         if kind == "segmentation" or key in [p[0] for p in pairs] or key in skipped:
             continue
-        entry = _cache_entry(run)
+        entry = run.cache_entry()
         if entry is None or len(pairs) >= MAX_REPRESENTATION:
             skipped.append(key)
             continue

@@ -19,8 +19,6 @@ from fmcache.report.model import Figure
 
 LABELLED_POINTS = 12  # above this the trade-off scatter drops per-point labels
 MAX_PANELS = 12  # models shown in one small-multiples figure
-GAP_NAMES = {"auc_delta": "AUC gap (max − min)", "dp": "demographic-parity gap", "eqodds": "equalized-odds gap",
-             "eqopp": "equal-opportunity gap"}
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">")
 
 
@@ -67,8 +65,9 @@ def tradeoff(table: pd.DataFrame, *, id: str, where: str, gap: str = "auc_delta"
         x, y = x.align(y, join="inner")
         ax.scatter(x, y, s=40, color=colors[meth], marker=_MARKERS[i % len(_MARKERS)], edgecolor="black",
                    linewidth=0.5, label=meth, zorder=3)
-    ax.set_xlabel("AUC (higher is better)")
-    ax.set_ylabel(f"{GAP_NAMES.get(gap, gap)} (lower is fairer)")
+    conv = pts["convention"].iloc[0] if "convention" in pts else None
+    ax.set_xlabel(plots.axis_label("auc", conv))
+    ax.set_ylabel(plots.axis_label(gap, conv))
     ax.grid(color="#e5e5e5", linewidth=0.8)
     ax.spines[["top", "right"]].set_visible(False)
     ax.legend(title="method", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=9)

@@ -10,12 +10,17 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from fmcache.fairness import metric_info
 from fmcache.report.model import Sentence
+from fmcache.runs import BASELINE
 
-BASELINE = "linear"
 LISTED = 3  # mitigations named per slice; the rest are in the table
-GAPS = {"auc_delta": "AUC gap", "dp": "demographic-parity gap", "eqodds": "equalized-odds gap",
-        "eqopp": "equal-opportunity gap"}
+
+
+def in_sentence(metric: str, convention: str = "paper") -> str:
+    """A metric's title as written mid-sentence: "demographic-parity gap", but "AUC gap"."""
+    title = metric_info(metric, convention).title
+    return title if title[1:2].isupper() else title[:1].lower() + title[1:]
 
 
 def num(v: float, signed: bool = False) -> str:
@@ -99,7 +104,7 @@ def mitigation_sentences(table: pd.DataFrame, table_id: str) -> list[Sentence]:
     for _, r in lower.head(LISTED).iterrows():
         model = "" if table["model"].nunique() == 1 else f" on {r['model']}"
         how = "clearly" if r["verdict"] == "clear reduction" else "within the interval"
-        gap = GAPS.get(r["gap_metric"], r["gap_metric"])
+        gap = in_sentence(r["gap_metric"], r["convention"])
         named.append(f"{r['method']}{model} lowers the {gap} from {num(r['baseline_gap'])} to {num(r['gap'])} "
                      f"({how}) at an AUC change of {num(r['auc_change'], True)}")
     more = len(lower) - len(named)

@@ -9,21 +9,19 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from fmcache.heads.summary import compare_to_baseline
+from fmcache.fairness import metric_info
 from fmcache.report.model import Column, Table
-from fmcache.runs import Run
+from fmcache.runs import BASELINE, Run, compare_to_baseline
 
-BASELINE = "linear"
-
-# (metric, summary group, title, which way is better)
+# (metric, summary group) of the headline table's columns
 HEADLINE = (
-    ("auc", "overall", "AUC", "higher"),
-    ("auc_min", "gap", "Worst-group AUC", "higher"),
-    ("auc_delta", "gap", "AUC gap", "lower"),
-    ("eqodds", "gap", "Eq.-odds gap", "lower"),
-    ("dp", "gap", "DP gap", "lower"),
-    ("ece", "overall", "ECE", "lower"),
-    ("auc_es", "gap", "ES-AUC (trade-off)", "higher"),
+    ("auc", "overall"),
+    ("auc_min", "gap"),
+    ("auc_delta", "gap"),
+    ("eqodds", "gap"),
+    ("dp", "gap"),
+    ("ece", "overall"),
+    ("auc_es", "gap"),
 )
 KEYS = ["dataset", "label", "attribute"]
 
@@ -33,25 +31,24 @@ def slug(*parts: object) -> str:
     return re.sub(r"[^a-z0-9]+", "-", "-".join(str(p) for p in parts).lower()).strip("-")
 
 
-def _better(metric: str, better: str | None, convention: str) -> str | None:
-    # the reference code's equalized odds is a score (1 - mean gap), higher is fairer
-    if convention == "fairmedfm" and metric == "eqodds":
-        return "higher"
-    return better
+def better(metric: str, convention: str) -> str | None:
+    """"higher" or "lower": which end of a column of ``metric`` values the star marks."""
+    higher = metric_info(metric, convention).higher_is_better
+    return None if higher is None else "higher" if higher else "lower"
 
 
 def headline(cls: pd.DataFrame, dataset: str, label: str, attribute: str, convention: str) -> Table:
     """Utility, gaps and trade-off per (model, method) of one slice, with intervals."""
     m = cls[(cls["dataset"] == dataset) & (cls["label"] == label) & (cls["attribute"] == attribute)
             & (cls["convention"] == convention)]
-    wanted = pd.MultiIndex.from_tuples([(metric, group) for metric, group, _, _ in HEADLINE])
+    wanted = pd.MultiIndex.from_tuples(HEADLINE)
     m = m[pd.MultiIndex.from_frame(m[["metric", "group"]]).isin(wanted)]
     wide = m.pivot_table(index=["model", "method"], columns="metric", values=["value", "ci_low", "ci_high", "n"],
                          aggfunc="first", sort=False, dropna=False)
     rows = []
     for (model, method), r in wide.iterrows():
         row = {"dataset": dataset, "label": label, "attribute": attribute, "model": model, "method": method}
-        for metric, _, _, _ in HEADLINE:
+        for metric, _ in HEADLINE:
             for suffix, col in (("", "value"), ("_ci_low", "ci_low"), ("_ci_high", "ci_high")):
                 row[metric + suffix] = float(r.get((col, metric), np.nan))
         n = r.get(("n", "auc"), np.nan)
@@ -59,8 +56,9 @@ def headline(cls: pd.DataFrame, dataset: str, label: str, attribute: str, conven
         rows.append(row)
     frame = pd.DataFrame(rows)
     cols = [Column("model", "Model"), Column("method", "Method")]
-    cols += [Column(metric, title, ci=(f"{metric}_ci_low", f"{metric}_ci_high"), better=_better(metric, b, convention))
-             for metric, _, title, b in HEADLINE]
+    cols += [Column(metric, metric_info(metric, convention).heading, ci=(f"{metric}_ci_low", f"{metric}_ci_high"),
+                    better=better(metric, convention))
+             for metric, _ in HEADLINE]
     cols.append(Column("n_test", "n (test)", decimals=0))
     tid = slug("t", dataset, label, attribute, "headline")
     return Table(tid, f"Headline: {dataset}, label {label}, by {attribute}", frame, cols,
@@ -69,14 +67,19 @@ def headline(cls: pd.DataFrame, dataset: str, label: str, attribute: str, conven
                  csv_name=f"{tid}.csv")
 
 
-def mitigation(cls: pd.DataFrame, dataset: str, label: str, attribute: str, convention: str) -> Table | None:
-    """Each method's target gap and AUC next to the baseline's, per model; None without a baseline."""
+def mitigation(cls: pd.DataFrame, dataset: str, label: str, attribute: str, convention: str,
+               target_gaps: dict[str, str]) -> Table | None:
+    """Each method's target gap and AUC next to the baseline's, per model; None without a baseline.
+
+    ``target_gaps`` maps a method to the gap it is built to shrink (from the runs' configs).
+    """
     m = cls[(cls["dataset"] == dataset) & (cls["label"] == label) & (cls["convention"] == convention)]
     rows = []
     for model, block in m.groupby("model", sort=False):
         block = block.assign(head=block["method"])
         try:
-            cmp = compare_to_baseline(block, attribute, baseline=BASELINE, label=label)
+            cmp = compare_to_baseline(block, attribute, target_gaps=target_gaps, baseline=BASELINE, label=label,
+                                      convention=convention)
         except KeyError:  # a method without the gap it targets: nothing to compare
             continue
         if cmp.empty:
@@ -88,18 +91,22 @@ def mitigation(cls: pd.DataFrame, dataset: str, label: str, attribute: str, conv
                        else "within interval" if r.reduces else "no reduction")
             rows.append({"dataset": dataset, "label": label, "attribute": attribute, "model": model, "method": r.head,
                          "gap_metric": r.gap, "baseline_gap": r.value - r.change, "gap": r.value, "change": r.change,
-                         "baseline_auc": float(base), "auc": r.auc, "auc_change": r.auc_change, "verdict": verdict})
+                         "baseline_auc": float(base), "auc": r.auc, "auc_change": r.auc_change, "verdict": verdict,
+                         "convention": convention})
     if not rows:
         return None
     frame = pd.DataFrame(rows)
     # the baseline gap recomputed from value - change can be off in the last bit
     frame["baseline_gap"] = frame["baseline_gap"].round(12)
     tid = slug("t", dataset, label, attribute, "mitigation")
+    directions = {better(g, convention) for g in frame["gap_metric"]}
     cols = [Column("model", "Model"), Column("method", "Method"), Column("gap_metric", "Target gap"),
             Column("baseline_gap", f"Gap with {BASELINE}"), Column("gap", "Gap"),
-            Column("change", "Gap change", better="lower", signed=True),
+            # the star marks the fairest change only where every target gap points the same way
+            Column("change", "Gap change", better=directions.pop() if len(directions) == 1 else None, signed=True),
             Column("baseline_auc", f"AUC with {BASELINE}"), Column("auc", "AUC"),
-            Column("auc_change", "AUC change", better="higher", signed=True), Column("verdict", "Reading")]
+            Column("auc_change", "AUC change", better=better("auc", convention), signed=True),
+            Column("verdict", "Reading")]
     return Table(tid, f"Mitigations against {BASELINE}: {dataset}, label {label}, by {attribute}", frame, cols,
                  caption=("Each method on the gap it is built to shrink. A clear reduction: the method's interval "
                           f"lies wholly below the {BASELINE} value; within interval: lower, but not clearly."),
@@ -190,10 +197,13 @@ def segmentation_table(seg: pd.DataFrame, dataset: str, attribute: str) -> Table
             for suffix, col in (("", "value"), ("_ci_low", "ci_low"), ("_ci_high", "ci_high")):
                 row[key + suffix] = float(hit[col].iloc[0]) if len(hit) else np.nan
         rows.append(row)
+    dice, gap = metric_info("dsc"), metric_info("dsc_delta")
     cols = [Column("model", "Model"), Column("prompt", "Prompt"),
-            Column("dsc", "Dice", ci=("dsc_ci_low", "dsc_ci_high"), better="higher")]
-    cols += [Column(f"dsc_{g}", f"Dice, {g}", ci=(f"dsc_{g}_ci_low", f"dsc_{g}_ci_high"), better="higher") for g in groups]
-    cols.append(Column("dsc_delta", "Dice gap", ci=("dsc_delta_ci_low", "dsc_delta_ci_high"), better="lower"))
+            Column("dsc", dice.heading, ci=("dsc_ci_low", "dsc_ci_high"), better=better("dsc", "paper"))]
+    cols += [Column(f"dsc_{g}", f"{dice.heading}, {g}", ci=(f"dsc_{g}_ci_low", f"dsc_{g}_ci_high"),
+                    better=better("dsc", "paper")) for g in groups]
+    cols.append(Column("dsc_delta", gap.heading, ci=("dsc_delta_ci_low", "dsc_delta_ci_high"),
+                       better=better("dsc_delta", "paper")))
     tid = slug("t", dataset, attribute, "dice")
     return Table(tid, f"Dice per group and prompt: {dataset}, by {attribute}", pd.DataFrame(rows), cols,
                  caption="[low, high] is the bootstrap interval; ★ marks the best value of each column.",

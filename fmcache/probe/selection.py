@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from fmcache.errors import FmcacheError
-from fmcache.fairness import roc_auc
+from fmcache.fairness._classification import roc_auc
 
 CRITERIA = ("auc", "worst_group_auc", "tradeoff")
 

@@ -1,9 +1,10 @@
 """Sweep grids: which hyperparameters each head type is tried with.
 
+Each head type carries its own grids (``HeadType.default_grid`` and ``search_grid``):
 ``default`` is the benchmark's protocol, one point per head (AdamW, cosine schedule,
-lr 2.5e-4, weight decay 0.05; LAFTR lr 3e-4, adversarial coefficient 0.1; GroupDRO step
-0.01). ``all`` widens each head's own knob and the learning rate so model selection has
-something to choose from. A YAML file may name heads and give lists per hyperparameter::
+lr 2.5e-4, weight decay 0.05; LAFTR lr 3e-4); ``all`` widens each head's own knob and the
+learning rate so model selection has something to choose from. A YAML file may name heads
+and give lists per hyperparameter::
 
     heads:
       linear:      {lr: [1.0e-4, 2.5e-4, 1.0e-3], weight_decay: [0.0, 0.05]}
@@ -18,54 +19,42 @@ import itertools
 from pathlib import Path
 from typing import Any, Mapping
 
-from fmcache.errors import FmcacheError, did_you_mean
-from fmcache.heads.registry import HEADS
+from fmcache.errors import FmcacheError
+from fmcache.heads.registry import HEADS, get_head
 
 Grid = dict[str, list[float]]
-
-_BASE = {"lr": [2.5e-4], "weight_decay": [0.05]}
-DEFAULT: dict[str, Grid] = {name: dict(_BASE) for name in HEADS}
-DEFAULT.update({n: {**_BASE, "lr": [3e-4]} for n in HEADS if n.startswith("laftr")})
-DEFAULT["zeroshot"] = {}
-
-_LR = {"lr": [2.5e-4, 1e-3], "weight_decay": [0.05]}
-ALL: dict[str, Grid] = {
-    "linear": {"lr": [2.5e-4, 1e-3, 4e-3], "weight_decay": [0.0, 0.05]},
-    "resample": dict(_LR),
-    "groupdro": {**_LR, "dro_step": [0.01, 0.1]},
-    "laftr": {"lr": [3e-4, 1e-3], "weight_decay": [0.05], "adv_coeff": [0.1, 1.0]},
-    "laftr_eqodd": {"lr": [3e-4, 1e-3], "weight_decay": [0.05], "adv_coeff": [0.1, 1.0]},
-    "laftr_eqopp": {"lr": [3e-4, 1e-3], "weight_decay": [0.05], "adv_coeff": [0.1, 1.0]},
-    "fairpenalty": {**_LR, "penalty": [0.3, 3.0]},
-    "fairpenalty_eo": {**_LR, "penalty": [0.3, 3.0]},
-    "domain_ind": dict(_LR),
-    "zeroshot": {},
-    "clip_adapt": dict(_LR),
-}
 SWEEP_KEYS = ("heads", "epochs", "batch_size")
+
+
+def default_grid(head: str) -> Grid:
+    """The benchmark's hyperparameters for a head type (one grid point)."""
+    return {k: list(v) for k, v in get_head(head).default_grid.items()}
+
+
+def search_grid(head: str) -> Grid:
+    """The grid ``--sweep all`` trains a head type over."""
+    return {k: list(v) for k, v in get_head(head).search_grid.items()}
 
 
 def load_sweep(sweep: str, heads: list[str] | None) -> tuple[dict[str, Grid], dict[str, Any]]:
     """Grids per head for ``default``, ``all`` or a YAML file, and the file's other settings.
 
     ``heads`` (from ``--heads``) narrows the choice; with no ``heads``, ``default`` means the
-    linear probe and ``all`` every head type.
+    linear probe and ``all`` every registered head type.
     """
     settings: dict[str, Any] = {}
     for h in heads or []:
-        if h not in HEADS:
-            raise FmcacheError(f"unknown head type {h!r}{did_you_mean(h, list(HEADS))}; known: {', '.join(HEADS)}")
+        get_head(h)
     if sweep == "default":
-        grids = {h: DEFAULT[h] for h in heads or ["linear"]}
+        grids = {h: default_grid(h) for h in heads or ["linear"]}
     elif sweep == "all":
-        grids = {h: ALL[h] for h in heads or list(ALL)}
+        grids = {h: search_grid(h) for h in heads or list(HEADS)}
     else:
         grids, settings = _from_file(Path(sweep))
         if heads:
-            grids = {h: grids.get(h, DEFAULT[h]) for h in heads}
+            grids = {h: grids[h] if h in grids else default_grid(h) for h in heads}
     for h in grids:
-        if h not in HEADS:
-            raise FmcacheError(f"unknown head type {h!r}{did_you_mean(h, list(HEADS))}; known: {', '.join(HEADS)}")
+        get_head(h)
     return grids, settings
 
 

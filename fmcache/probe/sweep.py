@@ -15,15 +15,12 @@ import pandas as pd
 from fmcache import __version__
 from fmcache.cache.reader import open_cache
 from fmcache.fairness import evaluate
-from fmcache.heads.cached import ProbeData, load_probe_data
-from fmcache.heads.grids import Grid, points
-from fmcache.heads.registry import HEADS
-from fmcache.heads.selection import criterion_value, select, validation_scores
-from fmcache.heads.train import fit_stack, predict_stack
-from fmcache.heads.zeroshot import zeroshot_params
-from fmcache.runs import Run, load_results, new_run_dir, write_run
-
-TEXT_HEADS = ("zeroshot", "clip_adapt")
+from fmcache.heads.registry import get_head
+from fmcache.heads.train import fit_stack
+from fmcache.probe.data import ProbeData, load_probe_data
+from fmcache.probe.grids import Grid, points
+from fmcache.probe.selection import criterion_value, select, validation_scores
+from fmcache.runs import Run, cache_root, load_results, new_run_dir, prediction_key, write_run
 
 
 @dataclass
@@ -94,17 +91,13 @@ def run_sweep(cfg: SweepConfig, *, root: str | os.PathLike[str] | None = None,
     metrics = metrics.assign(dataset=cfg.dataset, model=cfg.model)
     sweep = pd.concat(sweep_rows, ignore_index=True) if sweep_rows else pd.DataFrame()
     path = new_run_dir(f"{cfg.dataset}-{cfg.model}", root)
-    write_run(path, config=_config(cfg, data, trained, skipped), metrics=metrics, sweep=sweep, predictions=predictions)
+    write_run(path, config=_config(cfg, data, trained, skipped, str(cache_root(root))), metrics=metrics, sweep=sweep,
+              predictions=predictions)
     return load_results(path)
 
 
-def prediction_key(head: str, label: str, attribute: str) -> str:
-    """Name of a selected head's predictions in a run ("/" would nest Zarr groups)."""
-    return f"{head}.{label}.{attribute}".replace("/", "_")
-
-
 def _not_applicable(head: str, data: ProbeData) -> str:
-    if head in TEXT_HEADS:
+    if get_head(head).needs_text:
         if not data.text:
             return "the model has no text tower (no text prototypes in the cache)"
         if data.kind != "image_proj":
@@ -121,13 +114,14 @@ def _prompt_label(data: ProbeData) -> int | None:
 
 def _stack(head: str, grid: Grid, data: ProbeData, seeds: int) -> pd.DataFrame:
     """One row per head to train: its grid point, init seed, label column and attribute column."""
-    ht = HEADS[head]
-    if head in TEXT_HEADS:
+    ht = get_head(head)
+    if ht.needs_text:
         labels = [_prompt_label(data)]
     else:
         labels = range(len(data.labels))
     attrs = range(len(data.attributes)) if ht.uses_groups else [0]
-    seed_list = [0] if head == "zeroshot" else range(seeds)
+    # a head that is not trained comes out the same from every initialisation seed
+    seed_list = range(seeds) if ht.trainable else [0]
     rows = [
         {**p, "seed": s, "label": li, "attribute": ai}
         for p in points(grid) for s in seed_list for li in labels for ai in attrs
@@ -136,30 +130,26 @@ def _stack(head: str, grid: Grid, data: ProbeData, seeds: int) -> pd.DataFrame:
 
 
 def _train(head: str, stack: pd.DataFrame, data: ProbeData, cfg: SweepConfig) -> _Trained:
-    if head == "zeroshot":
-        params = zeroshot_params(data.text["prototypes"], data.text["logit_scale"])
-        predict = lambda X, g: predict_stack("zeroshot", params, X)  # noqa: E731
+    hp = {c: stack[c].to_numpy() for c in stack.columns}
+    if "C" in hp:  # scikit-learn's L2 strength: the exact full-batch solver
+        hp = {k: hp[k] for k in ("C", "label")}
+        solver = "lbfgs"
     else:
-        hp = {c: stack[c].to_numpy() for c in stack.columns}
-        if "C" in hp:  # scikit-learn's L2 strength: the exact full-batch solver
-            hp = {k: hp[k] for k in ("C", "label")}
-            solver = "lbfgs"
-        else:
-            solver = "adamw"
-        X, y, g = data.training_set()
-        fit = fit_stack(
-            head, X, y, g, hp, epochs=cfg.epochs, batch_size=cfg.batch_size,
-            seed=cfg.seed, solver=solver, prototypes=data.text.get("prototypes"),
-            logit_scale=float(data.text.get("logit_scale", 100.0)),
-        )
-        predict = fit.predict
-    scores = {split: data.pool_scores(predict(data.X[split], data.row_groups(split))) for split in ("val", "test")}
+        solver = "adamw"
+    X, y, g = data.training_set()
+    text = data.text if get_head(head).needs_text else {}
+    fit = fit_stack(
+        head, X, y, g, hp, epochs=cfg.epochs, batch_size=cfg.batch_size,
+        seed=cfg.seed, solver=solver, prototypes=text.get("prototypes"),
+        logit_scale=float(text.get("logit_scale", 100.0)),
+    )
+    scores = {split: data.pool_scores(fit.predict(data.X[split], data.row_groups(split))) for split in ("val", "test")}
     return _Trained(head, stack, scores["val"], scores["test"])
 
 
 def _selections(t: _Trained, data: ProbeData, criterion: str):
     """For each (label, attribute): the candidate heads' validation table and the chosen position."""
-    uses_groups = HEADS[t.head].uses_groups
+    uses_groups = get_head(t.head).uses_groups
     for li in sorted(t.hparams["label"].unique()):
         for ai in range(len(data.attributes)):
             mask = t.hparams["label"] == li
@@ -189,13 +179,15 @@ def _hp(row: pd.Series) -> dict[str, float]:
     return {k: (int(v) if k in ("seed", "label", "attribute") else float(v)) for k, v in row.items()}
 
 
-def _config(cfg: SweepConfig, data: ProbeData, trained: list[_Trained], skipped: dict[str, str]) -> dict[str, Any]:
+def _config(cfg: SweepConfig, data: ProbeData, trained: list[_Trained], skipped: dict[str, str], root: str) -> dict[str, Any]:
     import jax
 
     return {
         **asdict(cfg),
+        "root": root,
         "heads": list(cfg.heads),
         "grids": cfg.heads,
+        "target_gaps": {h: get_head(h).target_gap for h in cfg.heads},
         "labels": data.labels,
         "attributes": data.attributes,
         "group_names": data.group_names,

@@ -1,0 +1,33 @@
+"""Runs: the one place that knows a run directory's files. Write, list and load runs, and
+read each mitigation against the baseline. Needs neither torch nor JAX.
+
+    import fmcache
+    run = fmcache.load_results(path)        # .metrics, .sweep, .config, .predictions
+"""
+
+from fmcache.runs.directory import (
+    Run,
+    cache_root,
+    list_runs,
+    load_results,
+    new_run_dir,
+    prediction_key,
+    run_path,
+    runs_dir,
+    write_run,
+)
+from fmcache.runs.summary import BASELINE, compare_to_baseline
+
+__all__ = [
+    "BASELINE",
+    "Run",
+    "cache_root",
+    "compare_to_baseline",
+    "list_runs",
+    "load_results",
+    "new_run_dir",
+    "prediction_key",
+    "run_path",
+    "runs_dir",
+    "write_run",
+]

@@ -1,0 +1,192 @@
+"""Run directories: what a sweep leaves behind, written once and loaded by anyone.
+
+A run lives beside the cache, in ``<cache root>/runs/<run id>/``, on a local disk or any
+fsspec URL the cache can live on (``s3://bucket/prefix/runs/...``):
+
+``config.json``        the sweep's configuration, seeds, the cache root it read, dataset/model
+                       provenance, versions
+``metrics.parquet``    the tidy metric table of the selected heads (one row per head x label x
+                       attribute x metric x group)
+``sweep.parquet``      every trained head: its hyperparameters and validation scores
+``predictions/``       Zarr group: per selected head the test scores, with sample rows and ids,
+                       under :func:`prediction_key`
+
+Reading needs neither torch nor JAX.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Mapping
+
+import numpy as np
+import pandas as pd
+from upath import UPath
+
+from fmcache.cache.store import open_store, resolve_root
+from fmcache.errors import FmcacheError
+
+if TYPE_CHECKING:
+    from fmcache.cache.reader import Embeddings
+
+RUNS = "runs"
+CONFIG, METRICS, SWEEP, PREDICTIONS = "config.json", "metrics.parquet", "sweep.parquet", "predictions"
+
+
+def cache_root(root: str | os.PathLike[str] | None = None) -> UPath:
+    """The cache root as an absolute path or URL (``None``: the default root)."""
+    path = UPath(resolve_root(root))
+    return path.expanduser().absolute() if path.protocol in ("", "file", "local") else path
+
+
+def runs_dir(root: str | os.PathLike[str] | None = None) -> UPath:
+    """Where runs live: ``<cache root>/runs``."""
+    return cache_root(root) / RUNS
+
+
+def run_path(run: str | os.PathLike[str], root: str | os.PathLike[str] | None = None) -> UPath:
+    """A run named by its directory (path or URL) or by its id under ``<root>/runs``."""
+    path = UPath(run)
+    return path if path.exists() else runs_dir(root) / str(run)
+
+
+def new_run_dir(name: str, root: str | os.PathLike[str] | None = None) -> UPath:
+    """A fresh folder ``<runs>/<UTC time>-<name>`` (made unique if two runs start together)."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    base = runs_dir(root) / f"{stamp}-{name}"
+    path, i = base, 1
+    while path.exists():
+        i += 1
+        path = base.with_name(f"{base.name}-{i}")
+    path.mkdir(parents=True)
+    return path
+
+
+def prediction_key(head: str, label: str, attribute: str) -> str:
+    """Name of a selected head's predictions in a run ("/" would nest Zarr groups)."""
+    return f"{head}.{label}.{attribute}".replace("/", "_")
+
+
+def write_run(
+    path: str | os.PathLike[str],
+    *,
+    config: Mapping[str, Any],
+    metrics: pd.DataFrame,
+    sweep: pd.DataFrame,
+    predictions: Mapping[str, Mapping[str, np.ndarray]],
+) -> None:
+    """Write a run's files; ``predictions`` maps a :func:`prediction_key` to arrays (scores, rows, ids...)."""
+    import zarr
+
+    path = UPath(path)
+    for name, table in ((METRICS, metrics), (SWEEP, sweep)):
+        with (path / name).open("wb") as f:
+            table.to_parquet(f, index=False)
+    group = zarr.open_group(store=open_store(str(path / PREDICTIONS), read_only=False), mode="w", zarr_format=3)
+    for key, arrays in predictions.items():
+        g = group.create_group(key)
+        for name, values in arrays.items():
+            values = np.asarray(values)
+            dtype = str if values.dtype.kind in "UO" else values.dtype
+            arr = g.create_array(name, shape=values.shape, dtype=dtype, chunks=values.shape or None, overwrite=True)
+            arr[...] = values
+    # the config last: a run with a config.json is a run whose files are complete
+    (path / CONFIG).write_text(json.dumps(dict(config), indent=2, default=_jsonable))
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    return str(v)
+
+
+@dataclass
+class Run:
+    """A finished run: ``metrics`` and ``sweep`` tables, ``config``, and ``predictions``."""
+
+    path: UPath
+    config: dict[str, Any]
+    metrics: pd.DataFrame
+    sweep: pd.DataFrame
+
+    @property
+    def predictions(self) -> dict[str, dict[str, np.ndarray]]:
+        """Per selected head (by :func:`prediction_key`): test scores and the sample rows / ids they belong to."""
+        group = self._predictions_group()
+        return {h: {k: np.asarray(group[h][k][...]) for k in group[h].array_keys()} for h in sorted(group.group_keys())}
+
+    def prediction(self, head: str, label: str, attribute: str) -> dict[str, np.ndarray] | None:
+        """One selected head's test predictions (only its arrays are read), or None if the run has none."""
+        try:
+            g = self._predictions_group()[prediction_key(head, label, attribute)]
+        except (KeyError, FmcacheError):
+            return None
+        return {k: np.asarray(g[k][...]) for k in g.array_keys()}
+
+    @property
+    def target_gaps(self) -> dict[str, str]:
+        """The gap each head of the run is built to shrink (recorded from its head type)."""
+        return dict(self.config.get("target_gaps") or {})
+
+    def cache_entry(self) -> Embeddings | None:
+        """The cache entry the run was trained on, opened from the root its config records;
+        None when that cache is not there (moved, deleted, or on another machine)."""
+        from fmcache.cache.reader import open_cache
+
+        root = self.config.get("root")
+        if root is None:
+            return None
+        try:
+            return open_cache(root).embeddings(self.config["dataset"], self.config["model"])
+        except (FmcacheError, OSError, KeyError):
+            return None
+
+    def _predictions_group(self):
+        import zarr
+
+        where = self.path / PREDICTIONS
+        try:
+            return zarr.open_group(store=open_store(str(where), read_only=True), mode="r")
+        except (FileNotFoundError, FmcacheError, zarr.errors.GroupNotFoundError):
+            raise FmcacheError(f"run {self.path} has no saved predictions ({where} is missing or damaged)") from None
+
+
+def load_results(run: str | os.PathLike[str]) -> Run:
+    """Load a run directory written by ``fmcache probe``.
+
+    Examples
+    --------
+    >>> run = fmcache.load_results("~/.cache/fmcache/runs/20261127-101500-synthetic-efficientnet_lite0")
+    >>> run.metrics.query("metric == 'auc_delta'")
+    """
+    path = UPath(run).expanduser()
+    if not (path / CONFIG).is_file():
+        raise FmcacheError(f"{path} is not a finished run (no {CONFIG}); `fmcache results` lists the runs")
+    return Run(
+        path=path,
+        config=json.loads((path / CONFIG).read_text()),
+        metrics=_read_table(path / METRICS),
+        sweep=_read_table(path / SWEEP),
+    )
+
+
+def _read_table(path: UPath) -> pd.DataFrame:
+    with path.open("rb") as f:
+        return pd.read_parquet(f)
+
+
+def list_runs(root: str | os.PathLike[str] | None = None) -> pd.DataFrame:
+    """One row per finished run under the cache root, newest first."""
+    rows = []
+    base = runs_dir(root)
+    for p in sorted(base.iterdir(), key=lambda p: p.name, reverse=True) if base.is_dir() else []:
+        if (p / CONFIG).is_file():
+            cfg = json.loads((p / CONFIG).read_text())
+            rows.append({"run": p.name, "dataset": cfg.get("dataset"), "model": cfg.get("model"),
+                         "heads": ", ".join(cfg.get("heads", [])), "created": cfg.get("created"), "path": str(p)})
+    return pd.DataFrame(rows, columns=["run", "dataset", "model", "heads", "created", "path"])

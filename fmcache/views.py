@@ -1,0 +1,112 @@
+"""What the commands print: tables and short texts for the terminal.
+
+The library returns data (data frames, runs, cache entries); this module is the one place
+that turns them into terminal output, for the CLI and the demo.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from fmcache.cache.reader import Cache
+
+# (metric, summary group) of a run's terminal headline
+HEADLINE = (("auc", "overall"), ("auc_min", "gap"), ("auc_delta", "gap"), ("eqodds", "gap"), ("dp", "gap"))
+SPLITS = ["train", "val", "test"]
+
+
+def make_console() -> Console:
+    c = Console()
+    # piped output (files, CI logs) gets wide tables instead of cells folded to 80 columns
+    return c if c.is_terminal else Console(width=200)
+
+
+def frame_table(df: pd.DataFrame, title: str | None = None, caption: str | None = None) -> Table:
+    """A data frame as a rich table, every cell as text."""
+    t = Table(title=title, caption=caption)
+    for col in df.columns:
+        t.add_column(str(col), overflow="fold")
+    for row in df.itertuples(index=False):
+        t.add_row(*[str(v) for v in row])
+    return t
+
+
+def headline(metrics: pd.DataFrame, label: str | None = None) -> pd.DataFrame:
+    """One row per (attribute, head) of ``label`` (default the first): test AUC, worst-group
+    AUC and the main gaps, each as "value [ci_low, ci_high]" text."""
+    label = label if label is not None else metrics["label"].iloc[0]
+    m = metrics[metrics["label"] == label]
+    rows = []
+    for (attr, head), block in m.groupby(["attribute", "head"], sort=False):
+        row = {"label": label, "attribute": attr, "head": head}
+        for metric, group in HEADLINE:
+            hit = block[(block["metric"] == metric) & (block["group"] == group)]
+            row[metric] = _interval(hit.iloc[0]) if len(hit) else ""
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _interval(row: pd.Series) -> str:
+    if np.isnan(row["value"]):
+        return "n/a"
+    if np.isnan(row["ci_low"]):
+        return f"{row['value']:.3f}"
+    return f"{row['value']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
+
+
+def mitigation_sentences(comparison: pd.DataFrame, attribute: str, *, utility: str = "auc",
+                         baseline: str = "linear") -> list[str]:
+    """Plain-language lines, one per head, each built from the numbers of a
+    :func:`fmcache.runs.compare_to_baseline` table."""
+    out = []
+    for r in comparison.itertuples(index=False):
+        d_util = getattr(r, f"{utility}_change")
+        what = f"the {attribute} {r.gap} ({r.baseline:.3f} with {baseline})"
+        verb = "lower" if r.fairer == "lower" else "raise"
+        if np.isnan(r.change):
+            out.append(f"{r.head}: {what} could not be computed")
+        elif r.reduces:
+            strength = "" if r.clear else "; within the bootstrap interval, so not a clear reduction"
+            out.append(f"{r.head} {verb}s {what} to {r.value:.3f}, {utility.upper()} change {d_util:+.3f}{strength}")
+        else:
+            out.append(f"{r.head} does not {verb} {what}: {r.value:.3f}, {utility.upper()} change {d_util:+.3f}")
+    return out
+
+
+def entries_table(cache: Cache) -> Table:
+    """The cache's (dataset, model) entries."""
+    # weights ids and dates are long: `cache info DATASET MODEL` shows them, the table stays readable at 80 columns
+    df = cache.entries().drop(columns=["created", "weights"]).rename(columns={"chunks_done": "chunks"})
+    return frame_table(df, title=f"cache at {cache.root}", caption="`fmcache cache info DATASET MODEL` shows an entry's provenance")
+
+
+def describe_dataset(cache: Cache, dataset: str) -> str:
+    """Samples per split, label prevalence and group sizes (unknown shown as its own row)."""
+    info = cache.dataset_info(dataset)
+    s = cache.samples(dataset)
+    lines = [
+        f"{dataset}: {info.get('title', '')} — {info.get('n')} samples, {s['subject'].nunique()} subjects; "
+        f"split {info.get('split_policy')} (seed {info.get('split_seed')})",
+        "samples per split: " + ", ".join(f"{k} {v}" for k, v in s["split"].value_counts().reindex(SPLITS).fillna(0).astype(int).items()),
+    ]
+    for name in info.get("label_names", []):
+        y = s[f"label/{name}"]
+        lines.append(f"label {name}: {int((y == 1).sum())} positive, {int((y == 0).sum())} negative, {int((y == -1).sum())} unknown")
+    for attr, meta in (info.get("attributes") or {}).items():
+        if f"sa/{attr}" not in s:
+            continue
+        names = dict(enumerate(meta["groups"])) | {-1: "unknown"}
+        table = pd.crosstab(s[f"sa/{attr}"].map(names), s["split"], rownames=["group"], colnames=["split"]).reindex(
+            columns=SPLITS, fill_value=0
+        )
+        lines.append(f"{attr} ({meta['rule']}):")
+        lines.extend("  " + row for row in table.to_string().splitlines())
+    models = cache.models(dataset)
+    lines.append("models: " + (", ".join(models) if models else "none yet"))
+    return "\n".join(lines)
