@@ -310,7 +310,6 @@ def datasets(
     if dataset is not None or data is not None or option:
         raise FmcacheError(f"`fmcache datasets {name or ''}` takes no further arguments; to validate a copy: fmcache datasets check DATASET --data PATH")
     if name is None:
-        get_dataset("synthetic")  # loads the built-in adapters
         t = Table(title="fmcache datasets", caption="`fmcache datasets NAME` shows the expected layout and options; `fmcache datasets check NAME --data PATH` checks your copy")
         for col in ("key", "dataset", "modality", "labels", "sensitive attributes", "where to get it"):
             t.add_column(col, overflow="fold")

@@ -11,7 +11,7 @@ import torch
 import fmcache
 from fmcache.datasets import attributes as A
 from fmcache.datasets.samples import Dataset, build_samples
-from fmcache.datasets.spec import DatasetSpec
+from fmcache.datasets.spec import DatasetSpec, RawTable
 from fmcache.embed.encode import embed
 from fmcache.embed.preprocess import build_transform
 from fmcache.embed.registry import load_model
@@ -23,10 +23,10 @@ def _blob_slice(i: int) -> int:
     return 3 + (5 * i) % (DEPTH - 6)
 
 
-def _read(root, options) -> pd.DataFrame:
+def _read(root, options) -> RawTable:
     ids = [f"vol{i:02d}" for i in range(N)]
-    return pd.DataFrame({"id": ids, "subject": ids, "path": "", "label/planted": [i % 2 for i in range(N)],
-                         "raw/sex": ["M", "F"] * (N // 2)})
+    return RawTable(pd.DataFrame({"id": ids, "subject": ids, "path": "", "label/planted": [i % 2 for i in range(N)],
+                                  "raw/sex": ["M", "F"] * (N // 2)}))
 
 
 def _load(root, row) -> np.ndarray:

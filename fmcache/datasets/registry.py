@@ -1,10 +1,23 @@
-"""The dataset registry: a plain dict of :class:`DatasetSpec` entries."""
+"""The dataset registry: one table of the adapters' :class:`DatasetSpec` entries."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Mapping
 
+from fmcache.datasets.adapters import (
+    adni,
+    brset,
+    chexpert,
+    covid_ct_md,
+    csv_table,
+    fairvlmed10k,
+    gf3300,
+    ham10000,
+    mimic_cxr,
+    papila,
+    synthetic,
+)
 from fmcache.datasets.samples import (
     Dataset,
     adapter_options,
@@ -18,16 +31,26 @@ from fmcache.datasets.samples import (
 from fmcache.datasets.spec import DatasetSpec
 from fmcache.errors import UnknownNameError, did_you_mean
 
-DATASETS: dict[str, DatasetSpec] = {}
-
-
-def register(spec: DatasetSpec) -> DatasetSpec:
-    DATASETS[spec.key] = spec
-    return spec
+# the order `fmcache datasets` lists them in
+DATASETS: dict[str, DatasetSpec] = {
+    m.SPEC.key: m.SPEC
+    for m in (
+        chexpert,
+        adni,
+        brset,
+        covid_ct_md,
+        csv_table,
+        fairvlmed10k,
+        gf3300,
+        ham10000,
+        mimic_cxr,
+        papila,
+        synthetic,
+    )
+}
 
 
 def get_dataset(key: str) -> DatasetSpec:
-    _load_builtin()
     try:
         return DATASETS[key]
     except KeyError:
@@ -54,16 +77,11 @@ def load_dataset(
     root = data_root(spec, data)
     raw = spec.read(root if root is not None else Path("."), adapter_options(opts))
     table, fingerprint = build_samples(spec, raw, seed=seed, options=opts)
-    name = raw.attrs.get("name", spec.key) + split_suffix(opts)
-    extra = dict(raw.attrs.get("group_attrs", {}))
+    name = (raw.name if raw.name is not None else spec.key) + split_suffix(opts)
+    extra = dict(raw.group_attrs)
     if "split" in opts:
         extra["split_policy"] = split_policy(opts)
-    if "task" in raw.attrs:  # an option changed the task (spec.py documents raw.attrs["task"])
-        extra["task"] = raw.attrs["task"]
+    if raw.task is not None:  # the options decided the task
+        extra["task"] = raw.task
     return Dataset(spec=spec, name=name, root=root, options=opts, seed=seed, table=table, fingerprint=fingerprint,
                    extra_attrs=extra, attribute_rules=dict(attribute_rules(spec, raw)))
-
-
-def _load_builtin() -> None:
-    # importing the adapter modules registers them; kept lazy so `import fmcache` stays light
-    from fmcache.datasets import adapters  # noqa: F401

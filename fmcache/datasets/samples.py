@@ -14,7 +14,7 @@ import pandas as pd
 
 from fmcache.datasets.attributes import encode
 from fmcache.datasets.pixels import open_image
-from fmcache.datasets.spec import AttributeRule, DatasetSpec
+from fmcache.datasets.spec import AttributeRule, DatasetSpec, RawTable
 from fmcache.datasets.splits import DEFAULT_FRACTIONS, balance_test, patient_split
 from fmcache.errors import DatasetError
 
@@ -38,7 +38,7 @@ class Dataset:
     2 test), ``path``, ``label/<name>`` (int8, -1 unknown), ``sa/<attr>`` (int8 group code,
     -1 unknown) and ``sa_raw/<attr>`` (str, the raw value; "" when missing), plus any
     ``gen/<x>`` / ``meta/<x>`` columns the adapter added. ``attribute_rules`` holds the rules
-    an adapter supplied per call (``raw.attrs["attribute_rules"]``); empty means the entry's.
+    an adapter supplied per call (``RawTable.attribute_rules``); empty means the entry's.
     """
 
     spec: DatasetSpec
@@ -169,50 +169,52 @@ def split_suffix(options: Mapping[str, str]) -> str:
     return "" if attr is None else f"_split-{BALANCED_TEST}-{attr}"
 
 
-def attribute_rules(spec: DatasetSpec, raw: pd.DataFrame) -> Mapping[str, AttributeRule]:
+def attribute_rules(spec: DatasetSpec, raw: RawTable) -> Mapping[str, AttributeRule]:
     """The rules for this raw table: the adapter's per-call rules if it set any, else the entry's."""
-    return raw.attrs.get("attribute_rules", spec.attributes)
+    return raw.attribute_rules if raw.attribute_rules is not None else spec.attributes
 
 
 def build_samples(
-    spec: DatasetSpec, raw: pd.DataFrame, *, seed: int = 0, options: Mapping[str, str] | None = None
+    spec: DatasetSpec, raw: RawTable, *, seed: int = 0, options: Mapping[str, str] | None = None
 ) -> tuple[pd.DataFrame, str]:
     """Check an adapter's raw table, binarise its attributes and split it by subject.
 
-    Attributes are binarised with ``raw.attrs["attribute_rules"]`` when the adapter set it
-    (rules chosen per call, e.g. from user options), else with ``spec.attributes``. Returns
-    the samples table and a fingerprint of everything that determines it.
+    Attributes are binarised with ``raw.attribute_rules`` when the adapter set them (rules
+    chosen per call, e.g. from user options), else with ``spec.attributes``. Returns the
+    samples table and a fingerprint of everything that determines it.
     """
-    label_cols = [c for c in raw.columns if str(c).startswith("label/")]
-    missing = [c for c in ("id", "subject", "path") if c not in raw.columns]
+    rules = attribute_rules(spec, raw)
+    frame = raw.frame
+    label_cols = [c for c in frame.columns if str(c).startswith("label/")]
+    missing = [c for c in ("id", "subject", "path") if c not in frame.columns]
     if not label_cols:
         missing.append("label/<name>")
     if missing:
         raise DatasetError(f"{spec.key}: adapter produced no column(s) {missing}")
-    if len(raw) == 0:
+    if len(frame) == 0:
         raise DatasetError(f"{spec.key}: the release yielded no samples (check --data and the metadata files)")
-    ids = raw["id"].astype(str)
+    ids = frame["id"].astype(str)
     dup = ids[ids.duplicated()]
     if len(dup):
         raise DatasetError(f"{spec.key}: sample id {dup.iloc[0]!r} occurs more than once; ids must be unique")
 
-    out = pd.DataFrame({"id": ids.to_numpy(), "subject": raw["subject"].astype(str).to_numpy()})
+    out = pd.DataFrame({"id": ids.to_numpy(), "subject": frame["subject"].astype(str).to_numpy()})
     labels = {}
     for c in label_cols:
-        labels[c] = pd.to_numeric(raw[c], errors="coerce").fillna(-1).to_numpy().astype(np.int8)
+        labels[c] = pd.to_numeric(frame[c], errors="coerce").fillna(-1).to_numpy().astype(np.int8)
     attrs = {}
-    for name, rule in attribute_rules(spec, raw).items():
+    for name, rule in rules.items():
         col = f"raw/{name}"
-        if col not in raw.columns:
+        if col not in frame.columns:
             continue  # an optional attribute whose file the user does not have (e.g. race)
         try:
-            attrs[f"sa/{name}"] = encode(rule, raw[col])
+            attrs[f"sa/{name}"] = encode(rule, frame[col])
         except ValueError as e:
             raise DatasetError(
                 f"{spec.key}: unexpected {name} value {e.args[0]!r} in {rule.source or col} "
                 f"(known rule: {rule.description}); correct the file or report the new spelling"
             ) from None
-        attrs[f"sa_raw/{name}"] = raw[col].map(lambda v: "" if v is None or v != v else str(v).strip()).to_numpy(dtype=str)
+        attrs[f"sa_raw/{name}"] = frame[col].map(lambda v: "" if v is None or v != v else str(v).strip()).to_numpy(dtype=str)
 
     first_label = labels[label_cols[0]]
     first_attr = next((v for k, v in attrs.items() if k.startswith("sa/")), np.zeros(len(out), np.int8))
@@ -220,13 +222,13 @@ def build_samples(
     out["split"] = patient_split(out["subject"], strata, seed=seed)
     balanced = balanced_attribute(spec.key, options or {})
     if balanced is not None:
-        out["split"] = _balance(spec, raw, out, attrs, balanced, seed)
-    out["path"] = raw["path"].astype(str).to_numpy()
+        out["split"] = _balance(spec, rules, out, attrs, balanced, seed)
+    out["path"] = frame["path"].astype(str).to_numpy()
     for k, v in {**labels, **attrs}.items():
         out[k] = v
-    for c in raw.columns:
+    for c in frame.columns:
         if str(c).startswith(EXTRA_PREFIXES):
-            out[c] = raw[c].to_numpy()
+            out[c] = frame[c].to_numpy()
 
     h = hashlib.sha256()
     h.update(json.dumps({"key": spec.key, "version": spec.version, "seed": seed, "options": dict(options or {})}, sort_keys=True).encode())
@@ -237,12 +239,14 @@ def build_samples(
     return out, h.hexdigest()[:16]
 
 
-def _balance(spec: DatasetSpec, raw: pd.DataFrame, out: pd.DataFrame, attrs: Mapping[str, np.ndarray], attr: str, seed: int) -> np.ndarray:
+def _balance(
+    spec: DatasetSpec, rules: Mapping[str, AttributeRule], out: pd.DataFrame, attrs: Mapping[str, np.ndarray], attr: str, seed: int
+) -> np.ndarray:
     """The split with a test set balanced between ``attr``'s groups (see :func:`balance_test`)."""
     if f"sa/{attr}" not in attrs:
         have = ", ".join(k[3:] for k in attrs if k.startswith("sa/")) or "none"
         raise DatasetError(f"{spec.key}: split=balanced-test:{attr} names no sensitive attribute of this dataset (have: {have})")
-    groups = attribute_rules(spec, raw)[attr].groups
+    groups = rules[attr].groups
     try:
         return balance_test(out["split"].to_numpy(), out["subject"], attrs[f"sa/{attr}"], n_groups=len(groups), seed=seed)
     except ValueError as e:

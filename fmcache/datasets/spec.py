@@ -17,12 +17,11 @@ table* (a pandas DataFrame, one row per image or volume) with these columns:
 
 The shared machinery (:mod:`fmcache.datasets.samples`) then binarises the attributes with
 the entry's rules and makes the seeded patient-level split, so adapters contain only what is
-specific to their release. An adapter may set ``raw.attrs["name"]`` (the cache group name,
-default the key), ``raw.attrs["task"]`` (when an option changes it) and
-``raw.attrs["group_attrs"]`` (extra JSON-able facts recorded on the cache group). An adapter
-whose attribute rules come from the user (the generic CSV adapter) leaves
-``DatasetSpec.attributes`` empty and puts its :class:`AttributeRule` mapping in
-``raw.attrs["attribute_rules"]``; the machinery then binarises and records those instead.
+specific to their release. ``read`` returns that table wrapped in a :class:`RawTable`, which
+also carries what an option may change: the cache group name (default the key), the task,
+extra JSON-able facts recorded on the cache group and, for an adapter whose attribute rules
+come from the user (the generic CSV adapter, which leaves ``DatasetSpec.attributes`` empty),
+the :class:`AttributeRule` mapping the machinery binarises and records instead.
 """
 
 from __future__ import annotations
@@ -34,8 +33,8 @@ from typing import Any, Callable, Literal, Mapping
 import pandas as pd
 
 Options = Mapping[str, str]
-ReadFn = Callable[[Path, Options], pd.DataFrame]
 LoadFn = Callable[[Path, pd.Series], Any]  # -> PIL.Image.Image
+Task = Literal["binary", "multilabel", "multiclass"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +54,26 @@ class AttributeRule:
 
 
 @dataclass(frozen=True)
+class RawTable:
+    """What an adapter's ``read`` returns: the raw table and the facts that go with it.
+
+    ``frame`` has the columns listed at the top of this module. ``name`` is the cache group
+    name (None: the dataset key); ``task`` (None: the entry's) is set when the options decide
+    it; ``group_attrs`` holds extra JSON-able facts recorded on the cache group;
+    ``attribute_rules`` (None: the entry's) are rules chosen per call, e.g. from user options.
+    """
+
+    frame: pd.DataFrame
+    name: str | None = None
+    task: Task | None = None
+    group_attrs: Mapping[str, Any] = field(default_factory=dict)
+    attribute_rules: Mapping[str, AttributeRule] | None = None
+
+
+ReadFn = Callable[[Path, Options], RawTable]
+
+
+@dataclass(frozen=True)
 class PromptSet:
     """Zero-shot prompts for one label: ``classes[i]`` names label value ``i``."""
 
@@ -65,7 +84,8 @@ class PromptSet:
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """A registered dataset. Adding a dataset is adding one of these to the registry."""
+    """A registered dataset. Adding a dataset is an adapter module whose ``SPEC`` is one of
+    these, listed in the table of :mod:`fmcache.datasets.registry`."""
 
     key: str
     title: str
@@ -73,7 +93,7 @@ class DatasetSpec:
     version: str  # adapter version: bump when the samples table a release yields changes
     read: ReadFn
     labels: tuple[str, ...]
-    task: Literal["binary", "multilabel", "multiclass"]
+    task: Task
     attributes: Mapping[str, AttributeRule]
     layout: str  # the expected folder layout, shown by `fmcache datasets`
     obtain: str  # where and how to get the release

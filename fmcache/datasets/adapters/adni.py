@@ -9,16 +9,9 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from fmcache.datasets.adapters.chexpert import (
-    blank_to_none,
-    cache_name,
-    option,
-    read_csv,
-    require_columns,
-)
+from fmcache.datasets.adapters._common import blank_to_none, cache_name, option, read_csv, require_columns
 from fmcache.datasets.attributes import categorical, threshold
-from fmcache.datasets.registry import register
-from fmcache.datasets.spec import DatasetSpec, PromptSet
+from fmcache.datasets.spec import DatasetSpec, PromptSet, RawTable
 from fmcache.datasets.volumes import is_nifti, load_nifti, percentile_normalise
 from fmcache.errors import DatasetError
 
@@ -121,7 +114,7 @@ def _paths(ids: pd.Series, root: Path) -> pd.Series:
     return paths
 
 
-def read(root: Path, options: Mapping[str, str]) -> pd.DataFrame:
+def read(root: Path, options: Mapping[str, str]) -> RawTable:
     """Raw table of an ADNI collection: one row per AD or CN image, MCI left out.
 
     Parameters
@@ -134,7 +127,7 @@ def read(root: Path, options: Mapping[str, str]) -> pd.DataFrame:
 
     Returns
     -------
-    pandas.DataFrame
+    RawTable
         id (Image Data ID), subject (Subject, never the image id: a subject has several
         images), path (the .nii file), label/AD, raw/sex, raw/age, meta/plane.
     """
@@ -150,9 +143,7 @@ def read(root: Path, options: Mapping[str, str]) -> pd.DataFrame:
     raw["raw/sex"] = blank_to_none(df["Sex"])
     raw["raw/age"] = blank_to_none(df["Age"])
     raw["meta/plane"] = plane  # the slicing plane changes the pixels, so `load` must see it
-    raw.attrs["name"] = cache_name(KEY, {"plane": plane}, {"plane": "axial"})
-    raw.attrs["group_attrs"] = {"collection_file": file}
-    return raw
+    return RawTable(raw, name=cache_name(KEY, {"plane": plane}, {"plane": "axial"}), group_attrs={"collection_file": file})
 
 
 def load(root: Path, row: pd.Series) -> np.ndarray:
@@ -182,42 +173,40 @@ Volume: reoriented to RAS+, axial slices inferior -> superior (option plane), in
 min-max scaled between the 0.5th and 99.5th percentiles of the volume.
 """
 
-register(
-    DatasetSpec(
-        key=KEY,
-        title="ADNI 1.5T",
-        modality="brain MRI",
-        version="1",
-        read=read,
-        labels=("AD",),
-        task="binary",
-        attributes={
-            "sex": categorical(
-                {"M": "male", "F": "female"},
-                groups=("male", "female"),
-                source="collection CSV column Sex",
-            ),
-            "age": threshold(75, source="collection CSV column Age"),
-        },
-        layout=LAYOUT,
-        obtain=(
-            "ADNI through LONI IDA (https://ida.loni.usc.edu; application and data use agreement, not "
-            "redistributable): search the ADNI1 'Screening 1.5T' standardized collection, download it as NIfTI "
-            "together with its CSV, and unpack both into one folder"
+SPEC = DatasetSpec(
+    key=KEY,
+    title="ADNI 1.5T",
+    modality="brain MRI",
+    version="1",
+    read=read,
+    labels=("AD",),
+    task="binary",
+    attributes={
+        "sex": categorical(
+            {"M": "male", "F": "female"},
+            groups=("male", "female"),
+            source="collection CSV column Sex",
         ),
-        prompts={
-            "default": PromptSet(
-                templates=("a brain MRI of {}", "a T1-weighted brain MRI showing {}", "an MRI scan of the brain with {}"),
-                classes=("normal", "Alzheimer's disease"),
-                label="AD",
-            ),
-        },
-        load=load,
-        dim="3d",
-        options={
-            "collection": "the collection CSV's file name; needed only when --data holds several",
-            "plane": "axial (default): slices inferior -> superior; coronal: posterior -> anterior; "
-            "sagittal: left -> right",
-        },
-    )
+        "age": threshold(75, source="collection CSV column Age"),
+    },
+    layout=LAYOUT,
+    obtain=(
+        "ADNI through LONI IDA (https://ida.loni.usc.edu; application and data use agreement, not "
+        "redistributable): search the ADNI1 'Screening 1.5T' standardized collection, download it as NIfTI "
+        "together with its CSV, and unpack both into one folder"
+    ),
+    prompts={
+        "default": PromptSet(
+            templates=("a brain MRI of {}", "a T1-weighted brain MRI showing {}", "an MRI scan of the brain with {}"),
+            classes=("normal", "Alzheimer's disease"),
+            label="AD",
+        ),
+    },
+    load=load,
+    dim="3d",
+    options={
+        "collection": "the collection CSV's file name; needed only when --data holds several",
+        "plane": "axial (default): slices inferior -> superior; coronal: posterior -> anterior; "
+        "sagittal: left -> right",
+    },
 )

@@ -8,10 +8,9 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from fmcache.datasets.adapters.chexpert import blank_to_none, cache_name, option, read_csv, require_columns
+from fmcache.datasets.adapters._common import blank_to_none, cache_name, option, read_csv, require_columns
 from fmcache.datasets.attributes import categorical, threshold
-from fmcache.datasets.registry import register
-from fmcache.datasets.spec import DatasetSpec, PromptSet
+from fmcache.datasets.spec import DatasetSpec, PromptSet, RawTable
 from fmcache.errors import DatasetError
 
 KEY = "brset"
@@ -54,7 +53,7 @@ def _image_paths(root: Path, ids: pd.Series) -> list[str]:
     return [f"{IMAGES}/{present.get(i, i + '.jpg')}" for i in ids]
 
 
-def read(root: Path, options: Mapping[str, str]) -> pd.DataFrame:
+def read(root: Path, options: Mapping[str, str]) -> RawTable:
     """Raw table of BRSET, one row per image; patient_id is the subject.
 
     Parameters
@@ -66,7 +65,7 @@ def read(root: Path, options: Mapping[str, str]) -> pd.DataFrame:
 
     Returns
     -------
-    pandas.DataFrame
+    RawTable
         id (image_id), subject (patient_id), path, label/dr or label/icdr, raw/sex, raw/age.
     """
     labels_opt = option(options, KEY, "labels", ("dr", "icdr"), "dr")
@@ -93,11 +92,10 @@ def read(root: Path, options: Mapping[str, str]) -> pd.DataFrame:
     raw["raw/age"] = blank_to_none(table["patient_age"])  # the literal NA is read as missing by the rule
 
     chosen = {"labels": labels_opt, "quality": quality}
-    raw.attrs["name"] = cache_name(KEY, chosen, {"labels": "dr", "quality": "all"})
+    name = cache_name(KEY, chosen, {"labels": "dr", "quality": "all"})
     if labels_opt == "icdr":
-        raw.attrs["task"] = "multiclass"
-        raw.attrs["group_attrs"] = {"classes": list(ICDR)}
-    return raw
+        return RawTable(raw, name=name, task="multiclass", group_attrs={"classes": list(ICDR)})
+    return RawTable(raw, name=name)
 
 
 LAYOUT = """\
@@ -113,39 +111,37 @@ column is not used: it disagrees with the grade in some rows); labels=icdr: the 
 >= 60; the literal NA and blanks -> unknown. Option quality=adequate drops `Inadequate` images.
 """
 
-register(
-    DatasetSpec(
-        key=KEY,
-        title="BRSET 1.0.0",
-        modality="colour fundus",
-        version="1",
-        read=read,
-        labels=("dr",),
-        task="binary",
-        attributes={
-            "sex": categorical({"1": "male", "2": "female"}, groups=("male", "female"), source="labels.csv column patient_sex"),
-            "age": threshold(60, source="labels.csv column patient_age"),
-        },
-        layout=LAYOUT,
-        obtain=(
-            "PhysioNet, credentialed access: https://physionet.org/content/brazilian-ophthalmological/1.0.0/ "
-            "(labels.csv and fundus_photos/)"
+SPEC = DatasetSpec(
+    key=KEY,
+    title="BRSET 1.0.0",
+    modality="colour fundus",
+    version="1",
+    read=read,
+    labels=("dr",),
+    task="binary",
+    attributes={
+        "sex": categorical({"1": "male", "2": "female"}, groups=("male", "female"), source="labels.csv column patient_sex"),
+        "age": threshold(60, source="labels.csv column patient_age"),
+    },
+    layout=LAYOUT,
+    obtain=(
+        "PhysioNet, credentialed access: https://physionet.org/content/brazilian-ophthalmological/1.0.0/ "
+        "(labels.csv and fundus_photos/)"
+    ),
+    prompts={
+        "default": PromptSet(
+            templates=("a fundus image of a {}", "a colour fundus photograph, diagnosis: {}", "a retinal photograph: {}"),
+            classes=("normal", "retinopathy"),
+            label="dr",
         ),
-        prompts={
-            "default": PromptSet(
-                templates=("a fundus image of a {}", "a colour fundus photograph, diagnosis: {}", "a retinal photograph: {}"),
-                classes=("normal", "retinopathy"),
-                label="dr",
-            ),
-            "icdr": PromptSet(
-                templates=("a fundus image with {}", "a colour fundus photograph showing {}"),
-                classes=ICDR,
-                label="icdr",
-            ),
-        },
-        options={
-            "labels": "dr (default): DR_ICDR != 0; icdr: the five ICDR grades 0-4 (multi-class)",
-            "quality": "all (default): every image; adequate: only quality == Adequate",
-        },
-    )
+        "icdr": PromptSet(
+            templates=("a fundus image with {}", "a colour fundus photograph showing {}"),
+            classes=ICDR,
+            label="icdr",
+        ),
+    },
+    options={
+        "labels": "dr (default): DR_ICDR != 0; icdr: the five ICDR grades 0-4 (multi-class)",
+        "quality": "all (default): every image; adequate: only quality == Adequate",
+    },
 )

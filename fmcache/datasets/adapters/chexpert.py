@@ -15,9 +15,9 @@ from typing import Iterable, Mapping
 import numpy as np
 import pandas as pd
 
+from fmcache.datasets.adapters._common import blank_to_none, cache_name, option, read_csv, require_columns
 from fmcache.datasets.attributes import categorical, keyword, threshold
-from fmcache.datasets.registry import register
-from fmcache.datasets.spec import AttributeRule, DatasetSpec, PromptSet
+from fmcache.datasets.spec import AttributeRule, DatasetSpec, PromptSet, RawTable
 from fmcache.errors import DatasetError
 
 # train.csv order; MIMIC-CXR's label file lists the same names alphabetically, and we keep
@@ -58,33 +58,6 @@ CXR_PROMPTS = {
 # ---------------------------------------------------------------- shared with MIMIC-CXR
 
 
-def option(options: Mapping[str, str], key: str, name: str, choices: Iterable[str], default: str) -> str:
-    """The value of a dataset option, checked against its choices."""
-    value = str(options.get(name, default)).strip().lower()
-    allowed = tuple(choices)
-    if value not in allowed:
-        raise DatasetError(f"{key}: option {name}={value!r} is not one of {', '.join(allowed)}")
-    return value
-
-
-def read_csv(path: Path, key: str) -> pd.DataFrame:
-    """A CSV (plain or .gz) read as text: empty cells stay "" so no spelling is guessed."""
-    try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, ValueError, EOFError) as e:  # pandas' parser errors are ValueErrors
-        raise DatasetError(f"{key}: cannot read {path}: {e.__class__.__name__}: {e} (file corrupt or truncated?)") from None
-
-
-def require_columns(df: pd.DataFrame, columns: Iterable[str], *, key: str, file: str) -> None:
-    """DatasetError naming the first expected column that ``df`` lacks."""
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise DatasetError(
-            f"{key}: column {missing[0]!r} not found in {file} (found: {', '.join(map(str, df.columns))}); "
-            f"the file must keep the official header"
-        )
-
-
 def label_codes(values: pd.Series, *, uncertain: str, key: str, source: str) -> np.ndarray:
     """CheXpert-labeler values as int8: 1.0 -> 1, 0.0 or empty -> 0, -1.0 -> the uncertain policy.
 
@@ -104,20 +77,6 @@ def label_codes(values: pd.Series, *, uncertain: str, key: str, source: str) -> 
 def label_columns(table: pd.DataFrame, names: Iterable[str], *, uncertain: str, key: str, file: str) -> dict[str, np.ndarray]:
     """``label/<name>`` -> codes for each named column of ``table`` (see :func:`label_codes`)."""
     return {f"label/{n}": label_codes(table[n], uncertain=uncertain, key=key, source=f"{file} column {n!r}") for n in names}
-
-
-def blank_to_none(values: pd.Series) -> pd.Series:
-    """Raw attribute values as objects, missing as None (never pandas' NA scalar)."""
-    return values.astype(object).where(values.notna(), None)
-
-
-def cache_name(key: str, chosen: Mapping[str, str], defaults: Mapping[str, str]) -> str:
-    """Cache group name: the key, plus each option that changes rows or labels and is not default.
-
-    Two option sets give two samples tables, so they must not share one cache group.
-    """
-    parts = [f"{k}-{chosen[k]}" for k in sorted(defaults) if chosen[k] != defaults[k]]
-    return "_".join([key, *parts])
 
 
 # ---------------------------------------------------------------- CheXpert
@@ -204,7 +163,7 @@ def _read_demo(path: Path) -> pd.DataFrame:
     return demo.drop_duplicates("PATIENT")[["PATIENT", "PRIMARY_RACE"]]
 
 
-def read(root: Path, options: Mapping[str, str]) -> pd.DataFrame:
+def read(root: Path, options: Mapping[str, str]) -> RawTable:
     """Raw table of CheXpert: train.csv and valid.csv together (our splits come later).
 
     Parameters
@@ -219,7 +178,7 @@ def read(root: Path, options: Mapping[str, str]) -> pd.DataFrame:
 
     Returns
     -------
-    pandas.DataFrame
+    RawTable
         id, subject, path, label/<observation>, raw/sex, raw/age and, when the DEMO file is
         present, raw/race.
     """
@@ -252,11 +211,12 @@ def read(root: Path, options: Mapping[str, str]) -> pd.DataFrame:
         group_attrs["demographics_file"] = demo_path.name
 
     chosen = {"labels": labels_opt, "uncertain": uncertain, "views": views}
-    raw.attrs["name"] = cache_name("chexpert", chosen, {"labels": "no_finding", "uncertain": "zero", "views": "all"})
-    if labels_opt == "all":
-        raw.attrs["task"] = "multilabel"
-    raw.attrs["group_attrs"] = group_attrs
-    return raw
+    return RawTable(
+        raw,
+        name=cache_name("chexpert", chosen, {"labels": "no_finding", "uncertain": "zero", "views": "all"}),
+        task="multilabel" if labels_opt == "all" else None,
+        group_attrs=group_attrs,
+    )
 
 
 def _zero_is_unknown(rule: AttributeRule) -> AttributeRule:
@@ -290,41 +250,39 @@ PRIMARY_RACE: white if it contains "White"; Unknown, Patient Refused, Race and E
 Unknown and blanks -> unknown; patients without a DEMO row -> unknown.
 """
 
-register(
-    DatasetSpec(
-        key="chexpert",
-        title="CheXpert v1.0",
-        modality="chest X-ray",
-        version="1",
-        read=read,
-        labels=("No Finding",),
-        task="binary",
-        attributes={
-            "sex": categorical(
-                {"Male": "male", "Female": "female"},
-                groups=("male", "female"),
-                unknown=("Unknown",),
-                source="train.csv / valid.csv column Sex",
-            ),
-            "age": _zero_is_unknown(threshold(60, source="train.csv / valid.csv column Age")),
-            "race": keyword(
-                "White",
-                groups=("white", "non-white"),
-                unknown=RACE_UNKNOWN,
-                source=f"CHEXPERT DEMO.xlsx sheet {DEMO_SHEET!r} column PRIMARY_RACE",
-            ),
-        },
-        layout=LAYOUT,
-        obtain=(
-            "Stanford AIMI shared datasets (free registration, research-use agreement), linked from "
-            "https://stanfordmlgroup.github.io/competitions/chexpert/ ; the race file 'CHEXPERT DEMO.xlsx' "
-            "is the separate 'CheXpert demographic data' download on AIMI"
+SPEC = DatasetSpec(
+    key="chexpert",
+    title="CheXpert v1.0",
+    modality="chest X-ray",
+    version="1",
+    read=read,
+    labels=("No Finding",),
+    task="binary",
+    attributes={
+        "sex": categorical(
+            {"Male": "male", "Female": "female"},
+            groups=("male", "female"),
+            unknown=("Unknown",),
+            source="train.csv / valid.csv column Sex",
         ),
-        prompts=CXR_PROMPTS,
-        options={
-            "labels": "no_finding (default): the `No Finding` label; all: the 14 observations (multi-label)",
-            "uncertain": "what -1.0 (uncertain) becomes: zero (default), one, or unknown (-1, masked)",
-            "views": "all (default, as the benchmark): every image; frontal: Frontal/Lateral == Frontal only",
-        },
-    )
+        "age": _zero_is_unknown(threshold(60, source="train.csv / valid.csv column Age")),
+        "race": keyword(
+            "White",
+            groups=("white", "non-white"),
+            unknown=RACE_UNKNOWN,
+            source=f"CHEXPERT DEMO.xlsx sheet {DEMO_SHEET!r} column PRIMARY_RACE",
+        ),
+    },
+    layout=LAYOUT,
+    obtain=(
+        "Stanford AIMI shared datasets (free registration, research-use agreement), linked from "
+        "https://stanfordmlgroup.github.io/competitions/chexpert/ ; the race file 'CHEXPERT DEMO.xlsx' "
+        "is the separate 'CheXpert demographic data' download on AIMI"
+    ),
+    prompts=CXR_PROMPTS,
+    options={
+        "labels": "no_finding (default): the `No Finding` label; all: the 14 observations (multi-label)",
+        "uncertain": "what -1.0 (uncertain) becomes: zero (default), one, or unknown (-1, masked)",
+        "views": "all (default, as the benchmark): every image; frontal: Frontal/Lateral == Frontal only",
+    },
 )

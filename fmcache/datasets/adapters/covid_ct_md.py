@@ -10,16 +10,9 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from fmcache.datasets.adapters.chexpert import (
-    blank_to_none,
-    cache_name,
-    option,
-    read_csv,
-    require_columns,
-)
+from fmcache.datasets.adapters._common import blank_to_none, cache_name, option, read_csv, require_columns
 from fmcache.datasets.attributes import categorical, threshold
-from fmcache.datasets.registry import register
-from fmcache.datasets.spec import AttributeRule, DatasetSpec, PromptSet
+from fmcache.datasets.spec import AttributeRule, DatasetSpec, PromptSet, RawTable
 from fmcache.datasets.volumes import (
     LUNG_WINDOW,
     load_dicom_series,
@@ -119,7 +112,7 @@ def _paths(df: pd.DataFrame, root: Path) -> pd.Series:
     return paths
 
 
-def read(root: Path, options: Mapping[str, str]) -> pd.DataFrame:
+def read(root: Path, options: Mapping[str, str]) -> RawTable:
     """Raw table of COVID-CT-MD, one row per patient (one CT series each).
 
     Parameters
@@ -131,7 +124,7 @@ def read(root: Path, options: Mapping[str, str]) -> pd.DataFrame:
 
     Returns
     -------
-    pandas.DataFrame
+    RawTable
         id and subject (the ``Folder`` value, e.g. P001), path (the patient folder),
         label/not_normal or label/diagnosis, raw/sex, raw/age, meta/window.
     """
@@ -141,16 +134,16 @@ def read(root: Path, options: Mapping[str, str]) -> pd.DataFrame:
     raw = pd.DataFrame({"id": df["Folder"], "subject": df["Folder"], "path": _paths(df, root)})
     if labels_opt == "diagnosis":
         raw["label/diagnosis"] = df["Diagnosis"].map({d: i for i, d in enumerate(DIAGNOSES)}).to_numpy().astype(np.int8)
-        raw.attrs["task"] = "multiclass"
-        raw.attrs["group_attrs"] = {"classes": list(DIAGNOSES)}
     else:
         raw["label/not_normal"] = (df["Diagnosis"] != "Normal").to_numpy().astype(np.int8)
     raw["raw/sex"] = blank_to_none(df["Patient Gender"])
     raw["raw/age"] = blank_to_none(df["Patient Age"])
     raw["meta/window"] = window_opt  # pixels differ per window, so it travels with each row to `load`
     chosen = {"labels": labels_opt, "window": window_opt}
-    raw.attrs["name"] = cache_name(KEY, chosen, {"labels": "not_normal", "window": "lung"})
-    return raw
+    name = cache_name(KEY, chosen, {"labels": "not_normal", "window": "lung"})
+    if labels_opt == "diagnosis":
+        return RawTable(raw, name=name, task="multiclass", group_attrs={"classes": list(DIAGNOSES)})
+    return RawTable(raw, name=name)
 
 
 def load(root: Path, row: pd.Series) -> np.ndarray:
@@ -185,46 +178,44 @@ fallbacks), axial, inferior -> superior; HU through the lung window [-1350, 150]
 (option window=percentile: 0.5-99.5 percentile min-max per volume).
 """
 
-register(
-    DatasetSpec(
-        key=KEY,
-        title="COVID-CT-MD",
-        modality="chest CT",
-        version="1",
-        read=read,
-        labels=("not_normal",),
-        task="binary",
-        attributes={
-            "sex": categorical(
-                {"M": "male", "F": "female"},
-                groups=("male", "female"),
-                source=f"{CLINICAL} column Patient Gender",
-            ),
-            "age": _dicom_age_rule(50, source=f"{CLINICAL} column Patient Age"),
-        },
-        layout=LAYOUT,
-        obtain=(
-            "Figshare, linked from https://github.com/ShahinSHH/COVID-CT-MD (licence stated there): download the "
-            "case archives and Clinical-data.csv and unpack them into one folder"
+SPEC = DatasetSpec(
+    key=KEY,
+    title="COVID-CT-MD",
+    modality="chest CT",
+    version="1",
+    read=read,
+    labels=("not_normal",),
+    task="binary",
+    attributes={
+        "sex": categorical(
+            {"M": "male", "F": "female"},
+            groups=("male", "female"),
+            source=f"{CLINICAL} column Patient Gender",
         ),
-        prompts={
-            "default": PromptSet(
-                templates=("a computed tomography of a {}", "a chest CT scan showing {}", "a CT image of the lungs: {}"),
-                classes=("normal", "pneumonia"),
-                label="not_normal",
-            ),
-            "diagnosis": PromptSet(
-                templates=("a chest CT scan showing {}", "a computed tomography of the lungs with {}"),
-                classes=DIAGNOSIS_NAMES,
-                label="diagnosis",
-            ),
-        },
-        load=load,
-        dim="3d",
-        options={
-            "labels": "not_normal (default): COVID-19 or CAP vs Normal; diagnosis: the 3 classes "
-            "(multi-class, index order Normal, COVID-19, CAP)",
-            "window": "lung (default): HU window level -600 width 1500; percentile: 0.5-99.5 percentile min-max per volume",
-        },
-    )
+        "age": _dicom_age_rule(50, source=f"{CLINICAL} column Patient Age"),
+    },
+    layout=LAYOUT,
+    obtain=(
+        "Figshare, linked from https://github.com/ShahinSHH/COVID-CT-MD (licence stated there): download the "
+        "case archives and Clinical-data.csv and unpack them into one folder"
+    ),
+    prompts={
+        "default": PromptSet(
+            templates=("a computed tomography of a {}", "a chest CT scan showing {}", "a CT image of the lungs: {}"),
+            classes=("normal", "pneumonia"),
+            label="not_normal",
+        ),
+        "diagnosis": PromptSet(
+            templates=("a chest CT scan showing {}", "a computed tomography of the lungs with {}"),
+            classes=DIAGNOSIS_NAMES,
+            label="diagnosis",
+        ),
+    },
+    load=load,
+    dim="3d",
+    options={
+        "labels": "not_normal (default): COVID-19 or CAP vs Normal; diagnosis: the 3 classes "
+        "(multi-class, index order Normal, COVID-19, CAP)",
+        "window": "lung (default): HU window level -600 width 1500; percentile: 0.5-99.5 percentile min-max per volume",
+    },
 )

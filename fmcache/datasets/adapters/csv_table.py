@@ -2,8 +2,8 @@
 
 The columns to use, the labels and the sensitive-attribute rules all come from options
 (``-o key=value`` on the command line, or a YAML file named by ``-o config=...``), so this
-entry's ``attributes`` mapping is empty: the rules built here travel with the raw table in
-``raw.attrs["attribute_rules"]`` and the shared machinery binarises and records those.
+entry's ``attributes`` mapping is empty: the rules built here travel with the raw table as
+``RawTable.attribute_rules`` and the shared machinery binarises and records those.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ import numpy as np
 import pandas as pd
 
 from fmcache.datasets.attributes import categorical, encode, keyword, threshold
-from fmcache.datasets.registry import register
-from fmcache.datasets.spec import AttributeRule, DatasetSpec, Options
+from fmcache.datasets.spec import AttributeRule, DatasetSpec, Options, RawTable
 from fmcache.errors import DatasetError
 
 KEY = "csv"
@@ -329,7 +328,7 @@ def _add_attributes(raw: pd.DataFrame, df: pd.DataFrame, value: Any, path: Path)
     return rules
 
 
-def read(root: Path, options: Options) -> pd.DataFrame:
+def read(root: Path, options: Options) -> RawTable:
     """Read the CSV named by ``--data`` into the raw table, with the rules the options give.
 
     Parameters
@@ -341,8 +340,8 @@ def read(root: Path, options: Options) -> pd.DataFrame:
 
     Returns
     -------
-    pandas.DataFrame
-        The raw table, with ``attrs["attribute_rules"]`` holding the rules to binarise with.
+    RawTable
+        The raw table, with ``attribute_rules`` holding the rules to binarise with.
     """
     s = _settings(options)
     path = Path(root).expanduser().absolute()
@@ -355,25 +354,25 @@ def read(root: Path, options: Options) -> pd.DataFrame:
     name = str(s.get("name") or path.stem)
     if not _NAME_OK.match(name):
         raise _fail(f"dataset name {name!r} must be letters, digits, '_', '.' or '-' (set -o name=...)")
-    raw.attrs["name"] = name
-    raw.attrs["task"] = "binary" if len(labels) == 1 else "multilabel"
-    raw.attrs["attribute_rules"] = rules
-    raw.attrs["group_attrs"] = {"csv_file": str(path), "image_root": str(base)}
-    return raw
-
-
-SPEC = register(
-    DatasetSpec(
-        key=KEY,
-        title="Your own data from a CSV file",
-        modality="any 2D images",
-        version="1",
-        read=read,
-        labels=(),
-        task="binary",
-        attributes={},  # rules come per call from the options: raw.attrs["attribute_rules"]
-        layout=LAYOUT,
-        obtain="your own data: write a CSV with one row per image (see the layout)",
-        options=OPTIONS,
+    return RawTable(
+        raw,
+        name=name,
+        task="binary" if len(labels) == 1 else "multilabel",
+        group_attrs={"csv_file": str(path), "image_root": str(base)},
+        attribute_rules=rules,
     )
+
+
+SPEC = DatasetSpec(
+    key=KEY,
+    title="Your own data from a CSV file",
+    modality="any 2D images",
+    version="1",
+    read=read,
+    labels=(),
+    task="binary",
+    attributes={},  # rules come per call from the options: RawTable.attribute_rules
+    layout=LAYOUT,
+    obtain="your own data: write a CSV with one row per image (see the layout)",
+    options=OPTIONS,
 )

@@ -1,14 +1,13 @@
 """Harvard-FairVLMed (FairVLMed10k): SLO fundus images in NPZ files, glaucoma vs not.
 
 Also holds what Harvard-GF3300 shares with it (same lab, same release style): the
-``data_summary.csv`` reader, the NPZ index over split folders, the NPZ image loader and
-the attribute rules for the columns both summaries spell alike.
+``data_summary.csv`` reader, the NPZ index over split folders and the attribute rules for
+the columns both summaries spell alike.
 """
 
 from __future__ import annotations
 
 import re
-import zipfile
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
@@ -16,11 +15,18 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from fmcache.datasets.adapters.chexpert import blank_to_none, cache_name, option, read_csv, require_columns
+from fmcache.datasets.adapters._common import (
+    as_gray,
+    blank_to_none,
+    cache_name,
+    option,
+    read_csv,
+    read_npz_array,
+    require_columns,
+)
 from fmcache.datasets.attributes import categorical, threshold
 from fmcache.datasets.pixels import open_image
-from fmcache.datasets.registry import register
-from fmcache.datasets.spec import AttributeRule, DatasetSpec, PromptSet
+from fmcache.datasets.spec import AttributeRule, DatasetSpec, PromptSet, RawTable
 from fmcache.errors import DatasetError
 
 KEY = "fairvlmed10k"
@@ -125,31 +131,6 @@ def yes_no(values: pd.Series, key: str, source: str) -> np.ndarray:
     return values.str.lower().map(GLAUCOMA).to_numpy().astype(np.int8)
 
 
-def read_npz_array(path: Path, key: str, names: Iterable[str]) -> np.ndarray:
-    """The first of ``names`` present in an NPZ file, loaded (pickles refused)."""
-    names = tuple(names)
-    if not path.is_file():
-        raise DatasetError(f"image file not found: {path} (check --data points at the dataset root)")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            for name in names:
-                if name in z.files:
-                    return np.asarray(z[name])
-            found = ", ".join(z.files)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise DatasetError(f"cannot read {path}: {e.__class__.__name__}: {e} (file corrupt or not an NPZ)") from None
-    raise DatasetError(f"{path.name} has no array {' or '.join(names)} (found: {found}); {key} needs it for the image")
-
-
-def as_gray(array: np.ndarray, path: Path) -> np.ndarray:
-    """A 2D image array from (H, W) or (H, W, 1); anything else is an error naming the shape."""
-    if array.ndim == 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-    if array.ndim != 2:
-        raise DatasetError(f"{path.name}: image array has shape {array.shape}, expected (H, W)")
-    return array
-
-
 def to_uint8(array: np.ndarray) -> np.ndarray:
     """8-bit pixels without changing what the release's own viewers show.
 
@@ -249,7 +230,7 @@ def _export_name(name: str) -> str | None:
     return f"data_{m.group(1)}.npz" if m else None
 
 
-def read(root: Path, options: Mapping[str, str]) -> pd.DataFrame:
+def read(root: Path, options: Mapping[str, str]) -> RawTable:
     """Raw table of FairVLMed10k, one row per NPZ (one per patient).
 
     Parameters
@@ -262,7 +243,7 @@ def read(root: Path, options: Mapping[str, str]) -> pd.DataFrame:
 
     Returns
     -------
-    pandas.DataFrame
+    RawTable
         id (filename stem), subject (= id), path (the NPZ, or a slo_fundus JPEG export),
         label/glaucoma, raw/sex, raw/age, raw/race, raw/ethnicity, raw/language,
         raw/marital_status.
@@ -283,10 +264,11 @@ def read(root: Path, options: Mapping[str, str]) -> pd.DataFrame:
     raw["label/glaucoma"] = yes_no(summary["glaucoma"], KEY, f"{SUMMARY} column glaucoma")
     for c, v in raw_attributes(summary).items():
         raw[c] = v
-    raw.attrs["name"] = cache_name(KEY, {"groups": groups}, {"groups": "binary"})
-    if groups == "multi":
-        raw.attrs["attribute_rules"] = _rules(groups)
-    return raw
+    return RawTable(
+        raw,
+        name=cache_name(KEY, {"groups": groups}, {"groups": "binary"}),
+        attribute_rules=_rules(groups) if groups == "multi" else None,
+    )
 
 
 def load(root: Path, row: pd.Series) -> Image.Image:
@@ -322,33 +304,31 @@ partnered (married or partnered) vs not (single, divorced, widowed, legally sepa
 unknown). groups=multi keeps race, language and marital status in all their groups.
 """
 
-register(
-    DatasetSpec(
-        key=KEY,
-        title="Harvard-FairVLMed (FairVLMed10k)",
-        modality="SLO fundus",
-        version="1",
-        read=read,
-        labels=("glaucoma",),
-        task="binary",
-        attributes=_rules("binary"),
-        layout=LAYOUT,
-        obtain=(
-            "Harvard Ophthalmology AI Lab (CC BY-NC-ND 4.0, request access): Google Drive link in the FairCLIP README "
-            "(github.com/Harvard-Ophthalmology-AI-Lab/FairCLIP) or the Hugging Face mirror under harvardairobotics"
-        ),
-        prompts={
-            "default": PromptSet(
-                templates=(
-                    "a scanning laser ophthalmoscope fundus image of a {}",
-                    "an SLO fundus image with the diagnosis {}",
-                    "a fundus photograph: {}",
-                ),
-                classes=("normal", "glaucoma"),
-                label="glaucoma",
-            )
-        },
-        load=load,
-        options={"groups": GROUPS_OPTION},
-    )
+SPEC = DatasetSpec(
+    key=KEY,
+    title="Harvard-FairVLMed (FairVLMed10k)",
+    modality="SLO fundus",
+    version="1",
+    read=read,
+    labels=("glaucoma",),
+    task="binary",
+    attributes=_rules("binary"),
+    layout=LAYOUT,
+    obtain=(
+        "Harvard Ophthalmology AI Lab (CC BY-NC-ND 4.0, request access): Google Drive link in the FairCLIP README "
+        "(github.com/Harvard-Ophthalmology-AI-Lab/FairCLIP) or the Hugging Face mirror under harvardairobotics"
+    ),
+    prompts={
+        "default": PromptSet(
+            templates=(
+                "a scanning laser ophthalmoscope fundus image of a {}",
+                "an SLO fundus image with the diagnosis {}",
+                "a fundus photograph: {}",
+            ),
+            classes=("normal", "glaucoma"),
+            label="glaucoma",
+        )
+    },
+    load=load,
+    options={"groups": GROUPS_OPTION},
 )

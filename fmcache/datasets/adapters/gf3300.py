@@ -10,11 +10,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from fmcache.datasets.adapters.chexpert import cache_name, option
+from fmcache.datasets.adapters._common import as_gray, cache_name, option, read_npz_array
 from fmcache.datasets.adapters.fairvlmed10k import (
     GROUPS_OPTION,
     SUMMARY,
-    as_gray,
     ethnicity_rule,
     find_summary,
     language_rule,
@@ -23,14 +22,12 @@ from fmcache.datasets.adapters.fairvlmed10k import (
     npz_paths,
     race_rule,
     raw_attributes,
-    read_npz_array,
     read_summary,
     sex_rule,
     yes_no,
 )
 from fmcache.datasets.attributes import threshold
-from fmcache.datasets.registry import register
-from fmcache.datasets.spec import AttributeRule, DatasetSpec, PromptSet
+from fmcache.datasets.spec import AttributeRule, DatasetSpec, PromptSet, RawTable
 from fmcache.errors import DatasetError
 
 KEY = "gf3300"
@@ -63,7 +60,7 @@ def _rules(groups: str) -> dict[str, AttributeRule]:
     }
 
 
-def read(root: Path, options: Mapping[str, str]) -> pd.DataFrame:
+def read(root: Path, options: Mapping[str, str]) -> RawTable:
     """Raw table of Harvard-GF3300, one row per NPZ (one per patient, as the README says).
 
     Parameters
@@ -77,7 +74,7 @@ def read(root: Path, options: Mapping[str, str]) -> pd.DataFrame:
 
     Returns
     -------
-    pandas.DataFrame
+    RawTable
         id (filename stem), subject (= id), path (the NPZ), label/glaucoma, raw/sex, raw/age,
         raw/race, raw/language, raw/ethnicity, raw/marital_status.
     """
@@ -100,10 +97,11 @@ def read(root: Path, options: Mapping[str, str]) -> pd.DataFrame:
     raw["label/glaucoma"] = yes_no(summary["glaucoma"], KEY, f"{SUMMARY} column glaucoma")
     for c, v in raw_attributes(summary).items():
         raw[c] = v
-    raw.attrs["name"] = cache_name(KEY, {"groups": groups}, {"groups": "binary"})
-    if groups == "multi":
-        raw.attrs["attribute_rules"] = _rules(groups)
-    return raw
+    return RawTable(
+        raw,
+        name=cache_name(KEY, {"groups": groups}, {"groups": "binary"}),
+        attribute_rules=_rules(groups) if groups == "multi" else None,
+    )
 
 
 def rnflt_to_uint8(array: np.ndarray) -> np.ndarray:
@@ -142,33 +140,31 @@ divorced, widowed, legally separated, unknown). groups=multi keeps race, languag
 status in all their groups.
 """
 
-register(
-    DatasetSpec(
-        key=KEY,
-        title="Harvard-GF3300",
-        modality="OCT RNFL thickness map",
-        version="1",
-        read=read,
-        labels=("glaucoma",),
-        task="binary",
-        attributes=_rules("binary"),
-        layout=LAYOUT,
-        obtain=(
-            "Harvard Ophthalmology AI Lab (CC BY-NC-ND 4.0): Hugging Face harvardairobotics/Harvard-GF "
-            "(earlier a Google Drive link in github.com/Harvard-Ophthalmology-AI-Lab/Harvard-GF)"
-        ),
-        prompts={
-            "default": PromptSet(
-                templates=(
-                    "a retinal nerve fiber layer thickness map of a {} eye",
-                    "an OCT RNFL thickness map of a {} eye",
-                    "an optical coherence tomography thickness map showing a {} optic nerve",
-                ),
-                classes=("normal", "glaucomatous"),
-                label="glaucoma",
-            )
-        },
-        load=load,
-        options={"groups": GROUPS_OPTION},
-    )
+SPEC = DatasetSpec(
+    key=KEY,
+    title="Harvard-GF3300",
+    modality="OCT RNFL thickness map",
+    version="1",
+    read=read,
+    labels=("glaucoma",),
+    task="binary",
+    attributes=_rules("binary"),
+    layout=LAYOUT,
+    obtain=(
+        "Harvard Ophthalmology AI Lab (CC BY-NC-ND 4.0): Hugging Face harvardairobotics/Harvard-GF "
+        "(earlier a Google Drive link in github.com/Harvard-Ophthalmology-AI-Lab/Harvard-GF)"
+    ),
+    prompts={
+        "default": PromptSet(
+            templates=(
+                "a retinal nerve fiber layer thickness map of a {} eye",
+                "an OCT RNFL thickness map of a {} eye",
+                "an optical coherence tomography thickness map showing a {} optic nerve",
+            ),
+            classes=("normal", "glaucomatous"),
+            label="glaucoma",
+        )
+    },
+    load=load,
+    options={"groups": GROUPS_OPTION},
 )

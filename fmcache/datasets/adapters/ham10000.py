@@ -8,10 +8,9 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from fmcache.datasets.adapters.chexpert import blank_to_none, cache_name, option, read_csv, require_columns
+from fmcache.datasets.adapters._common import blank_to_none, cache_name, option, read_csv, require_columns
 from fmcache.datasets.attributes import categorical, threshold
-from fmcache.datasets.registry import register
-from fmcache.datasets.spec import DatasetSpec, PromptSet
+from fmcache.datasets.spec import DatasetSpec, PromptSet, RawTable
 from fmcache.errors import DatasetError
 
 KEY = "ham10000"
@@ -88,7 +87,7 @@ def _labels(dx: pd.Series, labels_opt: str, malignant: str) -> tuple[str, np.nda
     return "malignant", dx.isin(MALIGNANT[malignant]).to_numpy().astype(np.int8)
 
 
-def read(root: Path, options: Mapping[str, str]) -> pd.DataFrame:
+def read(root: Path, options: Mapping[str, str]) -> RawTable:
     """Raw table of HAM10000, one row per image; lesion_id stands in for the patient.
 
     Parameters
@@ -100,7 +99,7 @@ def read(root: Path, options: Mapping[str, str]) -> pd.DataFrame:
 
     Returns
     -------
-    pandas.DataFrame
+    RawTable
         id (image_id), subject (lesion_id), path, label/malignant or label/dx, raw/sex,
         raw/age.
     """
@@ -117,11 +116,10 @@ def read(root: Path, options: Mapping[str, str]) -> pd.DataFrame:
     raw["raw/age"] = blank_to_none(meta["age"])
 
     chosen = {"labels": labels_opt, "malignant": malignant}
-    raw.attrs["name"] = cache_name(KEY, chosen, {"labels": "malignant", "malignant": "scope"})
+    name = cache_name(KEY, chosen, {"labels": "malignant", "malignant": "scope"})
     if labels_opt == "dx":
-        raw.attrs["task"] = "multiclass"
-        raw.attrs["group_attrs"] = {"classes": list(DX)}
-    return raw
+        return RawTable(raw, name=name, task="multiclass", group_attrs={"classes": list(DX)})
+    return RawTable(raw, name=name)
 
 
 LAYOUT = """\
@@ -142,45 +140,43 @@ diagnosis, index in the order mel, nv, bcc, akiec, bkl, df, vasc. Sex: male / fe
 `unknown` -> unknown. Age: old if >= 60 ("80" and "80.0" both read), empty -> unknown.
 """
 
-register(
-    DatasetSpec(
-        key=KEY,
-        title="HAM10000",
-        modality="dermatoscopy",
-        version="1",
-        read=read,
-        labels=("malignant",),
-        task="binary",
-        attributes={
-            "sex": categorical(
-                {"male": "male", "female": "female"},
-                groups=("male", "female"),
-                unknown=("unknown",),
-                source="HAM10000_metadata column sex",
-            ),
-            "age": threshold(60, source="HAM10000_metadata column age"),
-        },
-        layout=LAYOUT,
-        obtain=(
-            "Harvard Dataverse, open download (CC BY-NC 4.0): https://doi.org/10.7910/DVN/DBW86T - "
-            "HAM10000_images_part_1.zip, HAM10000_images_part_2.zip and HAM10000_metadata; unzip beside each other"
+SPEC = DatasetSpec(
+    key=KEY,
+    title="HAM10000",
+    modality="dermatoscopy",
+    version="1",
+    read=read,
+    labels=("malignant",),
+    task="binary",
+    attributes={
+        "sex": categorical(
+            {"male": "male", "female": "female"},
+            groups=("male", "female"),
+            unknown=("unknown",),
+            source="HAM10000_metadata column sex",
         ),
-        prompts={
-            "default": PromptSet(
-                templates=("a photo of a {}", "a dermoscopy image of a {}", "a close-up photo of a {} on the skin"),
-                classes=("benign lesion", "malignant lesion"),
-                label="malignant",
-            ),
-            "dx": PromptSet(
-                templates=("a dermoscopy image of {}", "a photo of a skin lesion showing {}"),
-                classes=DX_NAMES,
-                label="dx",
-            ),
-        },
-        options={
-            "labels": "malignant (default): benign vs malignant; dx: the 7 diagnoses (multi-class, "
-            "index order mel, nv, bcc, akiec, bkl, df, vasc)",
-            "malignant": "scope (default): dx in {mel, bcc, akiec}; reference: {mel, akiec} as the reference code",
-        },
-    )
+        "age": threshold(60, source="HAM10000_metadata column age"),
+    },
+    layout=LAYOUT,
+    obtain=(
+        "Harvard Dataverse, open download (CC BY-NC 4.0): https://doi.org/10.7910/DVN/DBW86T - "
+        "HAM10000_images_part_1.zip, HAM10000_images_part_2.zip and HAM10000_metadata; unzip beside each other"
+    ),
+    prompts={
+        "default": PromptSet(
+            templates=("a photo of a {}", "a dermoscopy image of a {}", "a close-up photo of a {} on the skin"),
+            classes=("benign lesion", "malignant lesion"),
+            label="malignant",
+        ),
+        "dx": PromptSet(
+            templates=("a dermoscopy image of {}", "a photo of a skin lesion showing {}"),
+            classes=DX_NAMES,
+            label="dx",
+        ),
+    },
+    options={
+        "labels": "malignant (default): benign vs malignant; dx: the 7 diagnoses (multi-class, "
+        "index order mel, nv, bcc, akiec, bkl, df, vasc)",
+        "malignant": "scope (default): dx in {mel, bcc, akiec}; reference: {mel, akiec} as the reference code",
+    },
 )

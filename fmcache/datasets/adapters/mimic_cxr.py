@@ -8,20 +8,10 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from fmcache.datasets.adapters.chexpert import (
-    CXR_PROMPTS,
-    OBSERVATIONS,
-    UNCERTAIN,
-    blank_to_none,
-    cache_name,
-    label_columns,
-    option,
-    read_csv,
-    require_columns,
-)
+from fmcache.datasets.adapters._common import blank_to_none, cache_name, option, read_csv, require_columns
+from fmcache.datasets.adapters.chexpert import CXR_PROMPTS, OBSERVATIONS, UNCERTAIN, label_columns
 from fmcache.datasets.attributes import categorical, keyword, threshold
-from fmcache.datasets.registry import register
-from fmcache.datasets.spec import DatasetSpec
+from fmcache.datasets.spec import DatasetSpec, RawTable
 from fmcache.errors import DatasetError
 
 KEY = "mimic_cxr"
@@ -117,7 +107,7 @@ def _image_paths(meta: pd.DataFrame) -> pd.Series:
     return "files/" + subject.str[:3] + "/" + subject + "/s" + meta["study_id"] + "/" + meta["dicom_id"] + ".jpg"
 
 
-def read(root: Path, options: Mapping[str, str]) -> pd.DataFrame:
+def read(root: Path, options: Mapping[str, str]) -> RawTable:
     """Raw table of MIMIC-CXR-JPG, one row per image, demographics joined from MIMIC-IV.
 
     Parameters
@@ -132,7 +122,7 @@ def read(root: Path, options: Mapping[str, str]) -> pd.DataFrame:
 
     Returns
     -------
-    pandas.DataFrame
+    RawTable
         id (dicom_id), subject (subject_id), path, label/<observation>, raw/sex, raw/age and,
         when admissions is present, raw/race.
     """
@@ -164,11 +154,12 @@ def read(root: Path, options: Mapping[str, str]) -> pd.DataFrame:
         raw["raw/race"] = blank_to_none(meta["subject_id"].map(race))
 
     chosen = {"labels": labels_opt, "uncertain": uncertain, "views": views}
-    raw.attrs["name"] = cache_name(KEY, chosen, {"labels": "no_finding", "uncertain": "zero", "views": "all"})
-    if labels_opt == "all":
-        raw.attrs["task"] = "multilabel"
-    raw.attrs["group_attrs"] = {"metadata_file": meta_name}
-    return raw
+    return RawTable(
+        raw,
+        name=cache_name(KEY, chosen, {"labels": "no_finding", "uncertain": "zero", "views": "all"}),
+        task="multilabel" if labels_opt == "all" else None,
+        group_attrs={"metadata_file": meta_name},
+    )
 
 
 LAYOUT = """\
@@ -193,39 +184,37 @@ the subject's admissions, ties to the earliest admission; white if it contains "
 UNKNOWN, UNABLE TO OBTAIN, PATIENT DECLINED TO ANSWER and blanks -> unknown.
 """
 
-register(
-    DatasetSpec(
-        key=KEY,
-        title="MIMIC-CXR-JPG",
-        modality="chest X-ray",
-        version="1",
-        read=read,
-        labels=("No Finding",),
-        task="binary",
-        attributes={
-            "sex": categorical(
-                {"M": "male", "F": "female"}, groups=("male", "female"), source="MIMIC-IV patients.csv column gender"
-            ),
-            "age": threshold(60, source="MIMIC-IV patients.csv column anchor_age"),
-            "race": keyword(
-                "WHITE",
-                groups=("white", "non-white"),
-                unknown=RACE_UNKNOWN,
-                source="MIMIC-IV admissions.csv column race (most frequent known value per subject)",
-            ),
-        },
-        layout=LAYOUT,
-        obtain=(
-            "PhysioNet, credentialed access (CITI training + data use agreement): "
-            "https://physionet.org/content/mimic-cxr-jpg/ ; demographics from MIMIC-IV "
-            "(https://physionet.org/content/mimiciv/, hosp/patients.csv.gz and hosp/admissions.csv.gz)"
+SPEC = DatasetSpec(
+    key=KEY,
+    title="MIMIC-CXR-JPG",
+    modality="chest X-ray",
+    version="1",
+    read=read,
+    labels=("No Finding",),
+    task="binary",
+    attributes={
+        "sex": categorical(
+            {"M": "male", "F": "female"}, groups=("male", "female"), source="MIMIC-IV patients.csv column gender"
         ),
-        prompts=CXR_PROMPTS,
-        options={
-            "labels": "no_finding (default): the `No Finding` label; all: the 14 CheXpert observations (multi-label)",
-            "uncertain": "what -1.0 (uncertain) becomes: zero (default), one, or unknown (-1, masked)",
-            "views": "all (default, as the benchmark): every image; frontal: ViewPosition PA or AP only",
-            "mimic_iv": "folder with MIMIC-IV patients.csv(.gz) and admissions.csv(.gz) (default: searched below --data)",
-        },
-    )
+        "age": threshold(60, source="MIMIC-IV patients.csv column anchor_age"),
+        "race": keyword(
+            "WHITE",
+            groups=("white", "non-white"),
+            unknown=RACE_UNKNOWN,
+            source="MIMIC-IV admissions.csv column race (most frequent known value per subject)",
+        ),
+    },
+    layout=LAYOUT,
+    obtain=(
+        "PhysioNet, credentialed access (CITI training + data use agreement): "
+        "https://physionet.org/content/mimic-cxr-jpg/ ; demographics from MIMIC-IV "
+        "(https://physionet.org/content/mimiciv/, hosp/patients.csv.gz and hosp/admissions.csv.gz)"
+    ),
+    prompts=CXR_PROMPTS,
+    options={
+        "labels": "no_finding (default): the `No Finding` label; all: the 14 CheXpert observations (multi-label)",
+        "uncertain": "what -1.0 (uncertain) becomes: zero (default), one, or unknown (-1, masked)",
+        "views": "all (default, as the benchmark): every image; frontal: ViewPosition PA or AP only",
+        "mimic_iv": "folder with MIMIC-IV patients.csv(.gz) and admissions.csv(.gz) (default: searched below --data)",
+    },
 )

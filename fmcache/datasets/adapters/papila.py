@@ -10,10 +10,9 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from fmcache.datasets.adapters.chexpert import cache_name, option, read_csv, require_columns
+from fmcache.datasets.adapters._common import cache_name, option, read_csv, require_columns
 from fmcache.datasets.attributes import categorical, threshold
-from fmcache.datasets.registry import register
-from fmcache.datasets.spec import DatasetSpec, PromptSet
+from fmcache.datasets.spec import DatasetSpec, PromptSet, RawTable
 from fmcache.errors import DatasetError
 
 KEY = "papila"
@@ -130,7 +129,7 @@ def _codes(values: pd.Series, choices: tuple[str, ...], file: str) -> np.ndarray
     return values.map(allowed).to_numpy().astype(np.int8)
 
 
-def read(root: Path, options: Mapping[str, str]) -> pd.DataFrame:
+def read(root: Path, options: Mapping[str, str]) -> RawTable:
     """Raw table of PAPILA, one row per eye image; both eyes of a patient share the subject.
 
     Parameters
@@ -143,7 +142,7 @@ def read(root: Path, options: Mapping[str, str]) -> pd.DataFrame:
 
     Returns
     -------
-    pandas.DataFrame
+    RawTable
         id (image stem, e.g. RET002OD), subject (the patient ID, e.g. #002), path,
         label/glaucoma or label/diagnosis, raw/sex, raw/age.
     """
@@ -174,11 +173,10 @@ def read(root: Path, options: Mapping[str, str]) -> pd.DataFrame:
     raw["raw/age"] = table["Age"].to_numpy(dtype=object)
 
     chosen = {"labels": labels_opt, "suspect": suspect}
-    raw.attrs["name"] = cache_name(KEY, chosen, {"labels": "glaucoma", "suspect": "exclude"})
+    name = cache_name(KEY, chosen, {"labels": "glaucoma", "suspect": "exclude"})
     if labels_opt == "diagnosis":
-        raw.attrs["task"] = "multiclass"
-        raw.attrs["group_attrs"] = {"classes": list(DIAGNOSES)}
-    return raw
+        return RawTable(raw, name=name, task="multiclass", group_attrs={"classes": list(DIAGNOSES)})
+    return RawTable(raw, name=name)
 
 
 LAYOUT = """\
@@ -195,42 +193,40 @@ suspects (2) are left out by default (option suspect), or labels=diagnosis gives
 Sex: Gender 0 -> male, 1 -> female. Age: old if >= 60. Blank cells -> unknown.
 """
 
-register(
-    DatasetSpec(
-        key=KEY,
-        title="PAPILA",
-        modality="colour fundus",
-        version="1",
-        read=read,
-        labels=("glaucoma",),
-        task="binary",
-        attributes={
-            "sex": categorical(
-                {"0": "male", "1": "female"}, groups=("male", "female"), source="patient_data_od/os.xlsx column Gender"
-            ),
-            "age": threshold(60, source="patient_data_od/os.xlsx column Age"),
-        },
-        layout=LAYOUT,
-        obtain=(
-            "Figshare article 14798004 (CC BY 4.0), https://doi.org/10.6084/m9.figshare.14798004 ; "
-            "unzip the archive (PapilaDB-PAPILA-<commit>/)"
+SPEC = DatasetSpec(
+    key=KEY,
+    title="PAPILA",
+    modality="colour fundus",
+    version="1",
+    read=read,
+    labels=("glaucoma",),
+    task="binary",
+    attributes={
+        "sex": categorical(
+            {"0": "male", "1": "female"}, groups=("male", "female"), source="patient_data_od/os.xlsx column Gender"
         ),
-        prompts={
-            "default": PromptSet(
-                templates=("a fundus image of a {}", "a colour fundus photograph, diagnosis: {}", "a retinal photograph of the optic disc: {}"),
-                classes=("normal", "glaucoma"),
-                label="glaucoma",
-            ),
-            "diagnosis": PromptSet(
-                templates=("a fundus image of a {} eye", "a colour fundus photograph of a {} eye"),
-                classes=("healthy", "glaucomatous", "glaucoma suspect"),
-                label="diagnosis",
-            ),
-        },
-        options={
-            "labels": "glaucoma (default): Diagnosis 1 vs 0; diagnosis: healthy / glaucoma / suspect (multi-class, index 0, 1, 2)",
-            "suspect": "with labels=glaucoma, what suspects (Diagnosis 2) become: exclude (default, as the benchmark), "
-            "unknown (kept, label -1), positive (label 1)",
-        },
-    )
+        "age": threshold(60, source="patient_data_od/os.xlsx column Age"),
+    },
+    layout=LAYOUT,
+    obtain=(
+        "Figshare article 14798004 (CC BY 4.0), https://doi.org/10.6084/m9.figshare.14798004 ; "
+        "unzip the archive (PapilaDB-PAPILA-<commit>/)"
+    ),
+    prompts={
+        "default": PromptSet(
+            templates=("a fundus image of a {}", "a colour fundus photograph, diagnosis: {}", "a retinal photograph of the optic disc: {}"),
+            classes=("normal", "glaucoma"),
+            label="glaucoma",
+        ),
+        "diagnosis": PromptSet(
+            templates=("a fundus image of a {} eye", "a colour fundus photograph of a {} eye"),
+            classes=("healthy", "glaucomatous", "glaucoma suspect"),
+            label="diagnosis",
+        ),
+    },
+    options={
+        "labels": "glaucoma (default): Diagnosis 1 vs 0; diagnosis: healthy / glaucoma / suspect (multi-class, index 0, 1, 2)",
+        "suspect": "with labels=glaucoma, what suspects (Diagnosis 2) become: exclude (default, as the benchmark), "
+        "unknown (kept, label -1), positive (label 1)",
+    },
 )

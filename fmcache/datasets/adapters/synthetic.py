@@ -26,8 +26,7 @@ import pandas as pd
 from PIL import Image
 
 from fmcache.datasets.attributes import categorical, threshold
-from fmcache.datasets.registry import register
-from fmcache.datasets.spec import DatasetSpec, Options, PromptSet
+from fmcache.datasets.spec import DatasetSpec, Options, PromptSet, RawTable
 from fmcache.errors import DatasetError
 
 KEY = "synthetic"
@@ -72,7 +71,7 @@ def _rng(seed: int, kind: str, key: str) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest, "little"))
 
 
-def read(root: Path, options: Options) -> pd.DataFrame:
+def read(root: Path, options: Options) -> RawTable:
     """Generate the raw table (nothing is read from disk).
 
     Parameters
@@ -84,8 +83,8 @@ def read(root: Path, options: Options) -> pd.DataFrame:
 
     Returns
     -------
-    pandas.DataFrame
-        One row per image with ``gen/*`` rendering parameters; ``attrs["group_attrs"]["planted"]``
+    RawTable
+        One row per image with ``gen/*`` rendering parameters; ``group_attrs["planted"]``
         describes the planted disparity.
     """
     size = _int_option(options, "size", 1, 10_000_000)
@@ -124,7 +123,7 @@ def read(root: Path, options: Options) -> pd.DataFrame:
         s += 1
     raw = pd.DataFrame(rows)
     raw["label/lesion"] = raw["label/lesion"].astype(np.int8)
-    raw.attrs["group_attrs"] = {
+    group_attrs = {
         "planted": {
             "attribute": "sex",
             "disadvantaged": "female",
@@ -140,7 +139,7 @@ def read(root: Path, options: Options) -> pd.DataFrame:
         },
         "generator": {"size": size, "seed": seed, "image_size": image_size, "prevalence": PREVALENCE},
     }
-    return raw
+    return RawTable(raw, group_attrs=group_attrs)
 
 
 @lru_cache(maxsize=8)
@@ -242,36 +241,34 @@ def load(root: Path, row: pd.Series) -> Image.Image:
     return Image.fromarray(render(row)).convert("RGB")
 
 
-SPEC = register(
-    DatasetSpec(
-        key=KEY,
-        title="Synthetic chest X-rays with a planted sex disparity",
-        modality="chest X-ray (generated)",
-        version="1",
-        read=read,
-        labels=("lesion",),
-        task="binary",
-        attributes={
-            "sex": categorical({"M": "male", "F": "female"}, groups=("male", "female"), unknown=("U",),
-                               source="generated column sex"),
-            "age": threshold(AGE_THRESHOLD, source="generated column age (years)"),
-        },
-        layout="no files: images are rendered on demand from each row's id and the seed (--data is ignored)",
-        obtain="generated on the fly; nothing to download",
-        prompts={
-            "default": PromptSet(
-                templates=("a chest X-ray of a {}.", "a chest radiograph showing a {}.", "an X-ray image of a {}."),
-                classes=("normal", "lesion"),
-            )
-        },
-        load=load,
-        options={
-            "size": "number of images (default 600)",
-            "seed": "generator seed; the same seed and id give the same pixels (default 0)",
-            "image_size": "image side in pixels (default 128)",
-            "disparity": "how much lower the lesion contrast is for female patients, as a fraction "
-            "0..1 of the male contrast (default 0.5)",
-        },
-        needs_data=False,
-    )
+SPEC = DatasetSpec(
+    key=KEY,
+    title="Synthetic chest X-rays with a planted sex disparity",
+    modality="chest X-ray (generated)",
+    version="1",
+    read=read,
+    labels=("lesion",),
+    task="binary",
+    attributes={
+        "sex": categorical({"M": "male", "F": "female"}, groups=("male", "female"), unknown=("U",),
+                           source="generated column sex"),
+        "age": threshold(AGE_THRESHOLD, source="generated column age (years)"),
+    },
+    layout="no files: images are rendered on demand from each row's id and the seed (--data is ignored)",
+    obtain="generated on the fly; nothing to download",
+    prompts={
+        "default": PromptSet(
+            templates=("a chest X-ray of a {}.", "a chest radiograph showing a {}.", "an X-ray image of a {}."),
+            classes=("normal", "lesion"),
+        )
+    },
+    load=load,
+    options={
+        "size": "number of images (default 600)",
+        "seed": "generator seed; the same seed and id give the same pixels (default 0)",
+        "image_size": "image side in pixels (default 128)",
+        "disparity": "how much lower the lesion contrast is for female patients, as a fraction "
+        "0..1 of the male contrast (default 0.5)",
+    },
+    needs_data=False,
 )
