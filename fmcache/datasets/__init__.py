@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from fmcache._lazy import lazy_exports
 
 from fmcache.datasets.samples import Dataset
 from fmcache.datasets.spec import AttributeRule, DatasetSpec, PromptSet, RawTable
@@ -13,10 +15,7 @@ if TYPE_CHECKING:
 __all__ = ["DATASETS", "AttributeRule", "Dataset", "DatasetSpec", "PromptSet", "RawTable", "get_dataset", "load_dataset"]
 
 
-def __getattr__(name: str) -> Any:
-    # the registry imports every adapter; loaded on first use so that reading a cache stays light
-    if name in ("DATASETS", "get_dataset", "load_dataset"):
-        from fmcache.datasets import registry
-
-        return getattr(registry, name)
-    raise AttributeError(f"module 'fmcache.datasets' has no attribute {name!r}")
+# the registry imports every adapter; loaded on first use so that reading a cache stays light
+__getattr__, __dir__ = lazy_exports(
+    __name__, {name: "fmcache.datasets.registry" for name in ("DATASETS", "get_dataset", "load_dataset")}
+)
