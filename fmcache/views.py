@@ -13,6 +13,8 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from fmcache.runs import BASELINE
+
 if TYPE_CHECKING:
     from fmcache.cache.reader import Cache
 
@@ -61,7 +63,7 @@ def _interval(row: pd.Series) -> str:
 
 
 def mitigation_sentences(comparison: pd.DataFrame, attribute: str, *, utility: str = "auc",
-                         baseline: str = "linear") -> list[str]:
+                         baseline: str = BASELINE) -> list[str]:
     """Plain-language lines, one per head, each built from the numbers of a
     :func:`fmcache.runs.compare_to_baseline` table."""
     out = []

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import uuid
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,33 +13,42 @@ import pytest
 
 import fmcache
 from fmcache.errors import FmcacheError
-from fmcache.runs import list_runs, load_results, new_run_dir, write_run
+from fmcache.runs import list_runs, load_results, new_run_dir, prediction_key, write_run
 
 
 def _write(root, name="synthetic-m"):
     path = new_run_dir(name, root)
     metrics = pd.DataFrame({"head": ["linear"] * 2, "metric": ["auc", "auc_delta"], "group": ["overall", "gap"], "value": [0.8, 0.1]})
     sweep = pd.DataFrame({"head": ["linear", "linear"], "lr": [1e-3, 1e-2], "val_auc": [0.7, 0.75]})
-    preds = {"linear": {"score": np.array([0.1, 0.9], np.float32), "row": np.array([3, 5]), "id": np.array(["a", "b"])}}
+    preds = {prediction_key("linear", "lesion", "sex"): {"score": np.array([0.1, 0.9], np.float32), "row": np.array([3, 5]), "id": np.array(["a", "b"])}}
     write_run(path, config={"dataset": "synthetic", "model": "m", "heads": ["linear"], "seed": np.int64(0)},
               metrics=metrics, sweep=sweep, predictions=preds)
     return path, metrics
 
 
-def test_round_trip_and_listing(tmp_path):
-    path, metrics = _write(tmp_path)
-    second = new_run_dir("synthetic-m", tmp_path)  # same second: made unique, and unfinished
+@pytest.mark.parametrize("store", ["local", "memory"])
+def test_round_trip_and_listing(tmp_path, store):
+    # an object-store root stays a URL (memory:// stands in for s3://), never a local folder "memory:/..."
+    root = tmp_path if store == "local" else f"memory://runs-test-{uuid.uuid4().hex}/prefix"
+    path, metrics = _write(root)
+    assert str(path).startswith(f"{root}/runs/")
+    if store == "memory":
+        assert not any(tmp_path.iterdir()) and not Path("memory:").exists()
+    second = new_run_dir("synthetic-m", root)  # same second: made unique, and unfinished
     assert second != path
     run = load_results(path)
     pd.testing.assert_frame_equal(run.metrics, metrics)
     assert run.config["seed"] == 0 and run.config["heads"] == ["linear"]
-    p = run.predictions["linear"]
+    p = run.predictions[prediction_key("linear", "lesion", "sex")]
     np.testing.assert_array_equal(p["score"], np.array([0.1, 0.9], np.float32))
     assert list(p["id"]) == ["a", "b"]
-    runs = list_runs(tmp_path)
+    runs = list_runs(root)
     assert list(runs["run"]) == [path.name]  # the unfinished one is not listed
     with pytest.raises(FmcacheError, match="not a finished run"):
         load_results(second)
+    listed = load_results(runs["path"].iloc[0])
+    assert list(listed.prediction("linear", "lesion", "sex")["id"]) == ["a", "b"]
+    assert listed.prediction("linear", "lesion", "age") is None
     assert fmcache.load_results(path).metrics.shape == metrics.shape
 
 
