@@ -13,7 +13,7 @@ from fmcache.embed.encode import embed
 from fmcache.embed.preprocess import build_transform
 from fmcache.embed.registry import get_model
 
-from tiny_models import KEYS, build_tiny_checkpoint, direct_features, direct_text
+from helpers.tiny_models import KEYS, build_tiny_checkpoint, direct_features, direct_text
 
 N = 10
 

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-import tiny_models as tm
 from fmcache.embed.models import MODELS
 from fmcache.embed.registry import load_model
 from fmcache.embed.weights import sha256_file
 from fmcache.errors import FmcacheError, ModelError
+
+from helpers import tiny_models as tm
 
 VLMS = ("clip", "biomedclip", "pubmedclip")
 PROMPTS = ["a chest x-ray with pleural effusion", "normal lung", ""]

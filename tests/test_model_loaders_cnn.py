@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-import tiny_models as tm
 from fmcache.embed.models import MODELS
 from fmcache.embed.registry import load_model
 from fmcache.embed.weights import sha256_file, weights_dir
 from fmcache.errors import ModelError
+
+from helpers import tiny_models as tm
 
 # widths of the tiny models: the ResNets are the real torchvision ones, the ViTs are narrowed
 TINY_DIMS = {
