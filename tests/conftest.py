@@ -1,4 +1,5 @@
-"""Test isolation: no network, no user cache, no user weights."""
+"""Test isolation (no network, no user cache, no user weights), and the expensive things that
+tests share, each built once per session."""
 
 from __future__ import annotations
 
@@ -34,3 +35,12 @@ def run_cli(capsys, monkeypatch):
         return code, out.out, out.err
 
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory):
+    """Tiny checkpoints by registry key, each built on first use. A checkpoint is never edited in
+    place: tests copy it first (the reference models in helpers.tiny_models are kept per path)."""
+    from helpers import tiny_models
+
+    return tiny_models.Checkpoints(tmp_path_factory.mktemp("tiny"))

@@ -30,9 +30,8 @@ TINY_DIMS = {
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("tiny")
-    return {key: tm.build_tiny_checkpoint(key, root) for key in tm.FILE_KEYS}
+def tiny(tiny_checkpoints) -> dict[str, str]:
+    return {key: tiny_checkpoints[key] for key in tm.FILE_KEYS}
 
 
 def _batch(key: str) -> torch.Tensor:

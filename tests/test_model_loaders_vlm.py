@@ -29,9 +29,8 @@ WEIGHTS_FILE = {"blip": "pytorch_model.bin", "blip2": "model.safetensors", "medc
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("tiny")
-    return {key: tm.build_tiny_checkpoint(key, root) for key in tm.VLM_KEYS}
+def tiny(tiny_checkpoints) -> dict[str, str]:
+    return {key: tiny_checkpoints[key] for key in tm.VLM_KEYS}
 
 
 def _batch(key: str, n: int = 2) -> torch.Tensor:
