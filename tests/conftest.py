@@ -1,20 +1,42 @@
-"""Test isolation: no network, no user cache, no user weights."""
+"""Test isolation (no network, no user cache, no user weights), and the expensive things that
+tests share: finished cache entries and tiny checkpoints, each built once per session."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 
+def _isolate(mp: pytest.MonkeyPatch, home: Path) -> None:
+    mp.setenv("FMCACHE_HOME", str(home / "cache"))
+    mp.setenv("FMCACHE_WEIGHTS", str(home / "weights"))
+    mp.setenv("HF_HUB_OFFLINE", "1")
+    mp.setenv("HF_HOME", str(home / "hf"))
+    mp.delenv("FMCACHE_DATA", raising=False)
+
+
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path_factory, monkeypatch):
-    home = tmp_path_factory.mktemp("home")
-    monkeypatch.setenv("FMCACHE_HOME", str(home / "cache"))
-    monkeypatch.setenv("FMCACHE_WEIGHTS", str(home / "weights"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(home / "hf"))
-    monkeypatch.delenv("FMCACHE_DATA", raising=False)
+    _isolate(monkeypatch, tmp_path_factory.mktemp("home"))
+
+
+def _main(mp: pytest.MonkeyPatch, *args: str) -> tuple[int, str]:
+    from fmcache.cli import main
+
+    mp.setattr(sys, "argv", ["fmcache", *args])
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            main()
+            code = 0
+        except SystemExit as e:
+            code = int(e.code or 0)
+    return code, out.getvalue()
 
 
 @pytest.fixture
@@ -34,3 +56,32 @@ def run_cli(capsys, monkeypatch):
         return code, out.out, out.err
 
     return run
+
+
+@pytest.fixture(scope="session")
+def effnet_entry(tmp_path_factory):
+    """helpers.entries' synthetic dataset embedded by `fmcache embed -m efficientnet_lite0`.
+
+    ``root`` is the cache root, ``out`` the command's stdout. Tests read it in place and must
+    not write to it: one that writes to a cache copies the root first (``shutil.copytree``).
+    """
+    from helpers import entries
+
+    root = tmp_path_factory.mktemp("effnet-entry")
+    with pytest.MonkeyPatch.context() as mp:
+        # session fixtures are set up before the per-test isolation applies
+        _isolate(mp, tmp_path_factory.mktemp("effnet-entry-home"))
+        # one decoding worker, so that the default run covers the worker path as well
+        code, out = _main(mp, "embed", "-m", "efficientnet_lite0", *entries.SYNTHETIC_ARGS, "--root", str(root),
+                          "--num-workers", "1", "-b", str(entries.BATCH_SIZE), "--chunk-rows", str(entries.CHUNK_ROWS))
+    assert code == 0, out
+    return SimpleNamespace(root=root, out=out)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory):
+    """Tiny checkpoints by registry key, each built on first use. A checkpoint is never edited in
+    place: tests copy it first (the reference models in helpers.tiny_models are kept per path)."""
+    from helpers import tiny_models
+
+    return tiny_models.Checkpoints(tmp_path_factory.mktemp("tiny"))

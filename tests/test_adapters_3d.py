@@ -1,25 +1,23 @@
 """The COVID-CT-MD and ADNI adapters on copies laid out like the releases.
 
-Expected counts are worked out by hand from the rows listed in official_layouts.py.
+Expected counts are worked out by hand from the rows listed in helpers/official_layouts.py.
 """
 
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-import official_layouts as ol  # noqa: E402
+from fmcache.datasets import get_dataset, load_dataset
+from fmcache.datasets.adapters.covid_ct_md import parse_age
+from fmcache.datasets.volumes import LUNG_WINDOW, window
+from fmcache.errors import DatasetError
 
-from fmcache.datasets import get_dataset, load_dataset  # noqa: E402
-from fmcache.datasets.adapters.covid_ct_md import parse_age  # noqa: E402
-from fmcache.datasets.volumes import LUNG_WINDOW, window  # noqa: E402
-from fmcache.errors import DatasetError  # noqa: E402
+from helpers import official_layouts as ol
 
 pytest.importorskip("nibabel")
 pytest.importorskip("pydicom")

@@ -1,25 +1,23 @@
 """The FairVLMed10k, GF3300, PAPILA and BRSET adapters, the balanced-test split and `datasets check`.
 
-Expected counts are worked out by hand from the rows listed in official_layouts.py.
+Expected counts are worked out by hand from the rows listed in helpers/official_layouts.py.
 """
 
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-import official_layouts as ol  # noqa: E402
+from fmcache.datasets import load_dataset
+from fmcache.datasets.check import check_dataset
+from fmcache.datasets.splits import balance_test
+from fmcache.errors import DatasetError
 
-from fmcache.datasets import load_dataset  # noqa: E402
-from fmcache.datasets.check import check_dataset  # noqa: E402
-from fmcache.datasets.splits import balance_test  # noqa: E402
-from fmcache.errors import DatasetError  # noqa: E402
+from helpers import official_layouts as ol
 
 SEX = {"male": 0, "female": 1, "unknown": -1}
 AGE = {"young": 0, "old": 1, "unknown": -1}

@@ -1,23 +1,21 @@
 """The CheXpert, MIMIC-CXR and HAM10000 adapters on copies laid out like the releases.
 
-Expected counts are worked out by hand from the rows listed in official_layouts.py.
+Expected counts are worked out by hand from the rows listed in helpers/official_layouts.py.
 """
 
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-import official_layouts as ol  # noqa: E402
+from fmcache.datasets import load_dataset
+from fmcache.errors import DatasetError
 
-from fmcache.datasets import load_dataset  # noqa: E402
-from fmcache.errors import DatasetError  # noqa: E402
+from helpers import official_layouts as ol
 
 SEX = {"male": 0, "female": 1, "unknown": -1}
 AGE = {"young": 0, "old": 1, "unknown": -1}

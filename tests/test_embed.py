@@ -12,6 +12,8 @@ from fmcache.embed.encode import embed
 from fmcache.embed.preprocess import build_transform
 from fmcache.embed.registry import load_model
 
+from helpers.entries import BATCH_SIZE, CHUNK_ROWS, N, SYNTHETIC_OPTIONS
+
 
 @pytest.fixture(scope="module")
 def effnet():
@@ -20,7 +22,8 @@ def effnet():
 
 @pytest.fixture(scope="module")
 def synthetic():
-    return load_dataset("synthetic", options={"size": "40", "image_size": "64"})
+    # the dataset of the shared effnet_entry
+    return load_dataset("synthetic", options=SYNTHETIC_OPTIONS)
 
 
 def _direct(enc, ds, kind="image") -> np.ndarray:
@@ -42,10 +45,11 @@ def test_packaged_weights_are_real_imagenet_weights(effnet):
     assert effnet.weights_sha256 and len(effnet.weights_sha256) == 64
 
 
-def test_cached_features_equal_the_model_run_directly(effnet, synthetic, tmp_path):
-    s = embed(synthetic, "efficientnet_lite0", root=tmp_path, encoder=effnet, batch_size=16, chunk_rows=16, num_workers=1, progress=False)
-    assert s.encoded == 40 and s.n == 40
-    emb = fmcache.open_cache(tmp_path).embeddings("synthetic", "efficientnet_lite0")
+def test_cached_features_equal_the_model_run_directly(effnet, synthetic, effnet_entry):
+    # every row encoded by this run, none reused
+    assert f"synthetic/efficientnet_lite0: {N} images cached" in effnet_entry.out
+    assert f"encoded {N} in" in effnet_entry.out and "reused" not in effnet_entry.out
+    emb = fmcache.open_cache(effnet_entry.root).embeddings("synthetic", "efficientnet_lite0")
     np.testing.assert_allclose(emb.features(), _direct(effnet, synthetic), rtol=2e-3, atol=2e-3)
     assert emb.provenance["preprocess"]["mean"] == [0.5, 0.5, 0.5]
     assert emb.provenance["row_fingerprint"] == synthetic.fingerprint
@@ -58,7 +62,7 @@ class _Stop(Exception):
     pass
 
 
-def test_interrupted_run_resumes_without_recomputing_finished_chunks(effnet, synthetic, tmp_path):
+def test_interrupted_run_resumes_without_recomputing_finished_chunks(effnet, synthetic, effnet_entry, tmp_path):
     written_first: list[int] = []
 
     def stop_after_two(chunk: int) -> None:
@@ -67,8 +71,8 @@ def test_interrupted_run_resumes_without_recomputing_finished_chunks(effnet, syn
             raise _Stop
 
     with pytest.raises(_Stop):
-        embed(synthetic, "efficientnet_lite0", root=tmp_path / "a", encoder=effnet, batch_size=4, chunk_rows=8,
-              num_workers=0, progress=False, on_chunk=stop_after_two)
+        embed(synthetic, "efficientnet_lite0", root=tmp_path / "a", encoder=effnet, batch_size=BATCH_SIZE,
+              chunk_rows=CHUNK_ROWS, num_workers=0, progress=False, on_chunk=stop_after_two)
     with pytest.raises(fmcache.FmcacheError, match="incomplete"):
         fmcache.open_cache(tmp_path / "a").embeddings("synthetic", "efficientnet_lite0")
 
@@ -81,16 +85,15 @@ def test_interrupted_run_resumes_without_recomputing_finished_chunks(effnet, syn
 
     written_second: list[int] = []
     counted = type(effnet)(**{**effnet.__dict__, "encode_image": counting})
-    s = embed(synthetic, "efficientnet_lite0", root=tmp_path / "a", encoder=counted, batch_size=4, chunk_rows=8,
-              num_workers=0, progress=False, on_chunk=written_second.append)
-    assert sorted(written_first + written_second) == list(range(5))
-    assert sum(seen_rows) == s.encoded == 40 - 2 * 8
+    s = embed(synthetic, "efficientnet_lite0", root=tmp_path / "a", encoder=counted, batch_size=BATCH_SIZE,
+              chunk_rows=CHUNK_ROWS, num_workers=0, progress=False, on_chunk=written_second.append)
+    assert sorted(written_first + written_second) == list(range(N // CHUNK_ROWS))
+    assert sum(seen_rows) == s.encoded == N - 2 * CHUNK_ROWS
 
-    full = embed(synthetic, "efficientnet_lite0", root=tmp_path / "b", encoder=effnet, batch_size=4, chunk_rows=8,
-                 num_workers=0, progress=False)
-    assert full.encoded == 40
+    # the shared entry: an uninterrupted run over the same batches
+    assert f"encoded {N} in" in effnet_entry.out
     a = fmcache.open_cache(tmp_path / "a").embeddings("synthetic", "efficientnet_lite0").features()
-    b = fmcache.open_cache(tmp_path / "b").embeddings("synthetic", "efficientnet_lite0").features()
+    b = fmcache.open_cache(effnet_entry.root).embeddings("synthetic", "efficientnet_lite0").features()
     np.testing.assert_array_equal(a, b)
 
 
@@ -102,4 +105,6 @@ def test_non_finite_features_are_refused(effnet, synthetic, tmp_path):
 
     bad = type(effnet)(**{**effnet.__dict__, "encode_image": broken})
     with pytest.raises(fmcache.FmcacheError, match="non-finite"):
-        embed(synthetic, "efficientnet_lite0", root=tmp_path, encoder=bad, num_workers=0, progress=False)
+        # the first batch already carries the NaN: a small one is enough
+        embed(synthetic, "efficientnet_lite0", root=tmp_path, encoder=bad, batch_size=BATCH_SIZE, num_workers=0,
+              progress=False)

@@ -13,9 +13,11 @@ from fmcache.embed.encode import embed
 from fmcache.embed.preprocess import build_transform
 from fmcache.embed.registry import get_model
 
-from tiny_models import KEYS, build_tiny_checkpoint, direct_features, direct_text
+from helpers.tiny_models import KEYS, direct_features, direct_text
 
-N = 10
+# batches of two into chunks of three: a chunk filled by two batches, a batch split across two
+# chunks, and a partial last chunk, with the fewest images that show all three
+N, BATCH, CHUNK = 4, 2, 3
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +26,9 @@ def synthetic():
 
 
 @pytest.mark.parametrize("key", KEYS)
-def test_cached_embedding_equals_the_model_run_directly(key, synthetic, tmp_path):
-    weights = build_tiny_checkpoint(key, tmp_path / "weights")
-    embed(synthetic, key, root=tmp_path / "cache", weights=weights, batch_size=4, chunk_rows=4, num_workers=0, progress=False)
+def test_cached_embedding_equals_the_model_run_directly(key, synthetic, tiny_checkpoints, tmp_path):
+    weights = tiny_checkpoints[key]
+    embed(synthetic, key, root=tmp_path / "cache", weights=weights, batch_size=BATCH, chunk_rows=CHUNK, num_workers=0, progress=False)
     emb = fmcache.open_cache(tmp_path / "cache").embeddings("synthetic", key)
 
     tf = build_transform(get_model(key).preprocess)

@@ -16,7 +16,7 @@ from fmcache.embed.encode import embed
 from fmcache.embed.preprocess import build_transform
 from fmcache.embed.registry import load_model
 
-N, DEPTH, SLICES = 30, 20, 8
+N, DEPTH, SLICES = 20, 10, 4
 
 
 def _blob_slice(i: int) -> int:
@@ -34,7 +34,7 @@ def _load(root, row) -> np.ndarray:
     rng = np.random.default_rng(i)
     vol = 0.2 + 0.05 * rng.random((DEPTH, 48, 48), dtype=np.float32)
     if i % 2:
-        # a lesion a few slices thick: resampling 20 slices to 8 must not be able to skip it
+        # a lesion a few slices thick: resampling DEPTH slices to SLICES must not be able to skip it
         yy, xx = np.mgrid[:48, :48]
         k = _blob_slice(i)
         vol[k - 1 : k + 2] += 0.8 * np.exp(-((yy - 24) ** 2 + (xx - 20) ** 2) / 40.0)

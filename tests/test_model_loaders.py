@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-import tiny_models as tm
 from fmcache.embed.models import MODELS
 from fmcache.embed.registry import load_model
 from fmcache.embed.weights import sha256_file
 from fmcache.errors import FmcacheError, ModelError
+
+from helpers import tiny_models as tm
 
 VLMS = ("clip", "biomedclip", "pubmedclip")
 PROMPTS = ["a chest x-ray with pleural effusion", "normal lung", ""]
@@ -35,9 +36,8 @@ WEIGHT_FILES = (
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("tiny")
-    return {key: tm.build_tiny_checkpoint(key, root) for key in tm.HUB_KEYS}
+def tiny(tiny_checkpoints) -> dict[str, str]:
+    return {key: tiny_checkpoints[key] for key in tm.HUB_KEYS}
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-import tiny_models as tm
 from fmcache.embed.models import MODELS
 from fmcache.embed.registry import load_model
 from fmcache.embed.weights import sha256_file, weights_dir
 from fmcache.errors import ModelError
+
+from helpers import tiny_models as tm
 
 # widths of the tiny models: the ResNets are the real torchvision ones, the ViTs are narrowed
 TINY_DIMS = {
@@ -29,9 +30,8 @@ TINY_DIMS = {
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("tiny")
-    return {key: tm.build_tiny_checkpoint(key, root) for key in tm.FILE_KEYS}
+def tiny(tiny_checkpoints) -> dict[str, str]:
+    return {key: tiny_checkpoints[key] for key in tm.FILE_KEYS}
 
 
 def _batch(key: str) -> torch.Tensor:

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-import tiny_models as tm
 from fmcache.embed.models import MODELS
 from fmcache.embed.registry import load_model
 from fmcache.embed.weights import sha256_file
 from fmcache.errors import ModelError
+
+from helpers import tiny_models as tm
 
 PROMPTS = ["a chest x-ray with pleural effusion", "normal lung", ""]
 TINY_DIMS = {
@@ -28,9 +29,8 @@ WEIGHTS_FILE = {"blip": "pytorch_model.bin", "blip2": "model.safetensors", "medc
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("tiny")
-    return {key: tm.build_tiny_checkpoint(key, root) for key in tm.VLM_KEYS}
+def tiny(tiny_checkpoints) -> dict[str, str]:
+    return {key: tiny_checkpoints[key] for key in tm.VLM_KEYS}
 
 
 def _batch(key: str, n: int = 2) -> torch.Tensor:

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-import official_layouts as ol  # noqa: E402
-from synthetic_volumes import planted_volume  # noqa: E402
-
-from fmcache.datasets.volumes import (  # noqa: E402
+from fmcache.datasets.volumes import (
     LUNG_WINDOW,
     load_dicom_series,
     load_nifti,
@@ -21,7 +16,10 @@ from fmcache.datasets.volumes import (  # noqa: E402
     slices_to_images,
     window,
 )
-from fmcache.errors import DatasetError  # noqa: E402
+from fmcache.errors import DatasetError
+
+from helpers import official_layouts as ol
+from helpers.synthetic_volumes import planted_volume
 
 pytest.importorskip("nibabel")
 pytest.importorskip("pydicom")

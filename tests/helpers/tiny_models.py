@@ -55,6 +55,18 @@ def build_tiny_checkpoint(key: str, out_dir: Path) -> str:
     return {**builders, **FILE_BUILDERS, **VLM_BUILDERS}[key](out)
 
 
+class Checkpoints(dict):
+    """``weights=`` strings by registry key, each checkpoint built under ``root`` on first use."""
+
+    def __init__(self, root: Path):
+        super().__init__()
+        self.root = Path(root)
+
+    def __missing__(self, key: str) -> str:
+        self[key] = build_tiny_checkpoint(key, self.root)
+        return self[key]
+
+
 # ---- clip: the timm/vit_base_patch32_clip_224.openai hub folder, or an OpenAI state-dict file --
 
 

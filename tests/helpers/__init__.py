@@ -1,0 +1,1 @@
+"""Shared test material: official dataset layouts in miniature, tiny model checkpoints, synthetic volumes."""
