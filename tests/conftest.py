@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+
+# The head tests compile many small XLA programs that then run for milliseconds: at the lowest
+# backend optimisation level they compile in about two thirds of the CPU time. Tests check
+# numbers, not speed; XLA_FLAGS set by the caller win.
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false")
 
 
 def _isolate(mp: pytest.MonkeyPatch, home: Path) -> None:
@@ -85,3 +91,21 @@ def tiny_checkpoints(tmp_path_factory):
     from helpers import tiny_models
 
     return tiny_models.Checkpoints(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def toy_run(tmp_path_factory):
+    """helpers.toy's probe run (``run``) on its directly written cache (``root``). Read only."""
+    from helpers import toy
+
+    root = tmp_path_factory.mktemp("toy-run")
+    return SimpleNamespace(run=toy.shared_run(root), root=root)
+
+
+@pytest.fixture(scope="session")
+def toy_report(toy_run):
+    """The HTML report of ``toy_run``, with the representation section (``path``)."""
+    from fmcache.report import build_report
+
+    return SimpleNamespace(run=toy_run.run, root=toy_run.root,
+                           path=build_report([toy_run.run.path], toy_run.root / "study.html"))

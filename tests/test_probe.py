@@ -2,67 +2,23 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import toy
 from sklearn.metrics import roc_auc_score
 
 from fmcache.cache.store import open_root
-from fmcache.cache.writer import open_entry, write_samples
-from fmcache.datasets import load_dataset
 from fmcache.errors import FmcacheError, HeadInputError
 from fmcache.fairness import evaluate
-from fmcache.probe import SweepConfig, load_sweep, run_sweep
-
-D = 16
+from fmcache.probe import load_sweep, run_sweep
 
 
-def _cache(root, *, n=300, chunk_rows=64, finish=True, poison=False, vlm=False) -> None:
-    """The synthetic samples table with features that carry the label, more weakly for sex 1.
-
-    ``vlm``: also projected features and text prototypes, the class-1 prototype pointing
-    where positive images lie.
-    """
-    ds = load_dataset("synthetic", options={"size": str(n), "image_size": "32"})
-    t = ds.table
-    rng = np.random.default_rng(0)
-    y = t["label/lesion"].to_numpy()
-    strength = np.where(t["sa/sex"].to_numpy() == 1, 0.4, 1.5)
-    X = rng.normal(size=(n, D)).astype(np.float32)
-    X[:, 0] += y * strength
-    X[:, 1] += 0.5 * (t["sa/sex"].to_numpy() == 1)
-    if poison:
-        X[np.flatnonzero(t["split"].to_numpy() == 0)[0], 3] = np.nan
-    dims = {"image": D, "image_proj": 8} if vlm else {"image": D}
-    proj = X[:, :8] * 0.5
-    proj[:, 0] += 2.0 * (y == 1)
-    proj[:, 1] += 2.0 * (y == 0)
-    group = write_samples(open_root(str(root), mode="a"), ds.name, t, ds.group_attrs())
-    w = open_entry(group, "toy", {"model": "toy", "weights_id": "toy", "weights_sha256": None, "preprocess": {},
-                                  "dims": dims, "row_fingerprint": ds.fingerprint, "logit_scale": 10.0}, chunk_rows=chunk_rows)
-    if vlm:
-        protos = np.zeros((2, 2, 8), np.float32)
-        protos[1, :, 0] = protos[0, :, 1] = 1.0
-        w.write_text("default", protos, {"templates": ["a {}", "an image of a {}"], "classes": ["normal", "lesion"], "label": None})
-    for c in w.pending_chunks() if finish else [0]:
-        a, b = w.rows(c)
-        w.write_chunk(c, {"image": X[a:b], "image_proj": proj[a:b]})
-    if finish:
-        w.finish()
-
-
-def _config(**over) -> SweepConfig:
-    grids, _ = load_sweep("all", ["linear", "groupdro"])
-    cfg = dict(dataset="synthetic", model="toy", heads=grids, n_boot=50, epochs=40, batch_size=64)
-    cfg.update(over)
-    return SweepConfig(**cfg)
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("probe")
-    _cache(root)
-    return run_sweep(_config(), root=root), root
+@pytest.fixture
+def run(toy_run):
+    return toy_run.run, toy_run.root
 
 
 def test_sweep_selects_on_validation_and_reports_every_head_and_attribute(run):
@@ -106,8 +62,8 @@ def test_results_command_lists_shows_and_exports(run, run_cli, tmp_path):
                                   r.metrics[["metric", "value"]].reset_index(drop=True), check_dtype=False)
 
 
-def test_probe_command_runs_and_prints_the_headline(run, run_cli):
-    _, root = run
+def test_probe_command_runs_and_prints_the_headline(run, run_cli, tmp_path):
+    root = shutil.copytree(run[1], tmp_path / "cache")  # the shared cache stays as the other tests read it
     code, out, err = run_cli("probe", "-d", "synthetic", "-m", "toy", "--heads", "linear", "--n-boot", "20",
                              "--epochs", "3", "--root", str(root))
     assert code == 0, err
@@ -115,16 +71,16 @@ def test_probe_command_runs_and_prints_the_headline(run, run_cli):
 
 
 def test_bad_input_is_refused_clearly(tmp_path, run_cli):
-    _cache(tmp_path / "partial", finish=False)
+    toy.write_cache(tmp_path / "partial", finish=False)
     with pytest.raises(FmcacheError, match="incomplete"):
-        run_sweep(_config(), root=tmp_path / "partial")
-    _cache(tmp_path / "nan", poison=True)
+        run_sweep(toy.config(), root=tmp_path / "partial")
+    toy.write_cache(tmp_path / "nan", poison=True)
     with pytest.raises(HeadInputError, match="NaN or inf"):
-        run_sweep(_config(), root=tmp_path / "nan")
+        run_sweep(toy.config(), root=tmp_path / "nan")
     root = tmp_path / "ok"
-    _cache(root, n=60)
+    toy.write_cache(root, n=60)
     with pytest.raises(FmcacheError, match="no sensitive attribute 'race'"):
-        run_sweep(_config(attributes=["race"]), root=root)
+        run_sweep(toy.config(attributes=["race"]), root=root)
     for args, expect in [
         (["-m", "nope"], "no cached embeddings for model 'nope'"),
         (["-m", "toy", "--labels", "effusion"], "no label 'effusion'"),
@@ -136,14 +92,14 @@ def test_bad_input_is_refused_clearly(tmp_path, run_cli):
 
 
 def test_a_split_with_one_class_is_refused(tmp_path):
-    _cache(tmp_path, n=300)
+    toy.write_cache(tmp_path, n=300)
     group = open_root(str(tmp_path), mode="a")["synthetic/samples"]
     labels = group["label"][...]
     split = group["split"][...]
     labels[split == 1] = 0
     group["label"][...] = labels
     with pytest.raises(HeadInputError, match="only class \\[0\\] in the val split"):
-        run_sweep(_config(), root=tmp_path)
+        run_sweep(toy.config(), root=tmp_path)
 
 
 def test_a_sweep_file_sets_grids_and_epochs(tmp_path):
@@ -171,15 +127,15 @@ def test_comparison_with_erm_reads_its_numbers_from_the_table(run):
 
 
 def test_zero_shot_and_clip_adapt_run_from_text_prototypes(tmp_path):
-    _cache(tmp_path, vlm=True)
+    toy.write_cache(tmp_path, vlm=True)
     grids, _ = load_sweep("default", ["zeroshot", "clip_adapt", "linear"])
-    r = run_sweep(_config(heads=grids), root=tmp_path)
+    r = run_sweep(toy.config(heads=grids), root=tmp_path)
     assert r.config["feature_kind"] == "image_proj" and r.config["skipped"] == {}
     auc = r.metrics.query("metric == 'auc' and group == 'overall' and attribute == 'sex'").set_index("head")["value"]
     assert auc["zeroshot"] > 0.9 and auc["clip_adapt"] > 0.9
     assert r.config["heads_trained"]["zeroshot"] == 1
     # without the projected features the text heads are skipped, with the reason
-    r2 = run_sweep(_config(heads=grids, kind="image"), root=tmp_path)
+    r2 = run_sweep(toy.config(heads=grids, kind="image"), root=tmp_path)
     assert set(r2.config["skipped"]) == {"zeroshot", "clip_adapt"} and "image_proj" in r2.config["skipped"]["zeroshot"]
 
 
@@ -218,10 +174,10 @@ def registered_hinge():
 def test_an_outside_head_type_is_swept_once_registered(registered_hinge, tmp_path):
     from fmcache.runs import compare_to_baseline
 
-    _cache(tmp_path)
+    toy.write_cache(tmp_path)
     grids, _ = load_sweep("all", ["linear", "sq_hinge"])
     assert grids["sq_hinge"] == {"lr": [1e-3, 4e-3], "weight_decay": [0.0], "margin_weight": [0.5, 1.0]}
-    r = run_sweep(_config(heads=grids), root=tmp_path)
+    r = run_sweep(toy.config(heads=grids), root=tmp_path)
     assert r.config["heads_trained"]["sq_hinge"] == 4 and r.config["target_gaps"]["sq_hinge"] == "eqodds"
     auc = r.metrics.query("metric == 'auc' and group == 'overall' and attribute == 'sex'").set_index("head")["value"]
     assert auc["sq_hinge"] > 0.75

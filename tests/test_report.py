@@ -14,38 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import fmcache
 from fmcache.fairness import evaluate
 from fmcache.report import build_report, narrative
 from fmcache.runs import new_run_dir, write_run
-
-D = 16
-
-
-def small_run(root):
-    """A probe run on a directly written cache: two head types, few epochs, 50 resamples."""
-    from fmcache.cache.store import open_root
-    from fmcache.cache.writer import open_entry, write_samples
-    from fmcache.datasets import load_dataset
-    from fmcache.probe import SweepConfig, load_sweep, run_sweep
-
-    n = 300
-    ds = load_dataset("synthetic", options={"size": str(n), "image_size": "32"})
-    t = ds.table
-    rng = np.random.default_rng(0)
-    y = t["label/lesion"].to_numpy()
-    X = rng.normal(size=(n, D)).astype(np.float32)
-    X[:, 0] += y * np.where(t["sa/sex"].to_numpy() == 1, 0.4, 1.5)  # the label is harder to read for sex 1
-    X[:, 1] += 0.8 * (t["sa/sex"].to_numpy() == 1)
-    group = write_samples(open_root(str(root), mode="a"), ds.name, t, ds.group_attrs())
-    w = open_entry(group, "toy", {"model": "toy", "weights_id": "toy", "weights_sha256": None, "preprocess": {},
-                                  "dims": {"image": D}, "row_fingerprint": ds.fingerprint}, chunk_rows=100)
-    for c in w.pending_chunks():
-        a, b = w.rows(c)
-        w.write_chunk(c, {"image": X[a:b]})
-    w.finish()
-    grids, _ = load_sweep("all", ["linear", "resample"])
-    cfg = SweepConfig(dataset="synthetic", model="toy", heads=grids, n_boot=50, epochs=25, batch_size=64)
-    return run_sweep(cfg, root=root)
 
 
 def fake_run(root, dataset, model, *, heads=("linear", "resample", "groupdro"), attributes=("sex", "age"),
@@ -76,22 +48,9 @@ def fake_run(root, dataset, model, *, heads=("linear", "resample", "groupdro"), 
     return path
 
 
-_BUILT: dict[str, tuple] = {}
-
-
-def built_report(tmp_path_factory):
-    """(run, cache root, report path), built once per test session and shared with the browser test."""
-    if "probe" not in _BUILT:
-        root = tmp_path_factory.mktemp("report")
-        run = small_run(root)
-        _BUILT["probe"] = (run, root, build_report([run.path], root / "study.html"))
-    return _BUILT["probe"]
-
-
 @pytest.fixture(scope="module")
-def probe(tmp_path_factory):
-    run, root, out = built_report(tmp_path_factory)
-    return run, root, out.read_text()
+def probe(toy_report):
+    return toy_report.run, toy_report.root, toy_report.path.read_text()
 
 
 def tables_on_page(page: str) -> dict[str, pd.DataFrame]:
@@ -216,11 +175,12 @@ def _representation(page: str) -> str:
 
 
 def test_a_run_finds_its_cache_by_the_root_it_recorded(probe, tmp_path):
-    run, root, _ = probe
-    assert run.config["root"] == str(root.resolve())
-    # a run directory moved elsewhere still maps the features of the cache it was trained on
+    run, root, page = probe
+    assert run.config["root"] == str(root.resolve()) and "t-SNE" in _representation(page)
+    # a run directory moved elsewhere still opens the cache it was trained on
     moved = shutil.copytree(run.path, tmp_path / "elsewhere" / "runs" / run.path.name)
-    assert "t-SNE" in _representation(build_report([moved], tmp_path / "moved.html").read_text())
+    entry = fmcache.load_results(moved).cache_entry()
+    assert (entry.dataset, entry.model) == ("synthetic", "toy")
     # a cache that is gone from its recorded root only drops the section, with a note
     config = json.loads((moved / "config.json").read_text())
     (moved / "config.json").write_text(json.dumps({**config, "root": str(tmp_path / "gone")}))

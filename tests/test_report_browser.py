@@ -11,7 +11,6 @@ import os
 import shutil
 
 import pytest
-from test_report import built_report
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -47,9 +46,8 @@ def browser(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(browser, tmp_path_factory):
-    _, _, path = built_report(tmp_path_factory)
-    browser.get(path.resolve().as_uri())
+def page(browser, toy_report):
+    browser.get(toy_report.path.resolve().as_uri())
     return browser
 
 
