@@ -31,33 +31,32 @@ def _isolated(tmp_path_factory, monkeypatch):
     _isolate(monkeypatch, tmp_path_factory.mktemp("home"))
 
 
-def _main(mp: pytest.MonkeyPatch, *args: str) -> tuple[int, str]:
+def _exit_code(mp: pytest.MonkeyPatch, *args: str) -> int:
+    """Run the `fmcache` entry point in-process with ``args``; its exit code."""
     from fmcache.cli import main
 
     mp.setattr(sys, "argv", ["fmcache", *args])
+    try:
+        main()
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
+def _main(mp: pytest.MonkeyPatch, *args: str) -> tuple[int, str]:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        try:
-            main()
-            code = 0
-        except SystemExit as e:
-            code = int(e.code or 0)
+        code = _exit_code(mp, *args)
     return code, out.getvalue()
 
 
 @pytest.fixture
 def run_cli(capsys, monkeypatch):
     """Run the `fmcache` entry point in-process: returns (exit code, stdout, stderr)."""
-    from fmcache.cli import main
 
     def run(*args: str) -> tuple[int, str, str]:
-        monkeypatch.setattr(sys, "argv", ["fmcache", *args])
         capsys.readouterr()
-        try:
-            main()
-            code = 0
-        except SystemExit as e:
-            code = int(e.code or 0)
+        code = _exit_code(monkeypatch, *args)
         out = capsys.readouterr()
         return code, out.out, out.err
 
