@@ -28,12 +28,17 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-cache_app = typer.Typer(help="Inspect the cache: `ls` lists entries, `info` shows one.", no_args_is_help=True)
+cache_app = typer.Typer(help="Inspect and look after the cache: `ls` lists entries, `info` shows one, `verify` checks (and repairs), `rm` removes.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
 
 RootOpt = Annotated[
     Optional[str],
     typer.Option("--root", help="Cache folder or fsspec URL (default: $FMCACHE_HOME, else ~/.cache/fmcache).", show_default=False),
+]
+RunsOpt = Annotated[
+    Optional[str],
+    typer.Option("--runs", help="Folder (or fsspec URL) of the runs (default: <root>/runs); use it when the cache is read-only.",
+                 show_default=False),
 ]
 
 
@@ -66,7 +71,11 @@ def embed(
     weights: Annotated[
         Optional[str], typer.Option("--weights", help="Local checkpoint file/folder instead of the model's default source.", show_default=False)
     ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per forward pass.")] = 64,
+    batch_size: Annotated[
+        Optional[int],
+        typer.Option("--batch-size", "-b", min=1, help="Images per forward pass (default: what the entry was made with, "
+                     "else 64). Part of the entry's identity: it can change the last bits of a feature.", show_default=False),
+    ] = None,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N")] = "auto",
     num_workers: Annotated[
         Optional[int], typer.Option("--num-workers", min=0, help="Image-decoding worker processes (default: cores - 1).", show_default=False)
@@ -76,12 +85,17 @@ def embed(
     slices: Annotated[int, typer.Option("--slices", min=1, help="3D datasets: slices each volume is resampled to (2.5D).")] = 32,
     pool: Annotated[str, typer.Option("--pool", help="3D datasets: volume feature from its slices' features, max | mean.")] = "max",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a cache entry made with other weights, preprocessing or data.")] = False,
+    no_wait: Annotated[
+        bool, typer.Option("--no-wait", help="If another process is writing this entry, stop (naming it) instead of waiting.")
+    ] = False,
 ) -> None:
     """Encode every image of a dataset with a frozen model into the cache (resumable).
 
     Rerunning after an interruption continues where it stopped; rerunning a finished entry is
-    a no-op. A request whose weights, preprocessing or samples differ from the cached entry is
-    refused unless --overwrite.
+    a no-op that writes nothing. A request whose weights, preprocessing, batch size or samples
+    differ from the cached entry is refused unless --overwrite. One process writes an entry at a
+    time: a second one waits for the first (or, with --no-wait, stops), and --overwrite never
+    deletes an entry that another process is writing.
 
     Example: fmcache embed --model dinov2 --dataset ham10000 --data ~/data/HAM10000
     """
@@ -93,8 +107,13 @@ def embed(
         opts["config"] = str(dataset_config)
     ds = load_dataset(dataset, data, options=opts, seed=seed)
     summary = run_embed(ds, model, root=root, weights=weights, batch_size=batch_size, device=device,
-                        num_workers=num_workers, overwrite=overwrite, chunk_rows=chunk_rows, slices=slices, pool=pool)
+                        num_workers=num_workers, overwrite=overwrite, chunk_rows=chunk_rows, slices=slices, pool=pool,
+                        wait=not no_wait, on_wait=_say, on_repair=_say)
     typer.echo(summary.line())
+
+
+def _say(line: str) -> None:
+    typer.echo(line, err=True)
 
 
 def _csv(values: list[str] | None) -> list[str] | None:
@@ -131,6 +150,7 @@ def probe(
     ] = "max",
     seed: Annotated[int, typer.Option("--seed", help="Seed of minibatch order and bootstrap resamples.")] = 0,
     root: RootOpt = None,
+    runs: RunsOpt = None,
 ) -> None:
     """Train fairness heads on cached embeddings, select on validation, evaluate on test.
 
@@ -158,7 +178,7 @@ def probe(
             batch_size=batch_size or settings.get("batch_size", 128), kind=feature_kind, volume=volume, seed=seed,
         )
         with console.status(f"{dataset}/{m}: loading") as status:
-            run = run_sweep(cfg, root=root, on_head=lambda h, k: status.update(f"{dataset}/{m}: training {k} {h} heads"))
+            run = run_sweep(cfg, root=root, runs=runs, on_head=lambda h, k: status.update(f"{dataset}/{m}: training {k} {h} heads"))
         console.print(frame_table(headline(run.metrics), f"{dataset}/{m} — test metrics of the heads chosen by val {criterion}"))
         for h, why in run.config["skipped"].items():
             console.print(f"skipped {h}: {why}", markup=False)
@@ -178,6 +198,7 @@ def results(
     run: Annotated[Optional[str], typer.Argument(help="Run name (from the list) or path; omit to list runs.", show_default=False)] = None,
     csv: Annotated[Optional[Path], typer.Option("--csv", help="Write the run's full metric table to this CSV file.", show_default=False)] = None,
     root: RootOpt = None,
+    runs: RunsOpt = None,
 ) -> None:
     """List sweep runs, or show one run's headline table (and export its metrics as CSV).
 
@@ -188,13 +209,13 @@ def results(
 
     console = make_console()
     if run is None:
-        runs = list_runs(root)
-        if runs.empty:
-            typer.echo(f"no runs under {runs_dir(root)} yet: `fmcache probe` makes them")
+        listed = list_runs(root, runs)
+        if listed.empty:
+            typer.echo(f"no runs under {runs_dir(root, runs)} yet: `fmcache probe` makes them")
             return
-        console.print(frame_table(runs.drop(columns=["path"]), f"runs under {runs_dir(root)}"))
+        console.print(frame_table(listed.drop(columns=["path"]), f"runs under {runs_dir(root, runs)}"))
         return
-    r = load_results(run_path(run, root))
+    r = load_results(run_path(run, root, runs))
     for label in r.metrics["label"].unique():
         console.print(frame_table(headline(r.metrics, label), f"{r.path.name} — label {label}"))
     if csv is not None:
@@ -204,12 +225,13 @@ def results(
 
 @app.command()
 def report(
-    runs: Annotated[list[str], typer.Argument(help="Run names (see `fmcache results`) or run directories.", show_default=False)],
+    names: Annotated[list[str], typer.Argument(metavar="RUNS", help="Run names (see `fmcache results`) or run directories.", show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write.")] = Path("study.html"),
     no_representation: Annotated[
         bool, typer.Option("--no-representation", help="Skip the t-SNE maps and attribute probes on the cached features.")
     ] = False,
     root: RootOpt = None,
+    runs: RunsOpt = None,
 ) -> None:
     """Write one self-contained HTML report (no network needed to view it) from one or more runs.
 
@@ -222,7 +244,7 @@ def report(
     from fmcache.report import build_report
     from fmcache.runs import run_path
 
-    path = build_report([run_path(r, root) for r in runs], out, representation=not no_representation)
+    path = build_report([run_path(r, root, runs) for r in names], out, representation=not no_representation)
     typer.echo(f"report: {path.resolve()}")
 
 
@@ -372,6 +394,53 @@ def cache_info(
         return
     e = c.embeddings(dataset, model, allow_partial=True)
     typer.echo(json.dumps(e.provenance, indent=2, default=str))
+
+
+@cache_app.command("verify")
+def cache_verify(
+    dataset: Annotated[Optional[str], typer.Argument(help="Only this dataset.", show_default=False)] = None,
+    model: Annotated[Optional[str], typer.Argument(help="Only this model's entry.", show_default=False)] = None,
+    repair: Annotated[bool, typer.Option("--repair", help="Mark what is damaged for `fmcache embed` to encode again.")] = False,
+    root: RootOpt = None,
+) -> None:
+    """Check every stored chunk, checksum, samples table and provenance; exit 1 if anything is damaged.
+
+    With --repair, damaged chunks are marked undone (the next `fmcache embed` encodes only
+    those), a damaged samples table is marked to be written again, and an entry whose metadata
+    is unreadable is removed to be built again. Entries another process is writing are left alone.
+    """
+    from fmcache.cache.store import resolve_root
+    from fmcache.cache.verify import repair as do_repair
+    from fmcache.cache.verify import verify
+
+    root_s = resolve_root(root)
+    findings = verify(root_s, dataset, model)
+    for f in findings:
+        typer.echo(f.line())
+    if not findings:
+        typer.echo(f"no problems found in the cache at {root_s}")
+        return
+    if not repair:
+        typer.echo(f"{len(findings)} problem(s); rerun with --repair, then `fmcache embed` each entry named")
+        raise typer.Exit(1)
+    for line in do_repair(root_s, findings):
+        typer.echo(line)
+    typer.echo("now rerun `fmcache embed` for each entry named to restore it")
+
+
+@cache_app.command("rm")
+def cache_rm(
+    dataset: Annotated[str, typer.Argument(help="Dataset name in the cache.")],
+    model: Annotated[Optional[str], typer.Argument(help="Model key; omit to remove the dataset with all its entries.", show_default=False)] = None,
+    root: RootOpt = None,
+) -> None:
+    """Remove a cache entry (or a dataset with all its entries); refused while another process writes it."""
+    from fmcache.cache.store import resolve_root
+    from fmcache.cache.verify import remove
+
+    root_s = resolve_root(root)
+    remove(root_s, dataset, model)
+    typer.echo(f"removed {dataset}{'/' + model if model else ''} from the cache at {root_s}")
 
 
 def main() -> None:

@@ -33,6 +33,14 @@ class CacheMissError(CacheError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class CacheLockedError(CacheError):
+    """Another process is writing the entry (named with its host, pid and start time)."""
+
+
+class CacheDamagedError(CacheError):
+    """Stored data that is missing or fails its checksum: never read as plausible numbers."""
+
+
 class MetricInputError(FmcacheError, ValueError):
     """Predictions, labels or groups that a metric cannot be computed from (NaN, wrong range or shape)."""
 

@@ -192,4 +192,4 @@ def test_store_layout_matches_design(tmp_path):
     assert z["toy/samples/split"].dtype == np.int8 and z["toy/samples/sa/sex"].dtype == np.int8
     assert z["toy/m/image"].shape == (N, D) and z["toy/m/image"].chunks == (5, D)
     assert z["toy/m/done"].shape == (w.n_chunks,) and not z["toy/m/done"][...].any()
-    assert z["toy/m"].attrs["state"] == "partial"
+    assert z["toy/m"].attrs["state"] == "writing"

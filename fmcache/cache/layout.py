@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
+from fmcache.errors import CacheError
+
 SAMPLES = "samples"
 ID, SUBJECT, SPLIT, LABEL = "id", "subject", "split", "label"
 SA, SA_RAW = "sa", "sa_raw"
@@ -9,8 +13,30 @@ DONE = "done"
 TEXT = "text"
 SLICES = "slices"  # 2.5D: per-slice features of a volume, (N, S, D) per feature kind
 DISK_DTYPE = "float16"
-STATE_PARTIAL, STATE_COMPLETE = "partial", "complete"
+
+# 2: arrays carry crc32c checksums and fill values no real value takes; entries carry a generation
+FORMAT = 2
+# an entry or samples table is written in this order; anything short of complete is unfinished
+STATE_CREATING, STATE_WRITING, STATE_COMPLETE = "creating", "writing", "complete"
+# fill of integer samples arrays: no label, group or split code is ever this
+INT_MISSING = -128
+
+# folders under the root that are not part of the Zarr hierarchy
+LOCKS = ".locks"
+RUNS = "runs"
+RESERVED = {SAMPLES, LOCKS, RUNS}
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
 
 def model_path(dataset: str, model: str) -> str:
     return f"{dataset}/{model}"
+
+
+def check_name(kind: str, name: str) -> str:
+    """A dataset or model name that is one plain path segment, or CacheError saying why not."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name in RESERVED or ".." in name:
+        raise CacheError(
+            f"{kind} name {name!r} cannot name a cache entry: use letters, digits and . _ + - "
+            f"(no '/', no '..', not {', '.join(sorted(RESERVED))})"
+        )
+    return name

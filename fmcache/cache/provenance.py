@@ -1,10 +1,10 @@
-"""What identifies the numbers of a cache entry, and the check that refuses silent mixing."""
+"""What identifies the numbers of a cache entry: a request that differs in any of it is another entry."""
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
-from fmcache.errors import ProvenanceMismatchError
+from fmcache.cache import layout as L
 
 # Everything that changes the cached numbers. Anything else in the attrs (created, state,
 # fmcache version, timing) is informative only.
@@ -18,27 +18,25 @@ IDENTITY_KEYS = (
     "dtype",
     "row_fingerprint",
     "volume",  # 2.5D: slice count and pooling; None for 2D data
+    "batch_size",  # images per forward pass: it can change the last bits, and so the float16 rounding
+    "format",  # how the cache stores and checks its arrays (fmcache.cache.layout.FORMAT)
 )
+
+
+def requested(provenance: Mapping[str, Any]) -> dict[str, Any]:
+    """What an entry made from ``provenance`` records: the facts derived from it filled in."""
+    return {"volume": None, **provenance, "feature_kinds": list(provenance["dims"]), "dtype": L.DISK_DTYPE,
+            "format": L.FORMAT}
 
 
 def identity(attrs: Mapping[str, Any]) -> dict[str, Any]:
     return {k: attrs.get(k) for k in IDENTITY_KEYS}
 
 
-def differences(cached: Mapping[str, Any], requested: Mapping[str, Any]) -> list[str]:
-    """Human-readable ``key: cached -> requested`` for each identity field that differs."""
-    a, b = identity(cached), identity(requested)
+def differences(cached: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
+    """Human-readable ``key: cached -> wanted`` for each identity field that differs."""
+    a, b = identity(cached), identity(wanted)
     return [f"{k}: {_short(a[k])} -> {_short(b[k])}" for k in IDENTITY_KEYS if a[k] != b[k]]
-
-
-def check(where: str, cached: Mapping[str, Any], requested: Mapping[str, Any]) -> None:
-    """Raise ProvenanceMismatchError when a request would mix numbers of a different origin."""
-    diff = differences(cached, requested)
-    if diff:
-        raise ProvenanceMismatchError(
-            f"cache entry {where} was made differently ({'; '.join(diff)}); "
-            "pass --overwrite to replace it, or --root to use another cache"
-        )
 
 
 def _short(v: Any) -> str:

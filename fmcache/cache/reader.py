@@ -8,6 +8,10 @@
 >>> X = emb.features(split="train")                 # float32 (n, d)
 >>> y = emb.labels(split="train")                   # int8 (n, C), -1 unknown
 >>> g = emb.groups("sex", split="train")            # int8 (n,), -1 unknown
+
+Every read is checked: rows that are not encoded, chunks that are missing or fail their
+checksum, and an entry replaced since it was opened each raise one clear error naming what
+is wrong, never plausible numbers.
 """
 
 from __future__ import annotations
@@ -20,10 +24,11 @@ import numpy as np
 import pandas as pd
 import zarr
 
+from fmcache.cache import checked
 from fmcache.cache import layout as L
-from fmcache.cache.store import open_root, resolve_root
+from fmcache.cache.store import open_root, quiet_listing, resolve_root, storage_errors
 from fmcache.datasets.splits import SPLIT_NAMES
-from fmcache.errors import CacheMissError, FmcacheError, UnknownNameError, did_you_mean
+from fmcache.errors import CacheError, CacheMissError, FmcacheError, UnknownNameError, did_you_mean
 
 Split = str | int | None
 
@@ -56,29 +61,34 @@ class Cache:
 
     def datasets(self) -> list[str]:
         """Names of the cached datasets."""
-        return sorted(k for k in self._group.group_keys() if L.SAMPLES in self._group[k])
+        with storage_errors(f"the cache at {self.root}"), quiet_listing():
+            return sorted(k for k in self._group.group_keys() if L.SAMPLES in self._group[k])
 
     def models(self, dataset: str) -> list[str]:
         """Models with an entry (complete or not) for ``dataset``."""
         g = self._dataset_group(dataset)
-        return sorted(k for k in g.group_keys() if k != L.SAMPLES)
+        with storage_errors(f"cache dataset {dataset}"), quiet_listing():
+            return sorted(k for k in g.group_keys() if k != L.SAMPLES)
 
     def entries(self) -> pd.DataFrame:
         """One row per (dataset, model): state, rows, feature widths, weights and when made."""
         rows = []
         for d in self.datasets():
             for m in self.models(d):
-                a = dict(self._group[d][m].attrs)
-                done = np.asarray(self._group[d][m][L.DONE][...]) if L.DONE in self._group[d][m] else np.array([])
+                with storage_errors(f"cache entry {d}/{m}"):
+                    entry = self._group[d][m]
+                    a = dict(entry.attrs)
+                    done = _done_bitmap(entry)
+                    text = ", ".join(sorted(entry[L.TEXT].array_keys())) if L.TEXT in entry else ""
                 rows.append(
                     {
                         "dataset": d,
                         "model": m,
                         "state": a.get("state"),
-                        "chunks_done": f"{int(done.sum())}/{done.size}",
+                        "chunks_done": f"{int(done.sum())}/{done.size}" if done is not None else "damaged",
                         "n": a.get("n"),
                         "dims": ", ".join(f"{k}={v}" for k, v in (a.get("dims") or {}).items()),
-                        "text": ", ".join(sorted(self._group[d][m][L.TEXT].array_keys())) if L.TEXT in self._group[d][m] else "",
+                        "text": text,
                         "weights": a.get("weights_id"),
                         "created": a.get("created"),
                     }
@@ -91,42 +101,113 @@ class Cache:
 
     def samples(self, dataset: str) -> pd.DataFrame:
         """A cached dataset's samples table (as ``Embeddings.samples``), no model entry needed."""
-        return _samples(self._dataset_group(dataset))
+        return _Samples(self._dataset_group(dataset), dataset).frame()
 
     def embeddings(self, dataset: str, model: str, *, allow_partial: bool = False) -> Embeddings:
         """Open a (dataset, model) entry; CacheMissError if absent or not complete."""
         g = self._dataset_group(dataset)
-        if model not in g or model == L.SAMPLES:
+        L.check_name("model", model)
+        with storage_errors(f"cache entry {dataset}/{model}"):
+            if model not in g:
+                raise CacheMissError(
+                    f"no cached embeddings for model {model!r} on dataset {dataset!r}"
+                    f"{did_you_mean(model, self.models(dataset))}; run `fmcache embed --model {model} --dataset {dataset}`"
+                )
+            entry = g[model]
+            attrs = dict(entry.attrs)
+        if attrs.get("state") != L.STATE_COMPLETE and not allow_partial:
+            done = _done_bitmap(entry)
+            progress = f"{int(done.sum())}/{done.size} chunks" if done is not None else "its done bitmap is damaged"
             raise CacheMissError(
-                f"no cached embeddings for model {model!r} on dataset {dataset!r}"
-                f"{did_you_mean(model, self.models(dataset))}; run `fmcache embed --model {model} --dataset {dataset}`"
-            )
-        entry = g[model]
-        if entry.attrs.get("state") != L.STATE_COMPLETE and not allow_partial:
-            done = np.asarray(entry[L.DONE][...])
-            raise CacheMissError(
-                f"cache entry {dataset}/{model} is incomplete ({int(done.sum())}/{done.size} chunks); "
+                f"cache entry {dataset}/{model} is incomplete ({progress}); "
                 f"rerun `fmcache embed --model {model} --dataset {dataset}` to finish it"
             )
-        return Embeddings(g, entry)
+        if attrs.get("format") != L.FORMAT:
+            raise CacheError(
+                f"cache entry {dataset}/{model} was written by an older fmcache without checksums; "
+                f"rebuild it with `fmcache embed --model {model} --dataset {dataset} --overwrite`"
+            )
+        return Embeddings(self.root, g, entry, allow_partial=allow_partial)
 
     def _dataset_group(self, dataset: str) -> zarr.Group:
-        if dataset not in self._group or L.SAMPLES not in self._group[dataset]:
-            raise CacheMissError(
-                f"dataset {dataset!r} is not in the cache at {self.root}{did_you_mean(dataset, self.datasets())}"
-            )
-        return self._group[dataset]
+        L.check_name("dataset", dataset)
+        with storage_errors(f"cache dataset {dataset}"):
+            if dataset not in self._group or L.SAMPLES not in self._group[dataset]:
+                raise CacheMissError(
+                    f"dataset {dataset!r} is not in the cache at {self.root}{did_you_mean(dataset, self.datasets())}"
+                )
+            g = self._group[dataset]
+            if g.attrs.get("state", L.STATE_COMPLETE) != L.STATE_COMPLETE:
+                raise CacheError(
+                    f"the samples table of cache dataset {dataset} is unfinished or marked for repair; "
+                    f"rerun `fmcache embed` on {dataset} to write it again"
+                )
+            return g
 
     def __repr__(self) -> str:
         return f"Cache({self.root!r})"
 
 
-class Embeddings:
-    """One cached (dataset, model) entry: features, labels, groups and provenance."""
+def _done_bitmap(entry: zarr.Group) -> np.ndarray | None:
+    """The entry's done bitmap, or None when it is missing or damaged."""
+    try:
+        return checked.read(entry[L.DONE], None, "done", "").astype(bool)
+    except (FmcacheError, KeyError):
+        return None
 
-    def __init__(self, dataset_group: zarr.Group, entry: zarr.Group):
+
+class _Samples:
+    """The samples arrays of a dataset group, read checked."""
+
+    REMEDY = "run `fmcache cache verify --repair`, then `fmcache embed` on this dataset to write it again"
+
+    def __init__(self, dataset_group: zarr.Group, dataset: str):
+        self.g, self.dataset = dataset_group, dataset
+
+    def read(self, path: str, rows: np.ndarray | None = None) -> np.ndarray:
+        where = f"cache dataset {self.dataset}, samples/{path}"
+        with storage_errors(where):
+            arr = self.g[L.SAMPLES][path]
+        return checked.read(arr, rows, where, self.REMEDY)
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.g.attrs.get("label_names", []))
+
+    @property
+    def attributes(self) -> list[str]:
+        s = self.g[L.SAMPLES]
+        return sorted(s[L.SA].array_keys()) if L.SA in s else []
+
+    def frame(self) -> pd.DataFrame:
+        df = pd.DataFrame({"id": self.read(L.ID), "subject": self.read(L.SUBJECT), "split": self.read(L.SPLIT)})
+        df["split"] = df["split"].map({v: k for k, v in SPLIT_NAMES.items()})
+        y = self.read(L.LABEL)
+        for i, name in enumerate(self.label_names):
+            df[f"label/{name}"] = y[:, i]
+        s = self.g[L.SAMPLES]
+        for a in self.attributes:
+            df[f"sa/{a}"] = self.read(f"{L.SA}/{a}")
+            if L.SA_RAW in s and a in s[L.SA_RAW]:
+                df[f"sa_raw/{a}"] = self.read(f"{L.SA_RAW}/{a}").astype(object)
+        return df
+
+
+class Embeddings:
+    """One cached (dataset, model) entry: features, labels, groups and provenance.
+
+    Reads refuse rows that are not encoded and chunks that are missing or damaged; if the
+    entry is replaced after it was opened (``fmcache embed --overwrite``), reads raise
+    instead of mixing two models' numbers.
+    """
+
+    def __init__(self, root: str, dataset_group: zarr.Group, entry: zarr.Group, *, allow_partial: bool = False):
+        self._root = root
         self._d = dataset_group
         self._e = entry
+        self._samples = _Samples(dataset_group, dataset_group.basename)
+        self._allow_partial = allow_partial
+        self._generation = entry.attrs.get("generation")
 
     @property
     def dataset(self) -> str:
@@ -135,6 +216,10 @@ class Embeddings:
     @property
     def model(self) -> str:
         return self._e.basename
+
+    @property
+    def where(self) -> str:
+        return f"cache entry {self.dataset}/{self.model}"
 
     @cached_property
     def provenance(self) -> dict[str, Any]:
@@ -147,23 +232,23 @@ class Embeddings:
 
     @property
     def kinds(self) -> list[str]:
-        return list(self._e.attrs["feature_kinds"])
+        return list(self.provenance["feature_kinds"])
 
     @property
     def label_names(self) -> list[str]:
-        return list(self._d.attrs.get("label_names", []))
+        return self._samples.label_names
 
     @property
     def attributes(self) -> list[str]:
-        return _attributes(self._d)
+        return self._samples.attributes
 
     @cached_property
     def _split(self) -> np.ndarray:
-        return np.asarray(self._d[L.SAMPLES][L.SPLIT][...])
+        return self._samples.read(L.SPLIT)
 
-    def _rows(self, split: Split) -> slice | np.ndarray:
+    def _rows(self, split: Split) -> np.ndarray | None:
         if split is None:
-            return slice(None)
+            return None
         code = SPLIT_NAMES.get(split) if isinstance(split, str) else split
         if code not in (0, 1, 2):
             raise UnknownNameError(f"unknown split {split!r}: use 'train', 'val', 'test' or None")
@@ -187,15 +272,41 @@ class Embeddings:
             raise UnknownNameError(f"{self.dataset}/{self.model} has no feature kind {kind!r} (it has {self.kinds})")
         return self._read(f"{L.SLICES}/{kind}", split)
 
+    def _check_current(self) -> None:
+        """Raise if the entry was replaced or unfinished since it was opened."""
+        with storage_errors(self.where):
+            try:
+                attrs = dict(zarr.open_group(store=self._e.store, path=self._e.path, mode="r").attrs)
+            except FileNotFoundError:
+                attrs = {}
+        if attrs.get("generation") != self._generation:
+            raise CacheError(
+                f"{self.where} was replaced or removed after it was opened (another `fmcache embed --overwrite`?); "
+                "open it again to read the new entry"
+            )
+        if attrs.get("state") != L.STATE_COMPLETE and not self._allow_partial:
+            raise CacheError(f"{self.where} is being rewritten or repaired; open it again once `fmcache embed` has finished")
+
     def _read(self, name: str, split: Split) -> np.ndarray:
         rows = self._rows(split)
-        arr = self._e[name]
-        values = arr[...] if isinstance(rows, slice) else arr.get_orthogonal_selection((rows,) + (slice(None),) * (arr.ndim - 1))
-        return np.asarray(values, dtype=np.float32)
+        remedy = (f"run `fmcache cache verify {self.dataset} {self.model} --repair`, then `fmcache embed` to "
+                  "encode those rows again")
+        self._check_current()
+        with storage_errors(self.where):
+            arr = self._e[name]
+            done = checked.read(self._e[L.DONE], None, f"{self.where}, done bitmap", remedy)
+        undone = [c for c in checked.row_chunks(arr, rows) if not done[c]]
+        if undone:
+            a, b = checked.chunk_rows(arr, undone[0])
+            raise CacheMissError(f"{self.where}: rows {a}-{b - 1} (chunk {undone[0]}) are not encoded yet; "
+                                 f"rerun `fmcache embed --model {self.model}` to finish the entry")
+        values = checked.read(arr, rows, f"{self.where}, {name}", remedy)
+        self._check_current()  # replaced while we read: what we read may be the new model's
+        return values.astype(np.float32)
 
     def labels(self, split: Split = None, label: str | None = None) -> np.ndarray:
         """Labels as int8: (n, C) for all labels, or (n,) for one named ``label``; -1 unknown."""
-        y = np.asarray(self._d[L.SAMPLES][L.LABEL][...])[self._rows(split)]
+        y = self._samples.read(L.LABEL, self._rows(split))
         if label is None:
             return y
         if label not in self.label_names:
@@ -209,7 +320,7 @@ class Embeddings:
                 f"{self.dataset} has no sensitive attribute {attribute!r}{did_you_mean(attribute, self.attributes)} "
                 f"(attributes: {self.attributes})"
             )
-        return np.asarray(self._d[L.SAMPLES][L.SA][attribute][...])[self._rows(split)]
+        return self._samples.read(f"{L.SA}/{attribute}", self._rows(split))
 
     def group_names(self, attribute: str) -> list[str]:
         """Names of the group codes of ``attribute`` (code i = names[i])."""
@@ -217,7 +328,7 @@ class Embeddings:
 
     def samples(self) -> pd.DataFrame:
         """One row per sample: id, subject, split, labels, binarised and raw attributes."""
-        return _samples(self._d)
+        return self._samples.frame()
 
     def prompt_sets(self) -> list[str]:
         return sorted(self._e[L.TEXT].array_keys()) if L.TEXT in self._e else []
@@ -229,7 +340,9 @@ class Embeddings:
                 f"{self.dataset}/{self.model} has no text prototypes {prompt_set!r}"
                 + (f" (it has {self.prompt_sets()})" if self.prompt_sets() else " (the model has no text tower)")
             )
-        return np.asarray(self._e[L.TEXT][prompt_set][...], dtype=np.float32)
+        where = f"{self.where}, text/{prompt_set}"
+        remedy = f"rebuild the entry: `fmcache cache rm {self.dataset} {self.model}`, then `fmcache embed`"
+        return checked.read(self._e[L.TEXT][prompt_set], None, where, remedy).astype(np.float32)
 
     def prompts(self, prompt_set: str = "default") -> dict[str, Any]:
         """The templates and class names that made ``text_prototypes(prompt_set)``."""
@@ -238,25 +351,6 @@ class Embeddings:
 
     def __repr__(self) -> str:
         return f"Embeddings({self.dataset!r}, {self.model!r}, n={self._e.attrs.get('n')}, kinds={self.kinds})"
-
-
-def _attributes(dataset_group: zarr.Group) -> list[str]:
-    s = dataset_group[L.SAMPLES]
-    return sorted(s[L.SA].array_keys()) if L.SA in s else []
-
-
-def _samples(dataset_group: zarr.Group) -> pd.DataFrame:
-    s = dataset_group[L.SAMPLES]
-    df = pd.DataFrame({"id": s[L.ID][...], "subject": s[L.SUBJECT][...], "split": s[L.SPLIT][...]})
-    df["split"] = df["split"].map({v: k for k, v in SPLIT_NAMES.items()})
-    y = np.asarray(s[L.LABEL][...])
-    for i, name in enumerate(dataset_group.attrs.get("label_names", [])):
-        df[f"label/{name}"] = y[:, i]
-    for a in _attributes(dataset_group):
-        df[f"sa/{a}"] = np.asarray(s[L.SA][a][...])
-        if L.SA_RAW in s and a in s[L.SA_RAW]:
-            df[f"sa_raw/{a}"] = np.asarray(s[L.SA_RAW][a][...], dtype=object)
-    return df
 
 
 __all__ = ["Cache", "Embeddings", "FmcacheError", "open_cache"]

@@ -1,8 +1,14 @@
-"""Where the cache lives: a local folder or any fsspec URL, opened as a Zarr v3 group."""
+"""Where the cache lives: a local folder or any fsspec URL, opened as a Zarr v3 group; and the
+storage failures a user can meet (disk full, read-only, damaged metadata), in plain words."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import json
 import os
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import zarr
@@ -21,13 +27,29 @@ def resolve_root(root: str | os.PathLike[str] | None) -> str:
     return default_root() if root is None else os.fspath(root)
 
 
-def _is_url(root: str) -> bool:
+def is_url(root: str) -> bool:
     return "://" in root
+
+
+def is_local(root: str) -> bool:
+    """A root on this machine's filesystem (a path or ``file://``), where OS file locks work."""
+    return not is_url(root) or root.startswith("file://")
+
+
+def filesystem(root: str):
+    """The fsspec filesystem of a root and the root's path on it."""
+    from fsspec.core import url_to_fs
+
+    if is_url(root):
+        return url_to_fs(root)
+    from fsspec.implementations.local import LocalFileSystem
+
+    return LocalFileSystem(), str(Path(root).expanduser().absolute())
 
 
 def open_store(root: str, *, read_only: bool) -> zarr.abc.store.Store:
     """A Zarr store for a folder path or an fsspec URL (``file://``, ``memory://``, ``s3://``...)."""
-    if _is_url(root):
+    if is_url(root):
         # fsspec's local filesystem does not create parent folders unless asked to
         opts = {"auto_mkdir": True} if root.startswith("file://") and not read_only else None
         try:
@@ -42,8 +64,43 @@ def open_store(root: str, *, read_only: bool) -> zarr.abc.store.Store:
 
 def open_root(root: str, *, mode: str = "r") -> zarr.Group:
     """The cache's root group; mode "r" (read) or "a" (create if absent)."""
-    store = open_store(root, read_only=mode == "r")
+    with storage_errors(f"the cache at {root}"):
+        store = open_store(root, read_only=mode == "r")
+        try:
+            return zarr.open_group(store=store, mode=mode, zarr_format=3)
+        except FileNotFoundError:
+            raise CacheError(f"no cache at {root} (run `fmcache embed` first, or pass --root / set FMCACHE_HOME)") from None
+
+
+@contextlib.contextmanager
+def storage_errors(where: str) -> Iterator[None]:
+    """Storage failures as one plain CacheError each: what happened to ``where`` and what to do."""
     try:
-        return zarr.open_group(store=store, mode=mode, zarr_format=3)
-    except FileNotFoundError:
-        raise CacheError(f"no cache at {root} (run `fmcache embed` first, or pass --root / set FMCACHE_HOME)") from None
+        yield
+    except OSError as e:
+        if e.errno == errno.ENOSPC or e.errno == errno.EDQUOT:
+            raise CacheError(
+                f"the disk is full while writing {where}: free some space (or pass --root on another disk) and "
+                "rerun the same command; finished chunks are kept and only the rest is redone"
+            ) from None
+        if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise CacheError(
+                f"cannot write {where}: {e.strerror.lower() if e.strerror else 'permission denied'} "
+                f"({e.filename or where}); use a cache you can write (--root or FMCACHE_HOME), or, to read "
+                "results only, a command that does not write"
+            ) from None
+        raise
+    except json.JSONDecodeError as e:
+        raise CacheError(
+            f"the metadata of {where} is damaged (a zarr.json is not valid JSON: {e.msg}); "
+            "`fmcache cache verify` names the damaged entry and `fmcache cache rm` removes it so it can be rebuilt"
+        ) from None
+
+
+@contextlib.contextmanager
+def quiet_listing() -> Iterator[None]:
+    """Listing a group meets the folders that live beside the hierarchy (runs, locks, a writer's
+    temporary files); Zarr warns about each, and they are not the user's concern."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Object at .* is not recognized as a component of a Zarr hierarchy")
+        yield

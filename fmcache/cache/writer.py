@@ -1,71 +1,111 @@
 """Writing the cache: the samples table, then model entries filled chunk by chunk.
 
-An entry's arrays are created at full size first; each chunk of rows is written and only
-then marked in ``done``, so a run killed at any point resumes by recomputing exactly the
-chunks that were not marked.
+A group's attributes are written in one ``zarr.json`` write, and its ``state`` moves on only
+once what it stands for is stored: ``creating`` (arrays being made), ``writing`` (chunks being
+filled; ``done`` says which), ``complete``. A writer killed anywhere leaves a group that the
+next writer remakes (``creating``) or resumes (``writing``), never one that needs --overwrite.
+Each store write replaces a whole object, so a chunk is either its old or its new bytes.
+
+Arrays carry crc32c checksums and fill values that no stored value takes (NaN features,
+-128 codes): a missing or damaged chunk cannot pass for data (see :mod:`fmcache.cache.reader`).
+
+The caller holds the writer lock of what it writes (:mod:`fmcache.cache.lock`).
 """
 
 from __future__ import annotations
 
 import math
+import uuid
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
 import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from fmcache import __version__
 from fmcache.cache import layout as L
-from fmcache.cache.provenance import check
+from fmcache.cache.provenance import differences, requested
+from fmcache.cache.store import quiet_listing
 from fmcache.errors import ProvenanceMismatchError
+
+CHECKED = [ZstdCodec(), Crc32cCodec()]  # compress, then checksum what is stored
 
 
 def write_samples(
-    root: zarr.Group, name: str, table: pd.DataFrame, attrs: Mapping[str, Any], *, overwrite: bool = False
+    root: zarr.Group, name: str, table: pd.DataFrame, attrs: Mapping[str, Any], *, overwrite: bool = False,
+    before_delete: Callable[[zarr.Group], None] | None = None,
 ) -> zarr.Group:
-    """Create (or verify) a dataset group holding the samples table.
+    """Create (or reuse) a dataset group holding the samples table.
 
-    An existing group with the same ``attrs["source_fingerprint"]`` is reused as is. One made
-    from a different table is refused unless ``overwrite``, which deletes the group and every
-    model entry under it (their rows would no longer line up).
+    A group made from the same table (``attrs["source_fingerprint"]``) is reused; if it is
+    unfinished or marked for repair, its arrays are rewritten in place and its model entries
+    stay. One made from a different table is refused unless ``overwrite`` (or it is an
+    unfinished group with no entries), which deletes it with every model entry under it:
+    their rows would no longer line up. ``before_delete(group)`` runs first and may refuse.
     """
+    L.check_name("dataset", name)
+    fingerprint = attrs["source_fingerprint"]
     if name in root:
         group = root[name]
-        old = group.attrs.get("source_fingerprint")
-        if old == attrs["source_fingerprint"]:
+        old = dict(group.attrs)
+        if old.get("source_fingerprint") == fingerprint and old.get("format") == L.FORMAT:
+            if old.get("state") != L.STATE_COMPLETE:
+                _write_samples_arrays(group, table)
+                group.update_attributes({"state": L.STATE_COMPLETE})
             return group
-        if not overwrite:
+        unfinished_and_empty = old.get("state") != L.STATE_COMPLETE and not model_names(group)
+        if not (overwrite or unfinished_and_empty):
+            why = (f"fingerprint {old.get('source_fingerprint')} -> {fingerprint}: other data, options or seed"
+                   if old.get("format") == L.FORMAT else "made by an older fmcache")
             raise ProvenanceMismatchError(
-                f"cache dataset {name!r} was built from a different samples table "
-                f"(fingerprint {old} -> {attrs['source_fingerprint']}: other data, options or seed); "
+                f"cache dataset {name!r} was built from a different samples table ({why}); "
                 "pass --overwrite to rebuild it and drop its cached embeddings, or --root to use another cache"
             )
+        if before_delete is not None:
+            before_delete(group)
         del root[name]
-    group = root.create_group(name)
+    group = root.create_group(name, attributes={
+        **dict(attrs), "n": len(table), "label_names": [c.split("/", 1)[1] for c in _label_columns(table)],
+        "format": L.FORMAT, "state": L.STATE_CREATING,
+    })
+    _write_samples_arrays(group, table)
+    group.update_attributes({"state": L.STATE_COMPLETE})
+    return group
+
+
+def model_names(dataset_group: zarr.Group) -> list[str]:
+    with quiet_listing():
+        return sorted(k for k in dataset_group.group_keys() if k != L.SAMPLES)
+
+
+def _label_columns(table: pd.DataFrame) -> list[str]:
+    return [c for c in table.columns if c.startswith("label/")]
+
+
+def _write_samples_arrays(group: zarr.Group, table: pd.DataFrame) -> None:
+    s = group.require_group(L.SAMPLES)
     n = len(table)
-    s = group.create_group(L.SAMPLES)
     _put(s, L.ID, table["id"].to_numpy(dtype=str))
     _put(s, L.SUBJECT, table["subject"].to_numpy(dtype=str))
     _put(s, L.SPLIT, table["split"].to_numpy(dtype=np.int8))
-    label_cols = [c for c in table.columns if c.startswith("label/")]
+    label_cols = _label_columns(table)
     labels = table[label_cols].to_numpy(dtype=np.int8) if label_cols else np.full((n, 0), -1, np.int8)
     _put(s, L.LABEL, labels)
     for c in table.columns:
         if c.startswith(("sa/", "sa_raw/")):
             kind, attr = c.split("/", 1)
-            values = table[c].to_numpy(dtype=np.int8 if kind == "sa" else str)
-            _put(s, f"{kind}/{attr}", values)
-    # attrs last: a group with attrs is a group whose samples were fully written
-    group.attrs.update({**dict(attrs), "n": n, "label_names": [c.split("/", 1)[1] for c in label_cols]})
-    return group
+            _put(s, f"{kind}/{attr}", table[c].to_numpy(dtype=np.int8 if kind == "sa" else str))
 
 
 def _put(group: zarr.Group, path: str, values: np.ndarray) -> None:
     chunks = (min(max(len(values), 1), 65536),) + values.shape[1:]
     # str: Zarr's variable-length UTF-8 type (fixed-width numpy strings have no v3 spec)
-    dtype = str if values.dtype.kind in "UO" else values.dtype
-    arr = group.create_array(path, shape=values.shape, dtype=dtype, chunks=chunks, overwrite=True)
+    text = values.dtype.kind in "UO"
+    arr = group.create_array(path, shape=values.shape, dtype=str if text else values.dtype, chunks=chunks,
+                             fill_value="" if text else L.INT_MISSING, compressors=CHECKED, overwrite=True)
     if values.size:
         arr[...] = values
 
@@ -76,11 +116,14 @@ class EntryWriter:
     def __init__(self, group: zarr.Group, where: str):
         self.group = group
         self.where = where
-        self.n = int(group.attrs["n"])
-        self.chunk_rows = int(group.attrs["chunk_rows"])
-        self.kinds = list(group.attrs["feature_kinds"])
-        volume = group.attrs.get("volume")
+        attrs = dict(group.attrs)
+        self.n = int(attrs["n"])
+        self.chunk_rows = int(attrs["chunk_rows"])
+        self.kinds = list(attrs["feature_kinds"])
+        self.generation = attrs["generation"]
+        volume = attrs.get("volume")
         self.slices = int(volume["slices"]) if volume else 0
+        self.complete = attrs.get("state") == L.STATE_COMPLETE
 
     @property
     def n_chunks(self) -> int:
@@ -108,21 +151,38 @@ class EntryWriter:
             values = np.asarray(features[name])
             if values.shape[0] != stop - start:
                 raise ValueError(f"chunk {chunk} of {self.where}: {values.shape[0]} rows for {stop - start}")
+            if np.isnan(values).any():
+                raise ValueError(f"chunk {chunk} of {self.where}: NaN cannot be stored, it marks data that is missing")
             self.group[name][start:stop] = values.astype(L.DISK_DTYPE)
         self.group[L.DONE][chunk] = True
+
+    def mark_undone(self, chunks: list[int]) -> None:
+        """Have chunks encoded again (damaged or missing ones); the entry is unfinished until they are."""
+        self.group.update_attributes({"state": L.STATE_WRITING})
+        self.complete = False
+        done = self.done()
+        done[chunks] = False
+        self.group[L.DONE][...] = done
+
+    def reset_done(self) -> None:
+        """A ``done`` bitmap that cannot be read: every chunk is encoded again."""
+        self.group.update_attributes({"state": L.STATE_WRITING})
+        self.complete = False
+        self.group[L.DONE][...] = np.zeros(self.n_chunks, bool)
 
     def write_text(self, prompt_set: str, prototypes: np.ndarray, prompts: Mapping[str, Any]) -> None:
         """Class prototypes of a VLM, (C, T, D) per template, with the prompts that made them."""
         arr = self.group.create_array(
-            f"{L.TEXT}/{prompt_set}", shape=prototypes.shape, dtype=L.DISK_DTYPE, chunks=prototypes.shape, overwrite=True
+            f"{L.TEXT}/{prompt_set}", shape=prototypes.shape, dtype=L.DISK_DTYPE, chunks=prototypes.shape,
+            fill_value=np.nan, compressors=CHECKED, attributes=dict(prompts), overwrite=True,
         )
         arr[...] = prototypes.astype(L.DISK_DTYPE)
-        arr.attrs.update(dict(prompts))
 
     def finish(self, **extra: Any) -> None:
         if len(self.pending_chunks()):
             raise RuntimeError(f"{self.where}: finish() with chunks still pending")
-        self.group.attrs.update({"state": L.STATE_COMPLETE, "completed": _now(), **extra})
+        self.group.update_attributes({"state": L.STATE_COMPLETE, "completed": _now(), **extra})
+        self.complete = True
 
 
 def open_entry(
@@ -133,48 +193,49 @@ def open_entry(
     chunk_rows: int = 256,
     overwrite: bool = False,
 ) -> EntryWriter:
-    """Create a model entry at full size, or reopen a matching one to resume it.
+    """Create a model entry at full size, or reopen one made the same way to resume it.
 
     ``provenance`` must hold every :data:`fmcache.cache.provenance.IDENTITY_KEYS` field
     (``dims`` maps each feature kind to its width; ``volume`` is ``{"slices": S, "pool": ...}``
     for 2.5D entries, which then also hold ``slices/<kind>`` arrays of shape (n, S, D)).
-    An existing entry whose identity differs
-    is refused (ProvenanceMismatchError) unless ``overwrite``, which deletes it first.
+    An entry left while being created is made again. One whose identity differs is refused
+    (ProvenanceMismatchError) unless ``overwrite``, which deletes it first.
     """
+    L.check_name("model", model)
     where = L.model_path(dataset_group.basename, model)
     n = int(dataset_group.attrs["n"])
-    provenance = {"volume": None, **provenance, "feature_kinds": list(provenance["dims"]), "dtype": L.DISK_DTYPE}
+    wanted = requested(provenance)
     if model in dataset_group:
         existing = dataset_group[model]
-        try:
-            check(where, existing.attrs, provenance)
-        except ProvenanceMismatchError:
-            if not overwrite:
-                raise
-        else:
-            if not overwrite and L.DONE in existing:
-                return EntryWriter(existing, where)
-        del dataset_group[model]
-    group = dataset_group.create_group(model)
+        attrs = dict(existing.attrs)
+        state = attrs.get("state")
+        diff = differences(attrs, wanted)
+        if state in (L.STATE_WRITING, L.STATE_COMPLETE) and not diff and not overwrite:
+            return EntryWriter(existing, where)
+        if state in (L.STATE_WRITING, L.STATE_COMPLETE) and diff and not overwrite:
+            unfinished = "" if state == L.STATE_COMPLETE else " (and is unfinished)"
+            raise ProvenanceMismatchError(
+                f"cache entry {where} was made differently{unfinished} ({'; '.join(diff)}); rerun with the "
+                "settings it was made with to use it, pass --overwrite to replace it, or --root to use another cache"
+            )
+        del dataset_group[model]  # replaced on request, or left while being created
     chunk_rows = max(1, min(chunk_rows, n or 1))
-    slices = int(provenance["volume"]["slices"]) if provenance["volume"] else 0
-    for kind, dim in provenance["dims"].items():
-        group.create_array(kind, shape=(n, int(dim)), dtype=L.DISK_DTYPE, chunks=(chunk_rows, int(dim)), fill_value=0)
+    n_chunks = math.ceil(n / chunk_rows)
+    group = dataset_group.create_group(model, attributes={
+        **wanted, "n": n, "chunk_rows": chunk_rows, "fmcache_version": __version__, "created": _now(),
+        "generation": uuid.uuid4().hex, "state": L.STATE_CREATING,
+    })
+    slices = int(wanted["volume"]["slices"]) if wanted["volume"] else 0
+    for kind, dim in wanted["dims"].items():
+        group.create_array(kind, shape=(n, int(dim)), dtype=L.DISK_DTYPE, chunks=(chunk_rows, int(dim)),
+                           fill_value=np.nan, compressors=CHECKED)
         if slices:
             group.create_array(f"{L.SLICES}/{kind}", shape=(n, slices, int(dim)), dtype=L.DISK_DTYPE,
-                               chunks=(chunk_rows, slices, int(dim)), fill_value=0)
-    n_chunks = math.ceil(n / chunk_rows)
-    group.create_array(L.DONE, shape=(n_chunks,), dtype=bool, chunks=(max(n_chunks, 1),), fill_value=False)
-    group.attrs.update(
-        {
-            **provenance,
-            "n": n,
-            "chunk_rows": chunk_rows,
-            "fmcache_version": __version__,
-            "created": _now(),
-            "state": L.STATE_PARTIAL,
-        }
-    )
+                               chunks=(chunk_rows, slices, int(dim)), fill_value=np.nan, compressors=CHECKED)
+    done = group.create_array(L.DONE, shape=(n_chunks,), dtype=bool, chunks=(max(n_chunks, 1),), fill_value=False,
+                              compressors=CHECKED)
+    done[...] = False  # stored, so that a missing bitmap is damage, not "nothing done"
+    group.update_attributes({"state": L.STATE_WRITING})
     return EntryWriter(group, where)
 
 

@@ -2,6 +2,9 @@
 
 Rows are processed chunk by chunk in cache order; a chunk is written and marked done as
 soon as its last row is encoded, so an interrupted run loses at most the chunks in flight.
+Batches never straddle chunks: a chunk is always encoded in the same batches, so a resumed
+or repaired entry equals an uninterrupted run bit for bit. One process writes an entry at a
+time (:mod:`fmcache.cache.lock`); a complete entry made the same way is not written at all.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
-from fmcache.cache.store import open_root, resolve_root
-from fmcache.cache.writer import EntryWriter, open_entry, write_samples
+from fmcache.cache.entry import is_intact, recorded_batch_size, writing
+from fmcache.cache.store import resolve_root
+from fmcache.cache.writer import EntryWriter
 from fmcache.datasets.samples import Dataset
 from fmcache.embed.preprocess import build_transform
 from fmcache.embed.registry import load_model
@@ -117,7 +121,7 @@ def embed(
     *,
     root: str | os.PathLike[str] | None = None,
     weights: str | None = None,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     device: str = "auto",
     num_workers: int | None = None,
     overwrite: bool = False,
@@ -127,6 +131,9 @@ def embed(
     on_chunk: Callable[[int], None] | None = None,
     slices: int = 32,
     pool: str = "max",
+    wait: bool = True,
+    on_wait: Callable[[str], None] | None = None,
+    on_repair: Callable[[str], None] | None = None,
 ) -> EmbedSummary:
     """Encode every image of ``dataset`` with ``model`` into the cache; resume if partial.
 
@@ -144,11 +151,19 @@ def embed(
         Replace an entry made with other weights / preprocessing (otherwise refused).
     batch_size
         Images per forward pass; for volumes, slices per forward pass (at least one volume).
+        It is part of the entry's identity (it can change the last bits of a feature); None
+        means the batch size of the entry being resumed, else 64.
     slices, pool
         Volumes (2.5D): each is resampled to ``slices`` slices, every slice is encoded and
         cached (``slices/<kind>``), and the volume feature is their ``max`` or ``mean``.
     on_chunk
         Called with each chunk index after it is written (progress hooks, tests).
+    wait, on_wait
+        Another process writing the same entry is waited for (``on_wait`` gets a line naming
+        it); without ``wait``, CacheLockedError. ``overwrite`` never deletes an entry that
+        another process holds.
+    on_repair
+        Told (one line) when chunks of an entry marked complete are missing and are encoded again.
     """
     if pool not in POOLS:
         raise FmcacheError(f"unknown volume pool {pool!r}: use one of {', '.join(POOLS)}")
@@ -156,6 +171,8 @@ def embed(
     check_images_exist(dataset)
     volume = {"slices": int(slices), "pool": pool} if dataset.spec.dim == "3d" else None
     root_s = resolve_root(root)
+    if batch_size is None:
+        batch_size = recorded_batch_size(root_s, dataset.name, model) or DEFAULT_BATCH_SIZE
     enc = encoder or load_model(model, weights=weights, device=device)
     provenance = {
         "model": model,
@@ -170,22 +187,26 @@ def embed(
         "text_dim": enc.text_dim,
         "logit_scale": enc.logit_scale,
         "compute_dtype": "autocast-" + str(_amp_dtype()).removeprefix("torch.") if device.startswith("cuda") else "float32",
+        "batch_size": int(batch_size),
     }
-    group = open_root(root_s, mode="a")
-    ds_group = write_samples(group, dataset.name, dataset.table, dataset.group_attrs(), overwrite=overwrite)
-    writer = open_entry(ds_group, model, provenance, chunk_rows=chunk_rows, overwrite=overwrite)
-    if enc.encode_text is not None and dataset.spec.prompts:
-        for name, (protos, prompts) in encode_prompt_sets(enc, dataset.spec.prompts).items():
-            writer.write_text(name, protos, prompts)
+    if not overwrite and is_intact(root_s, dataset.name, dataset.fingerprint, model, provenance):
+        # nothing to write, so nothing is written: this works on a read-only cache
+        return EmbedSummary(dataset.name, model, root_s, len(dataset.table), 0, 0.0, device, dict(enc.dims))
+    with writing(root_s, dataset.name, dataset.table, dataset.group_attrs(), model, provenance, chunk_rows=chunk_rows,
+                 overwrite=overwrite, wait=wait, on_wait=on_wait, on_repair=on_repair) as writer:
+        if writer.complete:
+            return EmbedSummary(dataset.name, model, root_s, writer.n, 0, 0.0, device, dict(enc.dims))
+        if enc.encode_text is not None and dataset.spec.prompts:
+            for name, (protos, prompts) in encode_prompt_sets(enc, dataset.spec.prompts).items():
+                writer.write_text(name, protos, prompts)
+        start = time.perf_counter()
+        encoded = _encode_pending(dataset, enc, writer, batch_size, device, num_workers, progress, on_chunk)
+        seconds = time.perf_counter() - start
+        writer.finish(last_run={"encoded": encoded, "seconds": round(seconds, 3), "device": device})
+    return EmbedSummary(dataset.name, model, root_s, writer.n, encoded, seconds, device, dict(enc.dims))
 
-    start = time.perf_counter()
-    encoded = _encode_pending(dataset, enc, writer, batch_size, device, num_workers, progress, on_chunk)
-    seconds = time.perf_counter() - start
-    summary = EmbedSummary(dataset.name, model, root_s, writer.n, encoded, seconds, device, dict(enc.dims))
-    writer.finish(last_run={"encoded": encoded, "seconds": round(seconds, 3), "device": device})
-    return summary
 
-
+DEFAULT_BATCH_SIZE = 64
 POOLS = {"max": lambda t: t.amax(dim=1), "mean": lambda t: t.mean(dim=1)}
 
 
@@ -210,7 +231,7 @@ def _encode_pending(
     workers = default_workers() if num_workers is None else num_workers
     loader = DataLoader(
         _Rows(dataset, rows, build_transform(enc.spec.preprocess), writer.slices),
-        batch_size=max(1, batch_size // writer.slices) if writer.slices else batch_size,
+        batch_sampler=_chunk_batches(writer, pending, max(1, batch_size // writer.slices) if writer.slices else batch_size),
         num_workers=workers,
         collate_fn=_collate,
         pin_memory=device.startswith("cuda"),
@@ -235,6 +256,18 @@ def _encode_pending(
             if prog:
                 prog.advance(task, len(batch_rows))
     return len(rows)
+
+
+def _chunk_batches(writer: EntryWriter, chunks: list[int], size: int) -> list[list[int]]:
+    """Batches (positions in the pending rows) that never straddle chunks: each chunk is split the
+    same way whichever chunks are pending, so the numbers do not depend on where a run resumed."""
+    batches, offset = [], 0
+    for chunk in chunks:
+        start, stop = writer.rows(chunk)
+        for lo in range(0, stop - start, size):
+            batches.append(list(range(offset + lo, offset + min(lo + size, stop - start))))
+        offset += stop - start
+    return batches
 
 
 def _encode_batch(enc: Encoder, x: torch.Tensor, writer: EntryWriter) -> dict[str, np.ndarray]:

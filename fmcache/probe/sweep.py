@@ -20,7 +20,7 @@ from fmcache.heads.train import fit_stack
 from fmcache.probe.data import ProbeData, load_probe_data
 from fmcache.probe.grids import Grid, points
 from fmcache.probe.selection import criterion_value, select, validation_scores
-from fmcache.runs import Run, cache_root, load_results, new_run_dir, prediction_key, write_run
+from fmcache.runs import Run, cache_root, discard_run, load_results, new_run_dir, prediction_key, write_run
 
 
 @dataclass
@@ -53,14 +53,26 @@ class _Trained:
     test: np.ndarray  # (K, n_test)
 
 
-def run_sweep(cfg: SweepConfig, *, root: str | os.PathLike[str] | None = None,
+def run_sweep(cfg: SweepConfig, *, root: str | os.PathLike[str] | None = None, runs: str | os.PathLike[str] | None = None,
               on_head: Callable[[str, int], None] | None = None) -> Run:
     """Run a sweep and write its run directory; returns the loaded :class:`Run`.
 
+    The run goes under ``<root>/runs``, or under ``runs`` (e.g. when the cache is read-only).
+    Its directory is claimed before training; a sweep that fails removes it again.
     ``on_head(name, n_heads)`` is called before each head type trains (progress display).
     """
     emb = open_cache(root).embeddings(cfg.dataset, cfg.model)
     data = load_probe_data(emb, labels=cfg.labels, attributes=cfg.attributes, kind=cfg.kind, volume=cfg.volume)
+    path = new_run_dir(f"{cfg.dataset}-{cfg.model}", root, runs)
+    try:
+        _sweep_into(path, cfg, data, root, on_head)
+    except BaseException:
+        discard_run(path)
+        raise
+    return load_results(path)
+
+
+def _sweep_into(path, cfg: SweepConfig, data: ProbeData, root, on_head) -> None:
     trained, skipped = [], {}
     for head, grid in cfg.heads.items():
         why = _not_applicable(head, data)
@@ -90,10 +102,8 @@ def run_sweep(cfg: SweepConfig, *, root: str | os.PathLike[str] | None = None,
     metrics = pd.concat(metric_blocks, ignore_index=True) if metric_blocks else pd.DataFrame()
     metrics = metrics.assign(dataset=cfg.dataset, model=cfg.model)
     sweep = pd.concat(sweep_rows, ignore_index=True) if sweep_rows else pd.DataFrame()
-    path = new_run_dir(f"{cfg.dataset}-{cfg.model}", root)
     write_run(path, config=_config(cfg, data, trained, skipped, str(cache_root(root))), metrics=metrics, sweep=sweep,
               predictions=predictions)
-    return load_results(path)
 
 
 def _not_applicable(head: str, data: ProbeData) -> str:

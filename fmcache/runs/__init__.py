@@ -8,6 +8,7 @@ read each mitigation against the baseline. Needs neither torch nor JAX.
 from fmcache.runs.directory import (
     Run,
     cache_root,
+    discard_run,
     list_runs,
     load_results,
     new_run_dir,
@@ -23,6 +24,7 @@ __all__ = [
     "Run",
     "cache_root",
     "compare_to_baseline",
+    "discard_run",
     "list_runs",
     "load_results",
     "new_run_dir",

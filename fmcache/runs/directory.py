@@ -16,6 +16,8 @@ Reading needs neither torch nor JAX.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import os
 from dataclasses import dataclass
@@ -26,14 +28,16 @@ import numpy as np
 import pandas as pd
 from upath import UPath
 
+from fmcache.cache import layout as L
 from fmcache.cache.store import open_store, resolve_root
 from fmcache.errors import FmcacheError
 
 if TYPE_CHECKING:
     from fmcache.cache.reader import Embeddings
 
-RUNS = "runs"
+RUNS = L.RUNS
 CONFIG, METRICS, SWEEP, PREDICTIONS = "config.json", "metrics.parquet", "sweep.parquet", "predictions"
+CLAIMED = ".claimed"  # on object stores, where a folder cannot be created exclusively
 
 
 def cache_root(root: str | os.PathLike[str] | None = None) -> UPath:
@@ -42,27 +46,54 @@ def cache_root(root: str | os.PathLike[str] | None = None) -> UPath:
     return path.expanduser().absolute() if path.protocol in ("", "file", "local") else path
 
 
-def runs_dir(root: str | os.PathLike[str] | None = None) -> UPath:
-    """Where runs live: ``<cache root>/runs``."""
+def runs_dir(root: str | os.PathLike[str] | None = None, runs: str | os.PathLike[str] | None = None) -> UPath:
+    """Where runs live: ``runs`` if given (e.g. beside a read-only cache), else ``<cache root>/runs``."""
+    if runs is not None:
+        path = UPath(runs)
+        return path.expanduser().absolute() if path.protocol in ("", "file", "local") else path
     return cache_root(root) / RUNS
 
 
-def run_path(run: str | os.PathLike[str], root: str | os.PathLike[str] | None = None) -> UPath:
-    """A run named by its directory (path or URL) or by its id under ``<root>/runs``."""
+def run_path(run: str | os.PathLike[str], root: str | os.PathLike[str] | None = None,
+             runs: str | os.PathLike[str] | None = None) -> UPath:
+    """A run named by its directory (path or URL) or by its id under :func:`runs_dir`."""
     path = UPath(run)
-    return path if path.exists() else runs_dir(root) / str(run)
+    return path if path.exists() else runs_dir(root, runs) / str(run)
 
 
-def new_run_dir(name: str, root: str | os.PathLike[str] | None = None) -> UPath:
-    """A fresh folder ``<runs>/<UTC time>-<name>`` (made unique if two runs start together)."""
+def new_run_dir(name: str, root: str | os.PathLike[str] | None = None, runs: str | os.PathLike[str] | None = None) -> UPath:
+    """A fresh folder ``<runs>/<UTC time>-<name>``, claimed before anything is trained for it.
+
+    Claiming is exclusive (a folder created with ``exist_ok=False``, or on an object store a
+    marker written with a conditional put): two runs starting in the same second get
+    ``...-2``, and neither can later find its name taken and lose what it computed.
+    """
+    base = runs_dir(root, runs)
+    base.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    base = runs_dir(root) / f"{stamp}-{name}"
-    path, i = base, 1
-    while path.exists():
-        i += 1
-        path = base.with_name(f"{base.name}-{i}")
-    path.mkdir(parents=True)
-    return path
+    for i in itertools.count(1):
+        path = base / (f"{stamp}-{name}" if i == 1 else f"{stamp}-{name}-{i}")
+        if _claim(path):
+            return path
+    raise AssertionError("unreachable")
+
+
+def _claim(path: UPath) -> bool:
+    try:
+        if path.protocol in ("", "file", "local"):
+            path.mkdir(exist_ok=False)
+        else:
+            with path.fs.open(f"{path.path}/{CLAIMED}", "xb"):
+                pass
+    except FileExistsError:
+        return False
+    return True
+
+
+def discard_run(path: UPath) -> None:
+    """Remove a run directory that will not be finished (best effort: it is unlisted anyway)."""
+    with contextlib.suppress(OSError):
+        path.fs.rm(path.path, recursive=True)
 
 
 def prediction_key(head: str, label: str, attribute: str) -> str:
@@ -180,10 +211,10 @@ def _read_table(path: UPath) -> pd.DataFrame:
         return pd.read_parquet(f)
 
 
-def list_runs(root: str | os.PathLike[str] | None = None) -> pd.DataFrame:
-    """One row per finished run under the cache root, newest first."""
+def list_runs(root: str | os.PathLike[str] | None = None, runs: str | os.PathLike[str] | None = None) -> pd.DataFrame:
+    """One row per finished run under :func:`runs_dir`, newest first."""
     rows = []
-    base = runs_dir(root)
+    base = runs_dir(root, runs)
     for p in sorted(base.iterdir(), key=lambda p: p.name, reverse=True) if base.is_dir() else []:
         if (p / CONFIG).is_file():
             cfg = json.loads((p / CONFIG).read_text())

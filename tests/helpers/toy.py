@@ -29,7 +29,7 @@ def write_cache(root, *, n=300, chunk_rows=64, finish=True, poison=False, vlm=Fa
     X[:, 0] += y * strength
     X[:, 1] += 0.5 * (t["sa/sex"].to_numpy() == 1)
     if poison:
-        X[np.flatnonzero(t["split"].to_numpy() == 0)[0], 3] = np.nan
+        X[np.flatnonzero(t["split"].to_numpy() == 0)[0], 3] = np.inf  # NaN is what a missing chunk reads as
     dims = {"image": D, "image_proj": 8} if vlm else {"image": D}
     proj = X[:, :8] * 0.5
     proj[:, 0] += 2.0 * (y == 1)

@@ -1,0 +1,108 @@
+"""Reading stored arrays so that nothing missing or damaged passes for data.
+
+Zarr reads a chunk that is not stored as its fill value, and a chunk that fails its checksum
+as an exception deep in a codec. Here each read first checks that every chunk it needs is
+stored, names the chunk (and its rows) that fails to decode, and refuses fill values (NaN
+features, -128 codes) that a missing chunk would have left.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import zarr
+from zarr.core.sync import sync
+
+from fmcache.cache import layout as L
+from fmcache.errors import CacheDamagedError
+
+
+def stored_chunks(arr: zarr.Array) -> set[int]:
+    """Row-chunk indices of ``arr`` that are stored (every other axis is one chunk)."""
+
+    async def keys() -> list[str]:
+        return [k async for k in arr.store.list_prefix(f"{arr.path}/c/")]
+
+    out = set()
+    for key in sync(keys()):
+        first = key[len(arr.path) + 3:].split("/", 1)[0]
+        if first.isdigit():
+            out.add(int(first))
+    return out
+
+
+def row_chunks(arr: zarr.Array, rows: np.ndarray | None) -> list[int]:
+    """The row chunks holding ``rows`` (None: all)."""
+    n, size = arr.shape[0], arr.chunks[0]
+    if rows is None:
+        return list(range(-(-n // size))) if n else []
+    return sorted({int(c) for c in np.unique(np.asarray(rows) // size)})
+
+
+def chunk_rows(arr: zarr.Array, chunk: int) -> tuple[int, int]:
+    size = arr.chunks[0]
+    return chunk * size, min((chunk + 1) * size, arr.shape[0])
+
+
+def damaged(where: str, what: str, remedy: str) -> CacheDamagedError:
+    return CacheDamagedError(f"{where}: {what}; {remedy}")
+
+
+def read(arr: zarr.Array, rows: np.ndarray | None, where: str, remedy: str) -> np.ndarray:
+    """``arr[rows]`` (all rows for None) after checking that nothing read is missing or damaged.
+
+    ``where`` names the array for the message, ``remedy`` says what repairs it.
+    """
+    if arr.size == 0:
+        return np.asarray(arr[...]) if rows is None else np.asarray(arr[...])[rows]
+    needed = row_chunks(arr, rows)
+    missing = sorted(set(needed) - stored_chunks(arr))
+    if missing:
+        a, b = chunk_rows(arr, missing[0])
+        more = f" ({len(missing)} chunks in all)" if len(missing) > 1 else ""
+        raise damaged(where, f"chunk {missing[0]} (rows {a}-{b - 1}) is missing from the store{more}", remedy)
+    try:
+        values = np.asarray(arr[...] if rows is None else arr.get_orthogonal_selection(
+            (np.asarray(rows),) + (slice(None),) * (arr.ndim - 1)))
+    except Exception:  # a codec's error on damaged bytes: find the chunk to name
+        stored = set(needed)
+        for c in needed:
+            problem = chunk_problem(arr, c, stored)
+            if problem:
+                a, b = chunk_rows(arr, c)
+                raise damaged(where, f"chunk {c} (rows {a}-{b - 1}) {problem}", remedy) from None
+        raise
+    bad = _fill_rows(values)
+    if bad.size:
+        index = np.arange(arr.shape[0]) if rows is None else np.asarray(rows)
+        row = int(index[bad[0]])
+        raise damaged(where, f"row {row} (chunk {row // arr.chunks[0]}) holds no stored value", remedy)
+    return values
+
+
+def chunk_problem(arr: zarr.Array, chunk: int, stored: set[int]) -> str | None:
+    """What is wrong with one row chunk (``stored``: :func:`stored_chunks`), or None."""
+    if chunk not in stored:
+        return "missing"
+    a, b = chunk_rows(arr, chunk)
+    try:
+        values = np.asarray(arr[a:b])
+    except Exception as e:  # noqa: BLE001 - checksum, decompression and decoding all mean damage
+        return f"damaged ({_first_line(e)})"
+    return "holds fill values" if _fill_rows(values).size else None
+
+
+def _fill_rows(values: np.ndarray) -> np.ndarray:
+    """Positions of rows holding a fill value that no stored value takes."""
+    if values.size == 0 or values.ndim == 0:
+        return np.array([], int)
+    flat = values.reshape(len(values), -1)
+    if np.issubdtype(values.dtype, np.floating):
+        return np.flatnonzero(np.isnan(flat).any(axis=1))
+    if np.issubdtype(values.dtype, np.signedinteger):
+        return np.flatnonzero((flat == L.INT_MISSING).any(axis=1))
+    return np.array([], int)
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return text if len(text) < 80 else text[:77] + "..."
