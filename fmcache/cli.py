@@ -76,6 +76,12 @@ def embed(
     slices: Annotated[int, typer.Option("--slices", min=1, help="3D datasets: slices each volume is resampled to (2.5D).")] = 32,
     pool: Annotated[str, typer.Option("--pool", help="3D datasets: volume feature from its slices' features, max | mean.")] = "max",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a cache entry made with other weights, preprocessing or data.")] = False,
+    trust_code: Annotated[
+        bool,
+        typer.Option("--trust-code", help="Also load --weights files whose loading runs code they carry (TorchScript "
+                     "archives, e.g. OpenAI's CLIP .pt; the clip model's default hub safetensors need no flag). Refused "
+                     "by default, as such a file can run anything: only for files from a source you trust."),
+    ] = False,
 ) -> None:
     """Encode every image of a dataset with a frozen model into the cache (resumable).
 
@@ -93,7 +99,8 @@ def embed(
         opts["config"] = str(dataset_config)
     ds = load_dataset(dataset, data, options=opts, seed=seed)
     summary = run_embed(ds, model, root=root, weights=weights, batch_size=batch_size, device=device,
-                        num_workers=num_workers, overwrite=overwrite, chunk_rows=chunk_rows, slices=slices, pool=pool)
+                        num_workers=num_workers, overwrite=overwrite, chunk_rows=chunk_rows, slices=slices, pool=pool,
+                        trust_code=trust_code)
     typer.echo(summary.line())
 
 

@@ -127,6 +127,7 @@ def embed(
     on_chunk: Callable[[int], None] | None = None,
     slices: int = 32,
     pool: str = "max",
+    trust_code: bool = False,
 ) -> EmbedSummary:
     """Encode every image of ``dataset`` with ``model`` into the cache; resume if partial.
 
@@ -140,6 +141,9 @@ def embed(
         Cache folder or URL (default ``$FMCACHE_HOME`` or ``~/.cache/fmcache``).
     weights
         Local checkpoint file or folder overriding the entry's weights source.
+    trust_code
+        Also load weights whose loading runs code they carry (TorchScript archives such as
+        OpenAI's CLIP ``.pt``); only for files from a source you trust.
     overwrite
         Replace an entry made with other weights / preprocessing (otherwise refused).
     batch_size
@@ -156,7 +160,7 @@ def embed(
     check_images_exist(dataset)
     volume = {"slices": int(slices), "pool": pool} if dataset.spec.dim == "3d" else None
     root_s = resolve_root(root)
-    enc = encoder or load_model(model, weights=weights, device=device)
+    enc = encoder or load_model(model, weights=weights, device=device, trust_code=trust_code)
     provenance = {
         "model": model,
         "model_title": enc.spec.title,
