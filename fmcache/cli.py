@@ -88,6 +88,12 @@ def embed(
     no_wait: Annotated[
         bool, typer.Option("--no-wait", help="If another process is writing this entry, stop (naming it) instead of waiting.")
     ] = False,
+    trust_code: Annotated[
+        bool,
+        typer.Option("--trust-code", help="Also load --weights files whose loading runs code they carry (TorchScript "
+                     "archives, e.g. OpenAI's CLIP .pt; the clip model's default hub safetensors need no flag). Refused "
+                     "by default, as such a file can run anything: only for files from a source you trust."),
+    ] = False,
 ) -> None:
     """Encode every image of a dataset with a frozen model into the cache (resumable).
 
@@ -108,7 +114,7 @@ def embed(
     ds = load_dataset(dataset, data, options=opts, seed=seed)
     summary = run_embed(ds, model, root=root, weights=weights, batch_size=batch_size, device=device,
                         num_workers=num_workers, overwrite=overwrite, chunk_rows=chunk_rows, slices=slices, pool=pool,
-                        wait=not no_wait, on_wait=_say, on_repair=_say)
+                        wait=not no_wait, on_wait=_say, on_repair=_say, trust_code=trust_code)
     typer.echo(summary.line())
 
 

@@ -118,7 +118,9 @@ def test_clip_torchscript_archive(tmp_path, batch):
     model = tm._tiny_open_clip()
     path = tmp_path / "ViT-B-32.pt"
     torch.jit.script(model).save(str(path))
-    enc = load_model("clip", weights=str(path))
+    with pytest.raises(ModelError, match=r"TorchScript archive.*--trust-code"):
+        load_model("clip", weights=str(path))
+    enc = load_model("clip", weights=str(path), trust_code=True)
     with torch.no_grad():
         np.testing.assert_allclose(enc.encode_image(batch)["image_proj"].numpy(), model.encode_image(batch).numpy(),
                                    atol=1e-5)

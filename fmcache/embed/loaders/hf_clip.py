@@ -20,13 +20,13 @@ WEIGHTS_NAMES = ("model.safetensors", "pytorch_model.bin")
 _SMALL_FILES = ["*.json", "*.txt"]  # config, processor and tokenizer files
 
 
-def load(spec: ModelSpec, weights: str | None, device: str) -> Encoder:
+def load(spec: ModelSpec, weights: str | None, device: str, *, trust_code: bool = False) -> Encoder:
     from transformers import AutoTokenizer, CLIPModel
 
     folder, ckpt, weights_id = resolve_folder(spec, weights or spec.weights)
     model = from_pretrained_strict(CLIPModel, folder, ckpt, spec).to(device).eval()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
     except Exception as e:
         raise ModelError(f"cannot load the tokenizer of {spec.key!r} from {folder}: {e}") from None
     cfg = model.config
@@ -91,12 +91,17 @@ def resolve_folder(spec: ModelSpec, source: str) -> tuple[Path, Path, str]:
 
 
 def from_pretrained_strict(cls: Any, folder: Path, ckpt: Path, spec: ModelSpec) -> torch.nn.Module:
-    """``cls.from_pretrained(folder)`` that fails on any key mismatch instead of warning."""
+    """``cls.from_pretrained(folder)`` that fails on any key mismatch instead of warning.
+
+    Nothing here runs code from the folder, so the loaders' ``trust_code`` has no say: the class
+    is fixed (no ``auto_map`` custom code) and a ``pytorch_model.bin`` is read with
+    ``weights_only=True``, which refuses TorchScript archives and pickled objects.
+    """
     from fmcache.embed.weights import key_mismatch
 
     try:
         model, info = cls.from_pretrained(
-            str(folder), local_files_only=True, output_loading_info=True, dtype=torch.float32
+            str(folder), local_files_only=True, output_loading_info=True, dtype=torch.float32, weights_only=True
         )
     except Exception as e:  # corrupt file, bad config, shape mismatch: all surface here
         first = str(e).splitlines()[0] if str(e) else type(e).__name__

@@ -11,7 +11,7 @@ from fmcache.embed.spec import Encoder, ModelSpec
 from fmcache.embed.weights import sha256_file
 
 
-def load(spec: ModelSpec, weights: str | None, device: str) -> Encoder:
+def load(spec: ModelSpec, weights: str | None, device: str, *, trust_code: bool = False) -> Encoder:
     from transformers import Dinov2Model
 
     folder, ckpt, weights_id = resolve_folder(spec, weights or spec.weights)

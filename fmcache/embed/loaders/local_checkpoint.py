@@ -34,15 +34,16 @@ from fmcache.errors import ModelError
 SAFE_CLASSES = (argparse.Namespace,)
 
 
-def read_checkpoint(path: Path, spec: ModelSpec) -> Any:
+def read_checkpoint(path: Path, spec: ModelSpec, *, trust_code: bool = False) -> Any:
     """``torch.load`` of ``path`` with ``weights_only=True``, ``argparse.Namespace`` allowed.
 
     Raises :class:`ModelError` naming the file when it is truncated or corrupt, and saying
-    how to re-save the weights alone when it pickles any other class.
+    how to re-save the weights alone when it pickles any other class. A TorchScript archive
+    is read only with ``trust_code`` (see :func:`~fmcache.embed.weights.read_state_dict`).
     """
     try:
         with torch.serialization.safe_globals(list(SAFE_CLASSES)):
-            return read_state_dict(path, spec.key)
+            return read_state_dict(path, spec.key, trust_code=trust_code)
     except ModelError as e:
         if "refuses to unpickle" not in str(e):
             raise

@@ -39,6 +39,7 @@ import torch
 from fmcache.embed.spec import Encoder, ModelSpec
 from fmcache.embed.weights import (
     _corrupt,
+    _is_torchscript,
     hub_snapshot,
     key_mismatch,
     local_path,
@@ -67,10 +68,10 @@ _SWIN_RENAMES = (
 )
 
 
-def load(spec: ModelSpec, weights: str | None, device: str) -> Encoder:
+def load(spec: ModelSpec, weights: str | None, device: str, *, trust_code: bool = False) -> Encoder:
     source = weights or spec.weights
     path, weights_id = _resolve(spec, source)
-    release_sd = _read(path, spec)
+    release_sd = _read(path, spec, trust_code)
     sd, renamed = _to_current_names(release_sd)
     model = _MedCLIP(*_swin_config(sd, spec), *_bert_config(sd))
     _load_strict(model, sd, renamed, spec, path)
@@ -184,13 +185,13 @@ def _resolve(spec: ModelSpec, source: str) -> tuple[Path, str]:
     return p, p.name
 
 
-def _read(path: Path, spec: ModelSpec) -> dict[str, torch.Tensor]:
+def _read(path: Path, spec: ModelSpec, trust_code: bool) -> dict[str, torch.Tensor]:
     if path.is_dir():
-        sd = read_state_dict(path / WEIGHTS_NAME, spec.key)
+        sd = read_state_dict(path / WEIGHTS_NAME, spec.key, trust_code=trust_code)
     elif path.suffix == ".zip" or _zip_member(path) is not None:
         sd = _read_release_zip(path, spec)
     else:
-        sd = read_state_dict(path, spec.key)
+        sd = read_state_dict(path, spec.key, trust_code=trust_code)
     if not isinstance(sd, dict):
         raise ModelError(f"weights file {path} for {spec.key!r} holds a {type(sd).__name__}, not a state dict")
     return {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
@@ -217,6 +218,12 @@ def _read_release_zip(path: Path, spec: ModelSpec) -> Any:
     try:
         with zipfile.ZipFile(path) as z:
             data = z.read(member)
+        if _is_torchscript(io.BytesIO(data)):
+            raise ModelError(
+                f"{member} in {path} is a TorchScript archive, whose loading runs the code it carries; "
+                f"fmcache reads only plain state dicts from inside a zip. If you trust its source, extract it "
+                f"and pass that file with --weights and --trust-code"
+            )
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "weights only" in str(e).lower() or "weights_only" in str(e):

@@ -2,7 +2,8 @@
 
 A weights source is an ``hf-hub:`` repository or a local folder laid out like one
 (``open_clip_config.json`` + weights + tokenizer files), or, for OpenAI CLIP, a single
-OpenAI-format state-dict file (plain, ``{"state_dict": ...}``-nested, or TorchScript).
+OpenAI-format state-dict file (plain, ``{"state_dict": ...}``-nested, or, with ``trust_code``,
+TorchScript).
 The architecture is built from the config without weights, then the state dict is loaded
 strictly here, so a mismatch is an error rather than an open_clip warning.
 """
@@ -45,10 +46,10 @@ _SMALL_FILES = ["*.json", "*.txt"]  # config and tokenizer files
 _OPENAI_EXTRAS = ("input_resolution", "context_length", "vocab_size")
 
 
-def load(spec: ModelSpec, weights: str | None, device: str) -> Encoder:
+def load(spec: ModelSpec, weights: str | None, device: str, *, trust_code: bool = False) -> Encoder:
     source = weights or spec.weights
     folder, ckpt, weights_id = _resolve(spec, source)
-    sd = _unwrap(read_state_dict(ckpt, spec.key))
+    sd = _unwrap(read_state_dict(ckpt, spec.key, trust_code=trust_code))
     if folder is not None:
         model_cfg = _folder_config(folder)
     else:
@@ -233,16 +234,24 @@ def _text_config_source(name: str, folder: Path | None, spec: ModelSpec) -> str:
     candidates = [Path(name).expanduser()]
     if folder is not None:
         candidates += [folder / name, folder]
-    for c in candidates:
-        if (c / "config.json").is_file():
-            return str(c)
     from transformers import AutoConfig
 
+    for c in candidates:
+        if (c / "config.json").is_file():
+            try:
+                AutoConfig.from_pretrained(str(c), trust_remote_code=False)
+            except Exception as e:
+                _refuse_custom_code(e, str(c), spec)
+                # any other fault of the config surfaces when open_clip builds the tower
+            return str(c)
     from fmcache.embed.weights import _hub_cache_dir
 
     try:
-        AutoConfig.from_pretrained(name, cache_dir=_hub_cache_dir(), local_files_only=hub_offline())
-    except Exception:
+        AutoConfig.from_pretrained(
+            name, cache_dir=_hub_cache_dir(), local_files_only=hub_offline(), trust_remote_code=False
+        )
+    except Exception as e:
+        _refuse_custom_code(e, f"hf-hub:{name}", spec)
         why = "HF_HUB_OFFLINE is set and it is not cached" if hub_offline() else "the hub is unreachable"
         raise ModelError(
             f"the text tower of {spec.key!r} needs the config of hf-hub:{name}, which cannot be read "
@@ -250,6 +259,16 @@ def _text_config_source(name: str, folder: Path | None, spec: ModelSpec) -> str:
             f"and pass --weights PATH"
         ) from None
     return name
+
+
+def _refuse_custom_code(err: Exception, source: str, spec: ModelSpec) -> None:
+    # open_clip builds the text tower with AutoConfig / AutoModel, which would offer to import
+    # the Python modules a config's auto_map names; checked first with trust_remote_code=False
+    if isinstance(err, ValueError) and "trust_remote_code" in str(err):
+        raise ModelError(
+            f"the text tower config of {spec.key!r} ({source}) names custom Python code (auto_map), which "
+            f"fmcache never runs; use a config of a built-in transformers architecture"
+        ) from None
 
 
 def _tokenizer(spec: ModelSpec, model_cfg: dict[str, Any], folder: Path | None) -> Callable:
@@ -260,9 +279,11 @@ def _tokenizer(spec: ModelSpec, model_cfg: dict[str, Any], folder: Path | None) 
     if "hf_tokenizer_name" in text or "hf_model_name" in text:
         if folder is None:
             raise ModelError(f"{spec.key!r}: a hugging-face text tower needs a weights folder with tokenizer files")
+        # caller kwargs override the config's tokenizer_kwargs, which could ask for custom code
+        no_code = {"trust_remote_code": False} if text.get("hf_tokenizer_name") else {}
         # the folder's own tokenizer files, so no hub lookup of the text model's repository
         try:
-            return open_clip.get_tokenizer(f"local-dir:{folder}", context_length=context)
+            return open_clip.get_tokenizer(f"local-dir:{folder}", context_length=context, **no_code)
         except Exception as e:
             raise ModelError(f"cannot load the tokenizer of {spec.key!r} from {folder}: {e}") from None
     return open_clip.SimpleTokenizer(context_length=context or 77)  # BPE vocab ships with open_clip

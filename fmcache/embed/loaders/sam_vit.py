@@ -27,14 +27,14 @@ SAM_VIT_B = {"img_size": 1024, "patch_size": 16, "embed_dim": 768, "depth": 12, 
              "global_attn_indexes": (2, 5, 8, 11)}
 
 
-def load(spec: ModelSpec, weights: str | None, device: str) -> Encoder:
+def load(spec: ModelSpec, weights: str | None, device: str, *, trust_code: bool = False) -> Encoder:
     try:
         from segment_anything.modeling.image_encoder import ImageEncoderViT
     except ImportError:
         raise ModelError(f"{spec.key!r} needs the package segment-anything: pip install segment-anything") from None
 
     path = local_path(weights or spec.weights, spec.key)
-    sd = backbone_state_dict(read_checkpoint(path, spec), spec, path)
+    sd = backbone_state_dict(read_checkpoint(path, spec, trust_code=trust_code), spec, path)
     # SAM's builder uses eps 1e-6, not nn.LayerNorm's default
     model = ImageEncoderViT(**geometry(sd), norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
                             use_abs_pos=False, use_rel_pos=True)

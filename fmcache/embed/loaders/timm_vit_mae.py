@@ -24,11 +24,11 @@ VIT_B16 = {"img_size": 224, "patch_size": 16, "embed_dim": 768, "depth": 12, "nu
            "qkv_bias": True}
 
 
-def load(spec: ModelSpec, weights: str | None, device: str) -> Encoder:
+def load(spec: ModelSpec, weights: str | None, device: str, *, trust_code: bool = False) -> Encoder:
     from timm.models.vision_transformer import VisionTransformer
 
     path = local_path(weights or spec.weights, spec.key)
-    sd = backbone_state_dict(read_checkpoint(path, spec), spec, path)
+    sd = backbone_state_dict(read_checkpoint(path, spec, trust_code=trust_code), spec, path)
     model = VisionTransformer(**geometry(sd), num_classes=0, global_pool="token")
     load_strict(model, sd, spec, path)
     model = model.to(device).eval()

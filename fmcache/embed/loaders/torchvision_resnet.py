@@ -23,9 +23,9 @@ from fmcache.errors import ModelError
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
 
-def load(spec: ModelSpec, weights: str | None, device: str) -> Encoder:
+def load(spec: ModelSpec, weights: str | None, device: str, *, trust_code: bool = False) -> Encoder:
     path = local_path(weights or spec.weights, spec.key)
-    ckpt = read_checkpoint(path, spec)
+    ckpt = read_checkpoint(path, spec, trust_code=trust_code)
     sd = backbone_state_dict(ckpt, spec, path)
     arch = _arch(ckpt, spec, path)
     model, width = _build(arch, sd)
