@@ -62,3 +62,67 @@ def test_loading_results_needs_neither_torch_nor_jax(tmp_path):
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_runs_started_together_each_claim_their_own_directory(tmp_path):
+    import threading
+
+    paths, start = [], threading.Barrier(6)
+
+    def claim():
+        start.wait()
+        paths.append(new_run_dir("synthetic-m", tmp_path))
+
+    threads = [threading.Thread(target=claim) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(map(str, paths))) == 6 and all(p.is_dir() for p in paths)
+
+
+def test_a_sweep_claims_its_run_before_training_and_gives_it_back_on_failure(toy_run, tmp_path, monkeypatch):
+    import shutil
+
+    from helpers import toy
+
+    import fmcache.probe.sweep as sweep
+    from fmcache.probe import run_sweep
+
+    root = shutil.copytree(toy_run.root, tmp_path / "cache")
+    claimed = []
+
+    def failing_fit(*args, **kwargs):
+        claimed.extend(p.name for p in (root / "runs").iterdir())
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(sweep, "fit_stack", failing_fit)
+    before = sorted(p.name for p in (root / "runs").iterdir())
+    with pytest.raises(RuntimeError):
+        run_sweep(toy.config(), root=root)
+    assert len(claimed) == len(before) + 1  # the directory existed while training
+    assert sorted(p.name for p in (root / "runs").iterdir()) == before  # and is gone again
+
+
+def test_runs_can_live_away_from_a_read_only_cache(toy_run, run_cli, tmp_path, monkeypatch):
+    import errno
+
+    import zarr.storage
+
+    elsewhere = tmp_path / "my-runs"
+    before = sorted(p.name for p in (toy_run.root / "runs").iterdir())
+    original = zarr.storage.LocalStore.set
+
+    async def read_only_cache(self, key, value):
+        if str(self.root).startswith(str(toy_run.root)):
+            raise OSError(errno.EROFS, "Read-only file system", str(self.root / key))
+        return await original(self, key, value)
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "set", read_only_cache)
+    code, out, err = run_cli("probe", "-d", "synthetic", "-m", "toy", "--heads", "linear", "--n-boot", "20", "--epochs", "3",
+                             "--root", str(toy_run.root), "--runs", str(elsewhere))
+    assert code == 0, err
+    assert sorted(p.name for p in (toy_run.root / "runs").iterdir()) == before
+    (made,) = list(elsewhere.iterdir())
+    code, out, _ = run_cli("results", "--root", str(toy_run.root), "--runs", str(elsewhere))
+    assert code == 0 and made.name in out

@@ -10,6 +10,7 @@ from typing import Any, Mapping
 import pandas as pd
 import zarr
 
+from fmcache.cache import attrs as A
 from fmcache.cache import checked, lock
 from fmcache.cache import layout as L
 from fmcache.cache.provenance import differences, requested
@@ -26,28 +27,27 @@ def is_intact(root: str, dataset: str, fingerprint: str, model: str, provenance:
     try:
         ds_group = open_root(root, mode="r")[dataset]
         entry = ds_group[model]
-        attrs = dict(entry.attrs)
-        ds_attrs = dict(ds_group.attrs)
+        attrs = A.read(entry, "", "")
+        ds_attrs = A.read(ds_group, "", "")
     except (FmcacheError, KeyError, FileNotFoundError, ValueError, OSError):
         return False
     if (attrs.get("state") != L.STATE_COMPLETE or differences(attrs, requested(provenance))
             or ds_attrs.get("source_fingerprint") != fingerprint or ds_attrs.get("state") != L.STATE_COMPLETE):
         return False
-    return not missing_chunks(entry)
+    return not missing_chunks(entry, attrs)
 
 
 def recorded_batch_size(root: str, dataset: str, model: str) -> int | None:
     """The batch size an existing entry was made with (so that a plain rerun resumes it), or None."""
     try:
-        value = open_root(root, mode="r")[dataset][model].attrs.get("batch_size")
+        value = A.read(open_root(root, mode="r")[dataset][model], "", "").get("batch_size")
     except (FmcacheError, KeyError, FileNotFoundError, ValueError, OSError):
         return None
     return int(value) if value else None
 
 
-def missing_chunks(entry: zarr.Group) -> list[int]:
-    """Chunks of the entry with an array whose data for them is not stored."""
-    attrs = dict(entry.attrs)
+def missing_chunks(entry: zarr.Group, attrs: Mapping[str, Any]) -> list[int]:
+    """Chunks of the entry (``attrs``: its attributes) with an array whose data for them is not stored."""
     kinds = list(attrs["feature_kinds"])
     names = kinds + ([f"{L.SLICES}/{k}" for k in kinds] if attrs.get("volume") else [])
     wanted = set(range(-(-int(attrs["n"]) // int(attrs["chunk_rows"]))))
@@ -86,7 +86,7 @@ def _recover(writer: EntryWriter, on_repair: Callable[[str], None] | None) -> No
         if on_repair:
             on_repair(f"{writer.where}: its done bitmap is damaged; encoding every chunk again")
         return
-    missing = [c for c in missing_chunks(writer.group) if done[c]]
+    missing = [c for c in missing_chunks(writer.group, A.read(writer.group, writer.where, "")) if done[c]]
     if missing:
         writer.mark_undone(missing)
         if on_repair:

@@ -24,11 +24,12 @@ import numpy as np
 import pandas as pd
 import zarr
 
+from fmcache.cache import attrs as A
 from fmcache.cache import checked
 from fmcache.cache import layout as L
 from fmcache.cache.store import open_root, quiet_listing, resolve_root, storage_errors
 from fmcache.datasets.splits import SPLIT_NAMES
-from fmcache.errors import CacheError, CacheMissError, FmcacheError, UnknownNameError, did_you_mean
+from fmcache.errors import CacheDamagedError, CacheError, CacheMissError, FmcacheError, UnknownNameError, did_you_mean
 
 Split = str | int | None
 
@@ -75,11 +76,14 @@ class Cache:
         rows = []
         for d in self.datasets():
             for m in self.models(d):
-                with storage_errors(f"cache entry {d}/{m}"):
-                    entry = self._group[d][m]
-                    a = dict(entry.attrs)
-                    done = _done_bitmap(entry)
-                    text = ", ".join(sorted(entry[L.TEXT].array_keys())) if L.TEXT in entry else ""
+                try:
+                    with storage_errors(f"cache entry {d}/{m}"):
+                        entry = self._group[d][m]
+                        a = A.read(entry, "", "")
+                        done = _done_bitmap(entry)
+                        text = ", ".join(sorted(entry[L.TEXT].array_keys())) if L.TEXT in entry else ""
+                except (FmcacheError, KeyError):
+                    a, done, text = {"state": "damaged: see `fmcache cache verify`"}, None, ""
                 rows.append(
                     {
                         "dataset": d,
@@ -97,7 +101,7 @@ class Cache:
 
     def dataset_info(self, dataset: str) -> dict[str, Any]:
         """The dataset group's attributes (adapter, labels, attribute rules, split policy...)."""
-        return dict(self._dataset_group(dataset).attrs)
+        return _dataset_attrs(self._dataset_group(dataset))
 
     def samples(self, dataset: str) -> pd.DataFrame:
         """A cached dataset's samples table (as ``Embeddings.samples``), no model entry needed."""
@@ -113,8 +117,8 @@ class Cache:
                     f"no cached embeddings for model {model!r} on dataset {dataset!r}"
                     f"{did_you_mean(model, self.models(dataset))}; run `fmcache embed --model {model} --dataset {dataset}`"
                 )
-            entry = g[model]
-            attrs = dict(entry.attrs)
+            entry = _group(g, model, f"cache entry {dataset}/{model}", ENTRY_REMEDY)
+            attrs = A.read(entry, f"cache entry {dataset}/{model}", ENTRY_REMEDY)
         if attrs.get("state") != L.STATE_COMPLETE and not allow_partial:
             done = _done_bitmap(entry)
             progress = f"{int(done.sum())}/{done.size} chunks" if done is not None else "its done bitmap is damaged"
@@ -127,7 +131,7 @@ class Cache:
                 f"cache entry {dataset}/{model} was written by an older fmcache without checksums; "
                 f"rebuild it with `fmcache embed --model {model} --dataset {dataset} --overwrite`"
             )
-        return Embeddings(self.root, g, entry, allow_partial=allow_partial)
+        return Embeddings(self.root, g, entry, attrs, allow_partial=allow_partial)
 
     def _dataset_group(self, dataset: str) -> zarr.Group:
         L.check_name("dataset", dataset)
@@ -136,8 +140,8 @@ class Cache:
                 raise CacheMissError(
                     f"dataset {dataset!r} is not in the cache at {self.root}{did_you_mean(dataset, self.datasets())}"
                 )
-            g = self._group[dataset]
-            if g.attrs.get("state", L.STATE_COMPLETE) != L.STATE_COMPLETE:
+            g = _group(self._group, dataset, f"cache dataset {dataset}", DATASET_REMEDY)
+            if _dataset_attrs(g).get("state") != L.STATE_COMPLETE:
                 raise CacheError(
                     f"the samples table of cache dataset {dataset} is unfinished or marked for repair; "
                     f"rerun `fmcache embed` on {dataset} to write it again"
@@ -146,6 +150,31 @@ class Cache:
 
     def __repr__(self) -> str:
         return f"Cache({self.root!r})"
+
+
+ENTRY_REMEDY = "`fmcache cache verify --repair` removes the entry; `fmcache embed` builds it again"
+DATASET_REMEDY = "`fmcache cache verify --repair` removes the dataset; `fmcache embed` builds it again"
+
+
+def _dataset_attrs(g: zarr.Group) -> dict[str, Any]:
+    return A.read(g, f"cache dataset {g.basename}", DATASET_REMEDY)
+
+
+def _group(parent: zarr.Group, name: str, where: str, remedy: str) -> zarr.Group:
+    """A child group; its metadata not being valid JSON is damage, named as such."""
+    try:
+        return parent[name]
+    except ValueError as e:
+        raise CacheDamagedError(f"{where}: its metadata cannot be read ({e}); {remedy}") from None
+
+
+def _array(group: zarr.Group, path: str, where: str, remedy: str) -> zarr.Array:
+    """An array of the hierarchy; its metadata missing or unreadable is damage, named as such."""
+    try:
+        with storage_errors(where):
+            return group[path]
+    except (KeyError, CacheError) as e:
+        raise CacheDamagedError(f"{where}: its metadata is missing or damaged ({e}); {remedy}") from None
 
 
 def _done_bitmap(entry: zarr.Group) -> np.ndarray | None:
@@ -163,16 +192,15 @@ class _Samples:
 
     def __init__(self, dataset_group: zarr.Group, dataset: str):
         self.g, self.dataset = dataset_group, dataset
+        self.info = _dataset_attrs(dataset_group)
 
     def read(self, path: str, rows: np.ndarray | None = None) -> np.ndarray:
         where = f"cache dataset {self.dataset}, samples/{path}"
-        with storage_errors(where):
-            arr = self.g[L.SAMPLES][path]
-        return checked.read(arr, rows, where, self.REMEDY)
+        return checked.read(_array(self.g, f"{L.SAMPLES}/{path}", where, self.REMEDY), rows, where, self.REMEDY)
 
     @property
     def label_names(self) -> list[str]:
-        return list(self.g.attrs.get("label_names", []))
+        return list(self.info.get("label_names", []))
 
     @property
     def attributes(self) -> list[str]:
@@ -201,13 +229,15 @@ class Embeddings:
     instead of mixing two models' numbers.
     """
 
-    def __init__(self, root: str, dataset_group: zarr.Group, entry: zarr.Group, *, allow_partial: bool = False):
+    def __init__(self, root: str, dataset_group: zarr.Group, entry: zarr.Group, attrs: dict[str, Any], *,
+                 allow_partial: bool = False):
         self._root = root
         self._d = dataset_group
         self._e = entry
         self._samples = _Samples(dataset_group, dataset_group.basename)
         self._allow_partial = allow_partial
-        self._generation = entry.attrs.get("generation")
+        self._attrs = attrs
+        self._generation = attrs.get("generation")
 
     @property
     def dataset(self) -> str:
@@ -221,14 +251,14 @@ class Embeddings:
     def where(self) -> str:
         return f"cache entry {self.dataset}/{self.model}"
 
-    @cached_property
+    @property
     def provenance(self) -> dict[str, Any]:
         """Everything recorded about how the features were made (weights, preprocessing...)."""
-        return dict(self._e.attrs)
+        return dict(self._attrs)
 
-    @cached_property
+    @property
     def dataset_info(self) -> dict[str, Any]:
-        return dict(self._d.attrs)
+        return dict(self._samples.info)
 
     @property
     def kinds(self) -> list[str]:
@@ -276,7 +306,7 @@ class Embeddings:
         """Raise if the entry was replaced or unfinished since it was opened."""
         with storage_errors(self.where):
             try:
-                attrs = dict(zarr.open_group(store=self._e.store, path=self._e.path, mode="r").attrs)
+                attrs = A.read(zarr.open_group(store=self._e.store, path=self._e.path, mode="r"), self.where, ENTRY_REMEDY)
             except FileNotFoundError:
                 attrs = {}
         if attrs.get("generation") != self._generation:
@@ -292,9 +322,9 @@ class Embeddings:
         remedy = (f"run `fmcache cache verify {self.dataset} {self.model} --repair`, then `fmcache embed` to "
                   "encode those rows again")
         self._check_current()
-        with storage_errors(self.where):
-            arr = self._e[name]
-            done = checked.read(self._e[L.DONE], None, f"{self.where}, done bitmap", remedy)
+        arr = _array(self._e, name, f"{self.where}, {name}", remedy)
+        done = checked.read(_array(self._e, L.DONE, f"{self.where}, done bitmap", remedy), None,
+                            f"{self.where}, done bitmap", remedy)
         undone = [c for c in checked.row_chunks(arr, rows) if not done[c]]
         if undone:
             a, b = checked.chunk_rows(arr, undone[0])
@@ -324,7 +354,7 @@ class Embeddings:
 
     def group_names(self, attribute: str) -> list[str]:
         """Names of the group codes of ``attribute`` (code i = names[i])."""
-        return list(self._d.attrs.get("attributes", {}).get(attribute, {}).get("groups", []))
+        return list(self._samples.info.get("attributes", {}).get(attribute, {}).get("groups", []))
 
     def samples(self) -> pd.DataFrame:
         """One row per sample: id, subject, split, labels, binarised and raw attributes."""
@@ -350,7 +380,7 @@ class Embeddings:
         return dict(self._e[L.TEXT][prompt_set].attrs)
 
     def __repr__(self) -> str:
-        return f"Embeddings({self.dataset!r}, {self.model!r}, n={self._e.attrs.get('n')}, kinds={self.kinds})"
+        return f"Embeddings({self.dataset!r}, {self.model!r}, n={self._attrs.get('n')}, kinds={self.kinds})"
 
 
 __all__ = ["Cache", "Embeddings", "FmcacheError", "open_cache"]

@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 import zarr
 from zarr.core.sync import sync
 
+from fmcache.cache import attrs as A
 from fmcache.cache import checked, lock
 from fmcache.cache import layout as L
 from fmcache.cache.provenance import IDENTITY_KEYS
 from fmcache.cache.store import open_root, storage_errors
-from fmcache.cache.writer import EntryWriter, model_names
+from fmcache.cache.writer import EntryWriter
 from fmcache.errors import CacheDamagedError, CacheError, CacheLockedError, CacheMissError
 
 # what repair does
@@ -65,11 +66,12 @@ def verify(root: str, dataset: str | None = None, model: str | None = None) -> l
     return findings
 
 
-def _children(group: zarr.Group) -> list[str]:
-    """Names stored under a group, whether or not their metadata can be read."""
+def _children(group: zarr.Group, path: str = "") -> list[str]:
+    """Datasets or models stored under ``group`` (or its child ``path``), readable metadata or not."""
+    prefix = "/".join(p for p in (group.path, path) if p)
 
     async def keys() -> list[str]:
-        return [k async for k in group.store.list_dir(group.path)]
+        return [k async for k in group.store.list_dir(prefix)]
 
     return sorted(k for k in sync(keys()) if _is_name(k))
 
@@ -86,12 +88,12 @@ def _is_name(key: str) -> bool:
 
 
 def _verify_dataset(root_group: zarr.Group, name: str, only_model: str | None) -> list[Finding]:
+    if name not in _children(root_group):
+        raise CacheMissError(f"dataset {name!r} is not in the cache; `fmcache cache ls` lists what there is")
     try:
-        if name not in _children(root_group):
-            raise CacheMissError(f"dataset {name!r} is not in the cache")
         g = root_group[name]
-        attrs = dict(g.attrs)
-    except (ValueError, KeyError) as e:
+        attrs = A.read(g, "zarr.json", "")
+    except (ValueError, KeyError, CacheDamagedError) as e:
         return [Finding(name, None, f"its metadata cannot be read ({_short(e)})", REMOVE)]
     findings = []
     if attrs.get("format") != L.FORMAT:
@@ -99,15 +101,15 @@ def _verify_dataset(root_group: zarr.Group, name: str, only_model: str | None) -
     if attrs.get("state") != L.STATE_COMPLETE:
         findings.append(Finding(name, None, "its samples table is unfinished", REWRITE_SAMPLES))
     findings += _verify_samples(g, name, attrs)
-    models = [only_model] if only_model else [k for k in _children(g) if k != L.SAMPLES]
-    for model in models:
-        L.check_name("model", model)
+    if only_model is not None and only_model not in _children(root_group, name):
+        raise CacheMissError(f"no cache entry {name}/{only_model}; `fmcache cache ls` lists what there is")
+    for model in [only_model] if only_model else _children(root_group, name):
         findings += _verify_entry(g, name, model)
     return findings
 
 
 def _verify_samples(g: zarr.Group, name: str, attrs: dict) -> list[Finding]:
-    expected = [L.ID, L.SUBJECT, L.SPLIT, L.LABEL] + [f"{L.SA}/{a}" for a in attrs.get("attributes") or {}]
+    expected = [L.ID, L.SUBJECT, L.SPLIT, L.LABEL] + [f"{kind}/{a}" for a in attrs.get("attributes") or {} for kind in (L.SA, L.SA_RAW)]
     bad = []
     for path in expected:
         try:
@@ -123,7 +125,7 @@ def _verify_samples(g: zarr.Group, name: str, attrs: dict) -> list[Finding]:
 def _verify_entry(g: zarr.Group, dataset: str, model: str) -> list[Finding]:
     try:
         entry = g[model]
-        attrs = dict(entry.attrs)
+        attrs = A.read(entry, "zarr.json", "")
         absent = [k for k in (*IDENTITY_KEYS, "n", "chunk_rows", "generation", "state") if k not in attrs]
         if absent:
             raise CacheDamagedError(f"its metadata lacks {', '.join(absent)}")
@@ -173,21 +175,10 @@ def _held(root: str, dataset: str, model: str | None) -> Iterator[None]:
         with lock.hold(root, dataset, model, wait=False):
             yield
         return
-    with lock.hold(root, dataset, wait=False):
-        with contextlib.ExitStack() as stack:
-            group = open_root(root, mode="r")
-            names = model_names(group[dataset]) if _readable(group, dataset) else []
-            for name in names:
-                stack.enter_context(lock.hold(root, dataset, name, wait=False))
-            yield
-
-
-def _readable(group: zarr.Group, dataset: str) -> bool:
-    try:
-        group[dataset].attrs.get("state")
-    except (KeyError, ValueError):
-        return False
-    return True
+    with lock.hold(root, dataset, wait=False), contextlib.ExitStack() as stack:
+        for name in _children(open_root(root, mode="r"), dataset):
+            stack.enter_context(lock.hold(root, dataset, name, wait=False))
+        yield
 
 
 def repair(root: str, findings: list[Finding]) -> list[str]:
@@ -200,7 +191,7 @@ def repair(root: str, findings: list[Finding]) -> list[str]:
                 _delete(group, f.dataset, f.model)
                 done.append(f"removed {f.dataset}{'/' + f.model if f.model else ''}")
             elif f.fix == REWRITE_SAMPLES:
-                group[f.dataset].update_attributes({"state": L.STATE_WRITING})
+                A.update(group[f.dataset], {"state": L.STATE_WRITING})
                 done.append(f"marked the samples table of {f.dataset} to be written again")
             else:
                 writer = EntryWriter(group[f.dataset][f.model], L.model_path(f.dataset, f.model))
@@ -220,7 +211,7 @@ def remove(root: str, dataset: str, model: str | None = None) -> None:
     if model is not None:
         L.check_name("model", model)
     group = open_root(root, mode="r")
-    if dataset not in _children(group) or (model is not None and model not in _children_of(group, dataset)):
+    if dataset not in _children(group) or (model is not None and model not in _children(group, dataset)):
         what = f"entry {dataset}/{model}" if model else f"dataset {dataset}"
         raise CacheMissError(f"no cache {what} at {root}; `fmcache cache ls` lists what there is")
     try:
@@ -228,13 +219,6 @@ def remove(root: str, dataset: str, model: str | None = None) -> None:
             _delete(open_root(root, mode="a"), dataset, model)
     except CacheLockedError as e:
         raise CacheLockedError(f"not removed: {e}") from None
-
-
-def _children_of(group: zarr.Group, dataset: str) -> list[str]:
-    try:
-        return _children(group[dataset])
-    except (KeyError, ValueError):
-        return []
 
 
 def _delete(group: zarr.Group, dataset: str, model: str | None) -> None:

@@ -26,12 +26,16 @@ import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from fmcache import __version__
+from fmcache.cache import attrs as A
 from fmcache.cache import layout as L
 from fmcache.cache.provenance import differences, requested
 from fmcache.cache.store import quiet_listing
 from fmcache.errors import ProvenanceMismatchError
 
 CHECKED = [ZstdCodec(), Crc32cCodec()]  # compress, then checksum what is stored
+# every chunk is stored, even one that equals the fill value: a chunk that is not stored is damage
+STORED = {"write_empty_chunks": True}
+REPAIR = "`fmcache cache verify --repair` removes it, to be built again by `fmcache embed`"
 
 
 def write_samples(
@@ -50,11 +54,11 @@ def write_samples(
     fingerprint = attrs["source_fingerprint"]
     if name in root:
         group = root[name]
-        old = dict(group.attrs)
+        old = A.read(group, f"cache dataset {name}", REPAIR)
         if old.get("source_fingerprint") == fingerprint and old.get("format") == L.FORMAT:
             if old.get("state") != L.STATE_COMPLETE:
                 _write_samples_arrays(group, table)
-                group.update_attributes({"state": L.STATE_COMPLETE})
+                A.update(group, {"state": L.STATE_COMPLETE})
             return group
         unfinished_and_empty = old.get("state") != L.STATE_COMPLETE and not model_names(group)
         if not (overwrite or unfinished_and_empty):
@@ -67,12 +71,12 @@ def write_samples(
         if before_delete is not None:
             before_delete(group)
         del root[name]
-    group = root.create_group(name, attributes={
+    group = A.create_group(root, name, {
         **dict(attrs), "n": len(table), "label_names": [c.split("/", 1)[1] for c in _label_columns(table)],
         "format": L.FORMAT, "state": L.STATE_CREATING,
     })
     _write_samples_arrays(group, table)
-    group.update_attributes({"state": L.STATE_COMPLETE})
+    A.update(group, {"state": L.STATE_COMPLETE})
     return group
 
 
@@ -105,7 +109,7 @@ def _put(group: zarr.Group, path: str, values: np.ndarray) -> None:
     # str: Zarr's variable-length UTF-8 type (fixed-width numpy strings have no v3 spec)
     text = values.dtype.kind in "UO"
     arr = group.create_array(path, shape=values.shape, dtype=str if text else values.dtype, chunks=chunks,
-                             fill_value="" if text else L.INT_MISSING, compressors=CHECKED, overwrite=True)
+                             fill_value="" if text else L.INT_MISSING, compressors=CHECKED, config=STORED, overwrite=True)
     if values.size:
         arr[...] = values
 
@@ -116,7 +120,7 @@ class EntryWriter:
     def __init__(self, group: zarr.Group, where: str):
         self.group = group
         self.where = where
-        attrs = dict(group.attrs)
+        attrs = A.read(group, where, REPAIR)
         self.n = int(attrs["n"])
         self.chunk_rows = int(attrs["chunk_rows"])
         self.kinds = list(attrs["feature_kinds"])
@@ -158,7 +162,7 @@ class EntryWriter:
 
     def mark_undone(self, chunks: list[int]) -> None:
         """Have chunks encoded again (damaged or missing ones); the entry is unfinished until they are."""
-        self.group.update_attributes({"state": L.STATE_WRITING})
+        A.update(self.group, {"state": L.STATE_WRITING})
         self.complete = False
         done = self.done()
         done[chunks] = False
@@ -166,7 +170,7 @@ class EntryWriter:
 
     def reset_done(self) -> None:
         """A ``done`` bitmap that cannot be read: every chunk is encoded again."""
-        self.group.update_attributes({"state": L.STATE_WRITING})
+        A.update(self.group, {"state": L.STATE_WRITING})
         self.complete = False
         self.group[L.DONE][...] = np.zeros(self.n_chunks, bool)
 
@@ -174,14 +178,14 @@ class EntryWriter:
         """Class prototypes of a VLM, (C, T, D) per template, with the prompts that made them."""
         arr = self.group.create_array(
             f"{L.TEXT}/{prompt_set}", shape=prototypes.shape, dtype=L.DISK_DTYPE, chunks=prototypes.shape,
-            fill_value=np.nan, compressors=CHECKED, attributes=dict(prompts), overwrite=True,
+            fill_value=np.nan, compressors=CHECKED, config=STORED, attributes=dict(prompts), overwrite=True,
         )
         arr[...] = prototypes.astype(L.DISK_DTYPE)
 
     def finish(self, **extra: Any) -> None:
         if len(self.pending_chunks()):
             raise RuntimeError(f"{self.where}: finish() with chunks still pending")
-        self.group.update_attributes({"state": L.STATE_COMPLETE, "completed": _now(), **extra})
+        A.update(self.group, {"state": L.STATE_COMPLETE, "completed": _now(), **extra})
         self.complete = True
 
 
@@ -203,11 +207,11 @@ def open_entry(
     """
     L.check_name("model", model)
     where = L.model_path(dataset_group.basename, model)
-    n = int(dataset_group.attrs["n"])
+    n = int(A.read(dataset_group, f"cache dataset {dataset_group.basename}", REPAIR)["n"])
     wanted = requested(provenance)
     if model in dataset_group:
         existing = dataset_group[model]
-        attrs = dict(existing.attrs)
+        attrs = A.read(existing, where, REPAIR)
         state = attrs.get("state")
         diff = differences(attrs, wanted)
         if state in (L.STATE_WRITING, L.STATE_COMPLETE) and not diff and not overwrite:
@@ -221,21 +225,21 @@ def open_entry(
         del dataset_group[model]  # replaced on request, or left while being created
     chunk_rows = max(1, min(chunk_rows, n or 1))
     n_chunks = math.ceil(n / chunk_rows)
-    group = dataset_group.create_group(model, attributes={
+    group = A.create_group(dataset_group, model, {
         **wanted, "n": n, "chunk_rows": chunk_rows, "fmcache_version": __version__, "created": _now(),
         "generation": uuid.uuid4().hex, "state": L.STATE_CREATING,
     })
     slices = int(wanted["volume"]["slices"]) if wanted["volume"] else 0
     for kind, dim in wanted["dims"].items():
         group.create_array(kind, shape=(n, int(dim)), dtype=L.DISK_DTYPE, chunks=(chunk_rows, int(dim)),
-                           fill_value=np.nan, compressors=CHECKED)
+                           fill_value=np.nan, compressors=CHECKED, config=STORED)
         if slices:
             group.create_array(f"{L.SLICES}/{kind}", shape=(n, slices, int(dim)), dtype=L.DISK_DTYPE,
-                               chunks=(chunk_rows, slices, int(dim)), fill_value=np.nan, compressors=CHECKED)
+                               chunks=(chunk_rows, slices, int(dim)), fill_value=np.nan, compressors=CHECKED, config=STORED)
     done = group.create_array(L.DONE, shape=(n_chunks,), dtype=bool, chunks=(max(n_chunks, 1),), fill_value=False,
-                              compressors=CHECKED)
-    done[...] = False  # stored, so that a missing bitmap is damage, not "nothing done"
-    group.update_attributes({"state": L.STATE_WRITING})
+                              compressors=CHECKED, config=STORED)
+    done[...] = False
+    A.update(group, {"state": L.STATE_WRITING})
     return EntryWriter(group, where)
 
 
