@@ -41,8 +41,14 @@ def update(group: zarr.Group, changes: Mapping[str, Any]) -> None:
 
 
 def read(group: zarr.Group, where: str, remedy: str) -> dict[str, Any]:
-    """The group's attributes, or CacheDamagedError if they fail their checksum."""
+    """The group's attributes, or CacheDamagedError if they fail their checksum.
+
+    Groups written before checksums (no ``format``) are returned as they are, for the caller
+    to refuse by their format with a message of its own.
+    """
     attrs = dict(group.attrs)
+    if KEY not in attrs and "format" not in attrs:
+        return attrs
     if attrs.get(KEY) != _crc(attrs):
         raise CacheDamagedError(f"{where}: its metadata fails its checksum (a damaged zarr.json); {remedy}")
     return {k: v for k, v in attrs.items() if k != KEY}

@@ -141,6 +141,9 @@ class Cache:
                     f"dataset {dataset!r} is not in the cache at {self.root}{did_you_mean(dataset, self.datasets())}"
                 )
             g = _group(self._group, dataset, f"cache dataset {dataset}", DATASET_REMEDY)
+            if _dataset_attrs(g).get("format") != L.FORMAT:
+                raise CacheError(f"cache dataset {dataset} was written by an older fmcache without checksums; rebuild it "
+                                 "with `fmcache embed ... --overwrite` (or remove it: `fmcache cache rm`)")
             if _dataset_attrs(g).get("state") != L.STATE_COMPLETE:
                 raise CacheError(
                     f"the samples table of cache dataset {dataset} is unfinished or marked for repair; "
