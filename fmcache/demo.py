@@ -63,14 +63,13 @@ def _step_show_cache(ctx: DemoContext) -> None:
 
 def _step_sweep(ctx: DemoContext) -> None:
     from fmcache.probe import SweepConfig, load_sweep, run_sweep
-    from fmcache.views import headline
+    from fmcache.views import headline_table
 
     grids, _ = load_sweep("all", None)
     cfg = SweepConfig(dataset=ctx.facts["dataset"], model=ctx.model, heads=grids, n_boot=1000)
     with ctx.console.status("training") as status:
         run = run_sweep(cfg, root=ctx.root, on_head=lambda h, k: status.update(f"training {k} {h} heads at once"))
-    table = headline(run.metrics)
-    ctx.console.print(table.to_string(index=False), markup=False, highlight=False)
+    ctx.console.print(headline_table(run.metrics))
     for head, why in run.config["skipped"].items():
         ctx.console.print(f"skipped {head}: {why}", markup=False)
     ctx.console.print(f"run: {run.path}  (fmcache results {run.path.name})", markup=False)

@@ -6,12 +6,14 @@ that turns them into terminal output, for the CLI and the demo.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import pandas as pd
+from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from fmcache.runs import BASELINE
 
@@ -24,24 +26,38 @@ SPLITS = ["train", "val", "test"]
 
 
 def make_console() -> Console:
-    c = Console()
-    # piped output (files, CI logs) gets wide tables instead of cells folded to 80 columns
-    return c if c.is_terminal else Console(width=200)
+    """The terminal's width (rich reads $COLUMNS too; piped output gets 80 columns)."""
+    return Console()
 
 
-def frame_table(df: pd.DataFrame, title: str | None = None, caption: str | None = None) -> Table:
-    """A data frame as a rich table, every cell as text."""
-    t = Table(title=title, caption=caption)
+def table(title: str | None = None, caption: str | None = None) -> Table:
+    """An empty table in the style of every listing: light rules, so more columns fit in 80."""
+    return Table(title=title, caption=caption, box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True,
+                 pad_edge=False, title_justify="left", caption_justify="left")
+
+
+def frame_table(df: pd.DataFrame, title: str | None = None, caption: str | None = None, *,
+                keys: tuple[str, ...] = ()) -> Table:
+    """A data frame as a rich table, every cell as text.
+
+    Columns named in ``keys`` hold what users type or copy (names, run ids): they are never
+    folded; the other columns wrap at spaces to make room.
+    """
+    t = table(title, caption)
     for col in df.columns:
-        t.add_column(str(col), overflow="fold")
+        if col in keys:
+            t.add_column(str(col), no_wrap=True, min_width=max(len(str(col)), df[col].astype(str).str.len().max() or 0))
+        else:
+            t.add_column(str(col), overflow="fold")
     for row in df.itertuples(index=False):
         t.add_row(*[str(v) for v in row])
     return t
 
 
-def headline(metrics: pd.DataFrame, label: str | None = None) -> pd.DataFrame:
+def headline(metrics: pd.DataFrame, label: str | None = None, fmt: Callable[[pd.Series], str] | None = None) -> pd.DataFrame:
     """One row per (attribute, head) of ``label`` (default the first): test AUC, worst-group
-    AUC and the main gaps, each as "value [ci_low, ci_high]" text."""
+    AUC and the main gaps, each as "value [ci_low, ci_high]" text (or ``fmt(metric row)``)."""
+    fmt = fmt or _interval
     label = label if label is not None else metrics["label"].iloc[0]
     m = metrics[metrics["label"] == label]
     rows = []
@@ -49,7 +65,7 @@ def headline(metrics: pd.DataFrame, label: str | None = None) -> pd.DataFrame:
         row = {"label": label, "attribute": attr, "head": head}
         for metric, group in HEADLINE:
             hit = block[(block["metric"] == metric) & (block["group"] == group)]
-            row[metric] = _interval(hit.iloc[0]) if len(hit) else ""
+            row[metric] = fmt(hit.iloc[0]) if len(hit) else ""
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -60,6 +76,28 @@ def _interval(row: pd.Series) -> str:
     if np.isnan(row["ci_low"]):
         return f"{row['value']:.3f}"
     return f"{row['value']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
+
+
+def _stacked(row: pd.Series) -> str:
+    """The value over its interval, without leading zeros: five metrics fit in 80 columns."""
+    if np.isnan(row["value"]) or np.isnan(row["ci_low"]):
+        return _interval(row)
+    short = [f"{row[k]:.3f}".replace("0.", ".", 1) if abs(row[k]) < 1 else f"{row[k]:.2f}" for k in ("ci_low", "ci_high")]
+    return f"{row['value']:.3f}\n{short[0]}–{short[1]}"
+
+
+def headline_table(metrics: pd.DataFrame, label: str | None = None, title: str | None = None) -> Table:
+    """:func:`headline` for the terminal, the label in the title."""
+    df = headline(metrics, label, fmt=_stacked)
+    t = table(title if title is not None else f"label {df['label'].iloc[0]}" if len(df) else None,
+              caption="value, and under it its 95% bootstrap interval on the test split")
+    for key in ("attribute", "head"):
+        t.add_column(key, no_wrap=True)
+    for metric, _ in HEADLINE:  # on a narrow terminal these fold, the keys stay whole
+        t.add_column(metric, justify="right", overflow="fold")
+    for row in df.itertuples(index=False):
+        t.add_row(row.attribute, row.head, *[getattr(row, metric) for metric, _ in HEADLINE])
+    return t
 
 
 def mitigation_sentences(comparison: pd.DataFrame, attribute: str, *, utility: str = "auc",
@@ -112,3 +150,96 @@ def describe_dataset(cache: Cache, dataset: str) -> str:
     models = cache.models(dataset)
     lines.append("models: " + (", ".join(models) if models else "none yet"))
     return "\n".join(lines)
+
+
+# --- the catalogue: `fmcache models` and `fmcache datasets` ------------------------------
+
+
+def models_table(specs) -> Table:
+    """The listed models; weights sources and normalisation are in each one's detail view."""
+    t = table("fmcache models", caption="`fmcache models NAME` shows a model's weights, licence and preprocessing")
+    t.add_column("key", no_wrap=True)
+    for col in ("model", "input", "features", "text"):
+        t.add_column(col)
+    for m in specs:
+        p = m.preprocess
+        t.add_row(m.key, m.title, f"{p.size}px", ", ".join(f"{k} {d}" for k, d in m.dims.items()),
+                  str(m.text_dim) if m.has_text else "no")
+    return t
+
+
+def model_detail(m, weights_folder: str) -> list[str]:
+    """Everything the registry knows of one model, as lines of text."""
+    p = m.preprocess
+    lines = [
+        f"{m.key}: {m.title} (family {m.family})",
+        f"weights: {m.weights}",
+        f"  local copies: {weights_folder} ($FMCACHE_WEIGHTS), or --weights PATH",
+        f"input: resize {p.resize}, centre crop {p.size}px, {p.interpolation}",
+        f"normalisation: mean {_numbers(p.mean)}, std {_numbers(p.std)}",
+        "features cached: " + ", ".join(f"{k} ({d}-d)" for k, d in m.dims.items()),
+        f"text tower: {f'yes, {m.text_dim}-d (zero-shot and CLIP-Adapt heads)' if m.has_text else 'no'}",
+    ]
+    if m.license:
+        lines.append(f"licence: {m.license}")
+    if m.notes:
+        lines.append(f"notes: {m.notes}")
+    return lines
+
+
+def _numbers(v: tuple[float, ...]) -> str:
+    return "(" + ", ".join(f"{x:.4g}" for x in v) + ")"
+
+
+def datasets_table(specs) -> Table:
+    """The dataset adapters; layouts, download sources and options are in each one's detail view."""
+    t = table("fmcache datasets", caption="`fmcache datasets NAME` shows where to get it, its layout and options;\n"
+              "`fmcache datasets check NAME --data PATH` checks your copy")
+    t.add_column("key", no_wrap=True)
+    for col in ("dataset", "modality", "labels", "attributes"):
+        t.add_column(col)
+    for s in specs:
+        t.add_row(s.key, s.title, s.modality, ", ".join(s.labels) or "(yours)", ", ".join(s.attributes) or "(yours)")
+    return t
+
+
+def dataset_detail(s, more_options: dict[str, str]) -> Text:
+    """One dataset: where to get it, the layout to pass as --data, its groups and options."""
+    out = Text()
+
+    def heading(title: str, note: str = "") -> None:
+        out.append(f"\n{title}", style="bold")
+        out.append(f"{note}\n")
+
+    out.append(s.key, style="bold")
+    out.append(f": {s.title} ({s.modality}; task {s.task}; labels {', '.join(s.labels) or 'from your options'})\n")
+    heading("Where to get it")
+    out.append(f"{s.obtain}\n")
+    heading("Expected layout", " (pass its root as --data)")
+    out.append(_reflow_prose(s.layout))
+    if s.attributes:
+        heading("Sensitive attributes")
+        for a, r in s.attributes.items():
+            out.append(f"  {a}: groups {list(r.groups)}; {r.description}" + (f" [{r.source}]" if r.source else "") + "\n")
+    heading("Options", " (-o KEY=VALUE)")
+    for k, h in {**s.options, **more_options}.items():
+        out.append(f"  {k}: {h}\n")
+    return out
+
+
+def _reflow_prose(text: str) -> str:
+    """Folder trees and examples (indented lines, ``<data>/...``) as written; runs of prose
+    lines joined, so that the terminal wraps them evenly."""
+    out: list[str] = []
+    prose: list[str] = []
+    for line in text.rstrip().splitlines():
+        if line.startswith((" ", "<")) or not line.strip():
+            if prose:
+                out.append(" ".join(prose))
+                prose = []
+            out.append(line)
+        else:
+            prose.append(line.strip())
+    if prose:
+        out.append(" ".join(prose))
+    return "\n".join(out) + "\n"

@@ -115,7 +115,7 @@ class Cache:
             if model not in g:
                 raise CacheMissError(
                     f"no cached embeddings for model {model!r} on dataset {dataset!r}"
-                    f"{did_you_mean(model, self.models(dataset))}; run `fmcache embed --model {model} --dataset {dataset}`"
+                    f"{did_you_mean(model, self.models(dataset))}; run `{self._embed_command(dataset, model)}`"
                 )
             entry = _group(g, model, f"cache entry {dataset}/{model}", ENTRY_REMEDY)
             attrs = A.read(entry, f"cache entry {dataset}/{model}", ENTRY_REMEDY)
@@ -124,12 +124,12 @@ class Cache:
             progress = f"{int(done.sum())}/{done.size} chunks" if done is not None else "its done bitmap is damaged"
             raise CacheMissError(
                 f"cache entry {dataset}/{model} is incomplete ({progress}); "
-                f"rerun `fmcache embed --model {model} --dataset {dataset}` to finish it"
+                f"rerun `{self._embed_command(dataset, model)}` to finish it"
             )
         if attrs.get("format") != L.FORMAT:
             raise CacheError(
                 f"cache entry {dataset}/{model} was written by an older fmcache without checksums; "
-                f"rebuild it with `fmcache embed --model {model} --dataset {dataset} --overwrite`"
+                f"rebuild it with `{self._embed_command(dataset, model)} --overwrite`"
             )
         return Embeddings(self.root, g, entry, attrs, allow_partial=allow_partial)
 
@@ -137,9 +137,7 @@ class Cache:
         L.check_name("dataset", dataset)
         with storage_errors(f"cache dataset {dataset}"):
             if dataset not in self._group or L.SAMPLES not in self._group[dataset]:
-                raise CacheMissError(
-                    f"dataset {dataset!r} is not in the cache at {self.root}{did_you_mean(dataset, self.datasets())}"
-                )
+                raise CacheMissError(f"dataset {dataset!r} is not in the cache at {self.root}{self._cached_as(dataset)}")
             g = _group(self._group, dataset, f"cache dataset {dataset}", DATASET_REMEDY)
             if _dataset_attrs(g).get("format") != L.FORMAT:
                 raise CacheError(f"cache dataset {dataset} was written by an older fmcache without checksums; rebuild it "
@@ -150,6 +148,34 @@ class Cache:
                     f"rerun `fmcache embed` on {dataset} to write it again"
                 )
             return g
+
+    def _cached_as(self, name: str) -> str:
+        """Where a dataset the user named by its adapter key (``csv``, ``chexpert``) is cached
+        under another name, or a spelling hint."""
+        made = []
+        for d in self.datasets():
+            try:
+                if self.dataset_info(d).get("adapter") == name:
+                    made.append(d)
+            except FmcacheError:
+                continue
+        if made:
+            return f"; the {name} adapter's data is cached as {', '.join(repr(d) for d in made)}: use -d {made[0]}"
+        return did_you_mean(name, self.datasets())
+
+    def _embed_command(self, dataset: str, model: str) -> str:
+        """The `fmcache embed` line that (re)builds an entry of a cached dataset: its adapter
+        and options, which need not be its cache name (a csv study, a split option)."""
+        import shlex
+
+        try:
+            info = self.dataset_info(dataset)
+        except FmcacheError:
+            info = {}
+        adapter = info.get("adapter", dataset)
+        opts = "".join(f" -o {shlex.quote(f'{k}={v}')}" for k, v in (info.get("options") or {}).items())
+        data = " --data <your copy>" if info.get("needs_data", True) else ""
+        return f"fmcache embed --model {model} --dataset {adapter}{data}{opts}"
 
     def __repr__(self) -> str:
         return f"Cache({self.root!r})"

@@ -87,6 +87,7 @@ class Dataset:
         return {
             "adapter": self.spec.key,
             "adapter_version": self.spec.version,
+            "needs_data": self.spec.needs_data,  # whether rebuilding it takes --data
             "title": self.spec.title,
             "modality": self.spec.modality,
             "task": self.extra_attrs.get("task", self.spec.task),

@@ -1,0 +1,303 @@
+"""The workflow: `embed` images into the cache, `probe` heads on it, look at `results`,
+write a `report`, or see it all on generated data with `demo`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from fmcache.cli.app import Interrupted, RootOpt, RunsOpt, app, command, dataset_options, say
+
+
+@command(app)
+def embed(
+    model: Annotated[str, typer.Option("--model", "-m", metavar="MODEL", help="Model key (see `fmcache models`).")],
+    dataset: Annotated[str, typer.Option("--dataset", "-d", metavar="DATASET", help="Dataset key (see `fmcache datasets`).")],
+    data: Annotated[
+        Optional[str],
+        typer.Option("--data", metavar="PATH", show_default=False,
+                     help="Root of your copy of the release (default $FMCACHE_DATA/<dataset>); for `csv`, the CSV file."),
+    ] = None,
+    option: Annotated[
+        Optional[list[str]],
+        typer.Option("--option", "-o", metavar="KEY=VALUE", show_default=False,
+                     help="Dataset option, repeatable (see `fmcache datasets DATASET`)."),
+    ] = None,
+    dataset_config: Annotated[
+        Optional[Path], typer.Option("--dataset-config", metavar="YAML", show_default=False,
+                                     help="YAML file of dataset options (the csv adapter's rules).")
+    ] = None,
+    root: RootOpt = None,
+    weights: Annotated[
+        Optional[str], typer.Option("--weights", metavar="PATH", show_default=False,
+                                    help="Local checkpoint file/folder instead of the model's default source.")
+    ] = None,
+    batch_size: Annotated[
+        Optional[int],
+        typer.Option("--batch-size", "-b", min=1, metavar="N", show_default=False,
+                     help="Images per forward pass (default: what the entry was made with, else 64). Part of the "
+                     "entry's identity: it can change the last bits of a feature."),
+    ] = None,
+    device: Annotated[str, typer.Option("--device", metavar="DEVICE", help="auto | cpu | cuda | cuda:N")] = "auto",
+    num_workers: Annotated[
+        Optional[int], typer.Option("--num-workers", min=0, metavar="N", show_default=False,
+                                    help="Image-decoding worker processes (default: cores - 1).")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", metavar="N", help="Seed of the patient-level train/val/test split.")] = 0,
+    chunk_rows: Annotated[int, typer.Option("--chunk-rows", min=1, metavar="N",
+                                            help="Rows per cache chunk: the unit that is written, marked done and resumed.")] = 256,
+    slices: Annotated[int, typer.Option("--slices", min=1, metavar="N", help="3D datasets: slices each volume is resampled to (2.5D).")] = 32,
+    pool: Annotated[str, typer.Option("--pool", metavar="max|mean", help="3D datasets: volume feature from its slices' features.")] = "max",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a cache entry made with other weights, preprocessing or data.")] = False,
+    no_wait: Annotated[
+        bool, typer.Option("--no-wait", help="If another process is writing this entry, stop (naming it) instead of waiting.")
+    ] = False,
+    trust_code: Annotated[
+        bool,
+        typer.Option("--trust-code", help="Also load --weights files whose loading runs code they carry (TorchScript "
+                     "archives, e.g. OpenAI's CLIP .pt; the clip model's default hub safetensors need no flag). Refused "
+                     "by default, as such a file can run anything: only for files from a source you trust."),
+    ] = False,
+) -> None:
+    """Encode every image of a dataset with a frozen model into the cache (resumable).
+
+    Rerunning after an interruption (Ctrl-C included) continues where it stopped; rerunning a
+    finished entry is a no-op that writes nothing. A request whose weights, preprocessing,
+    batch size or samples differ from the cached entry is refused unless --overwrite. One
+    process writes an entry at a time: a second one waits for the first (or, with --no-wait,
+    stops), and --overwrite never deletes an entry that another process is writing.
+
+    Examples:
+
+      fmcache embed -m dinov2 -d ham10000 --data ~/data/HAM10000
+      fmcache embed -m medclip -d csv --data study.csv \\
+          -o subject_column=patient -o labels=pneumonia
+    """
+    from fmcache.embed.registry import get_model
+
+    get_model(model)  # a misspelt model is named before the data is read or torch is imported
+    from fmcache.datasets import load_dataset
+
+    opts = dataset_options(option)
+    if dataset_config is not None:
+        opts["config"] = str(dataset_config)
+    ds = load_dataset(dataset, data, options=opts, seed=seed)
+    from fmcache.embed.encode import embed as run_embed
+
+    try:
+        summary = run_embed(ds, model, root=root, weights=weights, batch_size=batch_size, device=device,
+                            num_workers=num_workers, overwrite=overwrite, chunk_rows=chunk_rows, slices=slices, pool=pool,
+                            wait=not no_wait, on_wait=say, on_repair=say, trust_code=trust_code)
+    except KeyboardInterrupt:
+        raise Interrupted(_kept(root, ds.name, model)) from None
+    typer.echo(summary.line())
+    if ds.name != dataset:
+        typer.echo(f"cached as dataset {ds.name!r}: name it so from now on, e.g. "
+                   f"`fmcache probe -d {ds.name} -m {model}`, `fmcache cache info {ds.name}`")
+
+
+def _kept(root: str | None, dataset: str, model: str) -> str:
+    import fmcache
+
+    try:
+        entries = fmcache.open_cache(root).entries()
+        row = entries[(entries["dataset"] == dataset) & (entries["model"] == model)]
+        done = row["chunks_done"].iloc[0] if len(row) else "no"
+    except Exception:  # noqa: BLE001 - the message must come out whatever state the store is in
+        done = "the finished"
+    return (f"{done} chunks of {dataset}/{model} are in the cache and stay there; "
+            "rerun the same command to encode only the rest")
+
+
+def _csv(values: list[str] | None) -> list[str] | None:
+    out = [v.strip() for value in values or [] for v in value.split(",") if v.strip()]
+    return out or None
+
+
+@command(app)
+def probe(
+    dataset: Annotated[str, typer.Option("--dataset", "-d", metavar="DATASET", help="Dataset name in the cache (`fmcache cache ls`).")],
+    model: Annotated[
+        list[str],
+        typer.Option("--model", "-m", metavar="MODEL", help="Cached model(s): repeat or comma-separate; `all` = every cached model of the dataset."),
+    ],
+    heads: Annotated[
+        Optional[list[str]],
+        typer.Option("--heads", metavar="HEAD,...", show_default=False,
+                     help="Head types: linear, resample, groupdro, laftr, laftr_eqodd, laftr_eqopp, "
+                     "fairpenalty, fairpenalty_eo, domain_ind, zeroshot, clip_adapt."),
+    ] = None,
+    sweep: Annotated[
+        str, typer.Option("--sweep", metavar="default|all|YAML",
+                          help="default: the benchmark's hyperparameters (lr 2.5e-4, wd 0.05, 100 epochs), linear unless "
+                          "--heads; all: every head type (or --heads) over its grid; or a YAML file of grids.")
+    ] = "default",
+    attributes: Annotated[Optional[list[str]], typer.Option("--attributes", "-a", metavar="ATTR,...", show_default=False,
+                                                            help="Sensitive attributes (default: all).")] = None,
+    labels: Annotated[Optional[list[str]], typer.Option("--labels", "-l", metavar="LABEL,...", show_default=False,
+                                                        help="Labels (default: all).")] = None,
+    seeds: Annotated[int, typer.Option("--seeds", min=1, metavar="N", help="Initialisation seeds per grid point.")] = 1,
+    criterion: Annotated[str, typer.Option("--criterion", metavar="NAME",
+                                           help="Validation selection: auc | worst_group_auc | tradeoff (auc - auc_delta).")] = "auc",
+    threshold: Annotated[str, typer.Option("--threshold", metavar="RULE",
+                                           help="A number, or val / val:f1 / val:sensitivity:0.9 (chosen on validation).")] = "val",
+    convention: Annotated[str, typer.Option("--convention", metavar="NAME", help="Metric convention: paper | fairmedfm | fairlearn.")] = "paper",
+    n_boot: Annotated[int, typer.Option("--n-boot", min=0, metavar="N", help="Bootstrap resamples for the test intervals.")] = 1000,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, metavar="N", show_default=False,
+                                                  help="Training epochs (default 100, or the sweep file's).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, metavar="N", show_default=False,
+                                                      help="Minibatch size (default 128).")] = None,
+    feature_kind: Annotated[str, typer.Option("--feature-kind", metavar="KIND",
+                                              help="auto (projected if the model has it) | image | image_proj.")] = "auto",
+    volume: Annotated[
+        str, typer.Option("--volume", metavar="MODE", help="3D datasets: max | mean of per-slice predictions (heads trained on "
+                          "slices), or features: heads trained on the pooled volume feature.")
+    ] = "max",
+    seed: Annotated[int, typer.Option("--seed", metavar="N", help="Seed of minibatch order and bootstrap resamples.")] = 0,
+    root: RootOpt = None,
+    runs: RunsOpt = None,
+) -> None:
+    """Train fairness heads on cached embeddings, select on validation, evaluate on test.
+
+    Every head of one type is trained at once (JAX, vmapped). Heads are chosen per label and
+    attribute on the validation split by --criterion, then evaluated on the test split with
+    bootstrap intervals. Each (dataset, model) writes a run directory under <root>/runs.
+    Multi-class labels are not supported yet (binary and multi-label are).
+
+    Example:
+
+      fmcache probe -d chexpert -m medclip --sweep all --attributes sex,age
+    """
+    import fmcache
+
+    cache = fmcache.open_cache(root)
+    models = _csv(model) or []
+    models = cache.models(dataset) if models == ["all"] else models
+    for m in models:  # named before JAX is imported
+        cache.embeddings(dataset, m)
+    from fmcache.probe import SweepConfig, load_sweep, run_sweep
+    from fmcache.views import headline_table, make_console
+
+    grids, settings = load_sweep(sweep, _csv(heads))
+    console = make_console()
+    done: list[str] = []
+    for m in models:
+        cfg = SweepConfig(
+            dataset=dataset, model=m, heads=grids, labels=_csv(labels), attributes=_csv(attributes), seeds=seeds,
+            criterion=criterion, threshold=float(threshold) if _is_number(threshold) else threshold,
+            convention=convention, n_boot=n_boot, epochs=epochs or settings.get("epochs", 100),
+            batch_size=batch_size or settings.get("batch_size", 128), kind=feature_kind, volume=volume, seed=seed,
+        )
+        try:
+            with console.status(f"{dataset}/{m}: loading") as status:
+                run = run_sweep(cfg, root=root, runs=runs,
+                                on_head=lambda h, k: status.update(f"{dataset}/{m}: training {k} {h} heads"))
+        except KeyboardInterrupt:
+            kept = f"the runs of {', '.join(done)} are kept" if done else "no run was written"
+            raise Interrupted(f"the unfinished run of {dataset}/{m} was discarded and {kept}; "
+                              "rerun the command to train it again") from None
+        done.append(f"{dataset}/{m} ({run.path.name})")
+        for label in run.metrics["label"].unique():
+            console.print(headline_table(run.metrics, label, f"{dataset}/{m}, label {label}: test metrics of the heads "
+                                         f"chosen by validation {criterion}"))
+        for h, why in run.config["skipped"].items():
+            console.print(f"skipped {h}: {why}", markup=False)
+        console.print(f"run: {run.path.name}  (`fmcache results {run.path.name}`)", markup=False, highlight=False)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+@command(app)
+def results(
+    run: Annotated[Optional[str], typer.Argument(metavar="RUN", help="Run name (from the list) or path; omit to list runs.",
+                                                 show_default=False)] = None,
+    csv: Annotated[Optional[Path], typer.Option("--csv", metavar="FILE", show_default=False,
+                                                help="Write the run's full metric table to this CSV file.")] = None,
+    root: RootOpt = None,
+    runs: RunsOpt = None,
+) -> None:
+    """List sweep runs, or show one run's headline table (and export its metrics as CSV).
+
+    From Python: fmcache.load_results(name or path) returns .metrics, .sweep, .predictions, .config.
+    """
+    from fmcache.runs import list_runs, load_results, run_path, runs_dir
+    from fmcache.views import frame_table, headline_table, make_console
+
+    console = make_console()
+    if run is None:
+        listed = list_runs(root, runs)
+        if listed.empty:
+            typer.echo(f"no runs under {runs_dir(root, runs)} yet: `fmcache probe` makes them")
+            return
+        shown = listed.drop(columns=["path", "created"])
+        console.print(frame_table(shown, f"runs under {runs_dir(root, runs)}", "`fmcache results RUN` shows one",
+                                  keys=("run",)))
+        return
+    r = load_results(run_path(run, root, runs))
+    for label in r.metrics["label"].unique():
+        console.print(headline_table(r.metrics, label, f"{r.path.name}, label {label}"))
+    if csv is not None:
+        r.metrics.to_csv(csv, index=False)
+        typer.echo(f"wrote {len(r.metrics)} rows to {csv}")
+
+
+@command(app)
+def report(
+    names: Annotated[list[str], typer.Argument(metavar="RUN", help="Run names (see `fmcache results`) or run directories.",
+                                               show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="FILE", help="HTML file to write.")] = Path("study.html"),
+    no_representation: Annotated[
+        bool, typer.Option("--no-representation", help="Skip the t-SNE maps and attribute probes on the cached features.")
+    ] = False,
+    root: RootOpt = None,
+    runs: RunsOpt = None,
+) -> None:
+    """Write one self-contained HTML report (no network needed to view it) from one or more runs.
+
+    Setup, headline tables with bootstrap intervals, trade-off, per-group and calibration
+    figures, ranks across datasets, representation fairness, and a summary generated from the
+    tables. Tables sort on click and download as CSV.
+
+    Example:
+
+      fmcache report 20261127-101500-synthetic-medclip \\
+          20261127-103000-chexpert-medclip --out study.html
+    """
+    from fmcache.report import build_report
+    from fmcache.runs import run_path
+
+    paths = [run_path(r, root, runs) for r in names]
+    try:
+        path = build_report(paths, out, representation=not no_representation)
+    except KeyboardInterrupt:
+        raise Interrupted(f"no report was written to {out}; the runs are untouched") from None
+    typer.echo(f"report: {path.resolve()}")
+
+
+@command(app)
+def demo(
+    root: RootOpt = None,
+    model: Annotated[str, typer.Option("--model", "-m", metavar="MODEL", help="Model to embed with.")] = "efficientnet_lite0",
+    size: Annotated[int, typer.Option("--size", min=20, metavar="N", help="Number of synthetic images.")] = 600,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Rebuild cache entries that differ.")] = False,
+) -> None:
+    """Run the whole pipeline offline on the synthetic dataset with a planted disparity.
+
+    Generates chest-X-ray-like images whose lesion is harder to see in one group, embeds them
+    with real pretrained weights that ship with the installation, shows what the cache holds,
+    trains every head type on the cached features, says which heads shrink the planted gap
+    and at what cost, and writes the HTML report.
+    """
+    from fmcache.demo import run_demo
+    from fmcache.embed.registry import get_model
+
+    get_model(model)
+    run_demo(root=root, model=model, size=size, overwrite=overwrite)
