@@ -160,17 +160,25 @@ def load(root: Path, row: pd.Series) -> np.ndarray:
 LAYOUT = """\
 The IDA collection CSV beside the unpacked ADNI/ tree of NIfTI files
 <data>/
-  ADNI1_Screening_1.5T_2_20_2024.csv   Image Data ID,Subject,Group,Sex,Age,Visit,Modality,Description,Type,
-                                       Acq Date,Format,Downloaded  (any file name; the header is recognised)
-  ADNI/<Subject>/<Description, non-alphanumerics as _>/<YYYY-MM-DD_HH_MM_SS.0>/I<image id>/
-       ADNI_<Subject>_MR_<Description>_Br_<timestamp>_S<series id>_I<image id>.nii   (.nii.gz also read;
-       files may sit one folder deeper; an image is found by its I<id> folder or _I<id> suffix)
-With several collection CSVs in --data, name one with the option collection=<file>.
-Label: AD = Group AD (1) vs CN (0); MCI images are left out; any other Group is an error.
-Subject: Subject (e.g. 941_S_1363); a subject's images (Scaled / Scaled_2, MPR / MPR-R
-repeats) stay on one side of the split. Sex: M / F. Age: old if >= 75.
-Volume: reoriented to RAS+, axial slices inferior -> superior (option plane), intensities
-min-max scaled between the 0.5th and 99.5th percentiles of the volume.
+  ADNI1_Screening_1.5T_2_20_2024.csv
+      Image Data ID,Subject,Group,Sex,Age,Visit,Modality,Description,Type,
+      Acq Date,Format,Downloaded  (any file name; the header is recognised)
+  ADNI/<Subject>/<Description, non-alphanumerics as _>/
+    <YYYY-MM-DD_HH_MM_SS.0>/I<image id>/<file>.nii
+      (.nii.gz also read; files may sit one folder deeper; an image is found
+      by its I<id> folder or _I<id> suffix)
+  where <file> is
+    ADNI_<Subject>_MR_<Description>_Br_<timestamp>_S<series id>_I<image id>
+With several collection CSVs in --data, name one with the option
+collection=<file>.
+Label: AD = Group AD (1) vs CN (0); MCI images are left out; any other Group
+is an error.
+Subject: Subject (e.g. 941_S_1363); a subject's images (Scaled / Scaled_2,
+MPR / MPR-R repeats) stay on one side of the split. Sex: M / F. Age: old if
+>= 75.
+Volume: reoriented to RAS+, axial slices inferior -> superior (option plane),
+intensities min-max scaled between the 0.5th and 99.5th percentiles of the
+volume.
 """
 
 SPEC = DatasetSpec(

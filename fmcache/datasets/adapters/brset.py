@@ -99,16 +99,21 @@ def read(root: Path, options: Mapping[str, str]) -> RawTable:
 
 
 LAYOUT = """\
-labels.csv beside fundus_photos/ (the PhysioNet folder brazilian-ophthalmological/1.0.0/)
+labels.csv beside fundus_photos/
+(the PhysioNet folder brazilian-ophthalmological/1.0.0/)
 <data>/
-  labels.csv                  image_id,patient_id,camera,patient_age,comorbidities,diabetes_time_y,insuline,
-                              patient_sex,exam_eye,diabetes,nationality,optic_disc,vessels,macula,DR_SDRG,
-                              DR_ICDR,focus,iluminaton,image_field,artifacts,diabetic_retinopathy,...,quality
+  labels.csv
+      image_id,patient_id,camera,patient_age,comorbidities,diabetes_time_y,
+      insuline,patient_sex,exam_eye,diabetes,nationality,optic_disc,vessels,
+      macula,DR_SDRG,DR_ICDR,focus,iluminaton,image_field,artifacts,
+      diabetic_retinopathy,...,quality
   fundus_photos/img00001.jpg ... img16266.jpg
-Subject: patient_id (1-4 images per patient). Label: DR_ICDR != 0 -> 1 (the diabetic_retinopathy
-column is not used: it disagrees with the grade in some rows); labels=icdr: the five ICDR grades
-(multi-class, index = grade). Sex: patient_sex 1 -> male, 2 -> female. Age: patient_age, old if
->= 60; the literal NA and blanks -> unknown. Option quality=adequate drops `Inadequate` images.
+Subject: patient_id (1-4 images per patient). Label: DR_ICDR != 0 -> 1 (the
+diabetic_retinopathy column is not used: it disagrees with the grade in some
+rows); labels=icdr: the five ICDR grades (multi-class, index = grade). Sex:
+patient_sex 1 -> male, 2 -> female. Age: patient_age, old if >= 60; the
+literal NA and blanks -> unknown. Option quality=adequate drops `Inadequate`
+images.
 """
 
 SPEC = DatasetSpec(

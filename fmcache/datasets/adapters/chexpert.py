@@ -231,23 +231,30 @@ def _zero_is_unknown(rule: AttributeRule) -> AttributeRule:
 
 
 LAYOUT = """\
-CheXpert-v1.0-small/ (or CheXpert-v1.0/) with train.csv, valid.csv and the images; CHEXPERT DEMO.xlsx beside it
-<data>/                               --data: this folder, or CheXpert-v1.0-small/ itself
-  CheXpert-v1.0-small/                 (full-resolution release: CheXpert-v1.0/, same inside)
-    train.csv                          Path,Sex,Age,Frontal/Lateral,AP/PA,No Finding,...,Support Devices
-    valid.csv                          same header; joins the pool, our own splits come later
+CheXpert-v1.0-small/ (or CheXpert-v1.0/) with train.csv, valid.csv and images;
+CHEXPERT DEMO.xlsx beside it
+<data>/   --data: this folder, or CheXpert-v1.0-small/ itself
+  CheXpert-v1.0-small/
+      (full-resolution release: CheXpert-v1.0/, same inside)
+    train.csv
+        Path,Sex,Age,Frontal/Lateral,AP/PA,No Finding,...,Support Devices
+    valid.csv
+        same header; joins the pool, our own splits come later
     train/patientNNNNN/studyK/viewJ_frontal.jpg   (and viewJ_lateral.jpg)
     valid/patientNNNNN/studyK/viewJ_frontal.jpg
-  CHEXPERT DEMO.xlsx                   optional (race), sheet 'CheXpert Demo 11-13', columns
-                                       PATIENT,GENDER,AGE_AT_CXR,PRIMARY_RACE,ETHNICITY; also accepted:
-                                       CHEXPERT_DEMO.xlsx, CHEXPERT DEMO.csv, CHEXPERT_DEMO.csv, beside
-                                       or inside CheXpert-v1.0-small/. Without it, race is left out.
-Label: `No Finding` (1 = normal); empty cells (not mentioned) -> 0 as in the benchmark; -1.0
-(uncertain) follows the `uncertain` option. Subject: the patientNNNNN folder in Path.
-Sex from train.csv `Sex` (Unknown -> unknown; DEMO's GENDER is not used). Age from `Age`
-(per study; 0 -> unknown: it marks 3 images without demographics). Race from DEMO
-PRIMARY_RACE: white if it contains "White"; Unknown, Patient Refused, Race and Ethnicity
-Unknown and blanks -> unknown; patients without a DEMO row -> unknown.
+  CHEXPERT DEMO.xlsx
+      optional (race), sheet 'CheXpert Demo 11-13', columns
+      PATIENT,GENDER,AGE_AT_CXR,PRIMARY_RACE,ETHNICITY; also accepted:
+      CHEXPERT_DEMO.xlsx, CHEXPERT DEMO.csv, CHEXPERT_DEMO.csv, beside
+      or inside CheXpert-v1.0-small/. Without it, race is left out.
+Label: `No Finding` (1 = normal); empty cells (not mentioned) -> 0 as in the
+benchmark; -1.0 (uncertain) follows the `uncertain` option. Subject: the
+patientNNNNN folder in Path.
+Sex from train.csv `Sex` (Unknown -> unknown; DEMO's GENDER is not used). Age
+from `Age` (per study; 0 -> unknown: it marks 3 images without demographics).
+Race from DEMO PRIMARY_RACE: white if it contains "White"; Unknown, Patient
+Refused, Race and Ethnicity Unknown and blanks -> unknown; patients without a
+DEMO row -> unknown.
 """
 
 SPEC = DatasetSpec(

@@ -160,22 +160,28 @@ def load(root: Path, row: pd.Series) -> np.ndarray:
 
 
 LAYOUT = """\
-Clinical-data.csv beside COVID-19 Cases/, Cap Cases/ and Normal Cases/ (Figshare release)
+Clinical-data.csv beside COVID-19 Cases/, Cap Cases/ and Normal Cases/
+(Figshare release)
 <data>/
-  Clinical-data.csv        <index>,Diagnosis,Folder,Patient Gender,Patient Age,Weight,Clinical characteristics,
-                           Surgery,Follow-up,PCR  (the first column's name is not read)
-  COVID-19 Cases/P001/<StudyID>_<n>.dcm ...     one folder of CT slices per patient
-  Cap Cases/cap001/...     (spelt Cap, not CAP)
+  Clinical-data.csv
+      <index>,Diagnosis,Folder,Patient Gender,Patient Age,Weight,
+      Clinical characteristics,Surgery,Follow-up,PCR
+      (the first column's name is not read)
+  COVID-19 Cases/P001/<StudyID>_<n>.dcm ...
+      one folder of CT slices per patient
+  Cap Cases/cap001/...   (spelt Cap, not CAP)
   Normal Cases/normal001/...
   Index.csv, Slice-level-labels.npy, Lobe-level-labels.npy   not read
-The README's spelling of the case folders (COVID-19 subjects/, CAP subjects/, Normal
-subjects/) is also accepted. Diagnosis must be COVID-19, CAP or Normal.
-Label: not_normal = Diagnosis is COVID-19 or CAP (option labels=diagnosis: 3 classes, index
-order Normal, COVID-19, CAP). Subject: Folder (one scan per patient). Sex: Patient Gender
-M / F. Age: Patient Age '039Y' (every digit read, so '105Y' is 105), old if >= 50.
-Volume: the folder's slices sorted by ImagePositionPatient (SliceLocation, InstanceNumber as
-fallbacks), axial, inferior -> superior; HU through the lung window [-1350, 150] -> [0, 1]
-(option window=percentile: 0.5-99.5 percentile min-max per volume).
+The README's spelling of the case folders (COVID-19 subjects/, CAP subjects/,
+Normal subjects/) is also accepted. Diagnosis must be COVID-19, CAP or Normal.
+Label: not_normal = Diagnosis is COVID-19 or CAP (option labels=diagnosis: 3
+classes, index order Normal, COVID-19, CAP). Subject: Folder (one scan per
+patient). Sex: Patient Gender M / F. Age: Patient Age '039Y' (every digit
+read, so '105Y' is 105), old if >= 50.
+Volume: the folder's slices sorted by ImagePositionPatient (SliceLocation,
+InstanceNumber as fallbacks), axial, inferior -> superior; HU through the lung
+window [-1350, 150] -> [0, 1] (option window=percentile: 0.5-99.5 percentile
+min-max per volume).
 """
 
 SPEC = DatasetSpec(

@@ -285,23 +285,32 @@ def load(root: Path, row: pd.Series) -> Image.Image:
 
 
 LAYOUT = """\
-FairVLMed/ with data_summary.csv and Training/, Validation/, Test/ holding data_NNNNN.npz
-<data>/                          --data: this folder, or the folder holding FairVLMed/
-  data_summary.csv               filename,age,gender,race,ethnicity,language,maritalstatus,note,gpt4_summary,glaucoma,use
-                                 (also found under ReadMe/, as in some copies)
-  gpt-4_summarized_notes.csv     not read (the notes are not needed for classification)
-  Training/data_00001.npz ...    7,000 files; arrays slo_fundus (664 x 512, grayscale), glaucoma, ...
-  Validation/data_NNNNN.npz      1,000 files
-  Test/data_NNNNN.npz            2,000 files (Testing/ also accepted)
-  Training/slo_fundus_00001.jpg  JPEG exports of slo_fundus are used where the NPZ is absent
-Labels and groups come from data_summary.csv; images from each NPZ's slo_fundus array (uint8 kept
-as is, no contrast stretch; other dtypes scaled to 8 bits). One image per patient: the subject is
-the file name. Our own patient-level split replaces the release's `use` column.
-Label: glaucoma yes -> 1, no -> 0. Sex: gender male / female. Age: old if >= 60 (2-decimal floats).
-Race: white vs non-white (asian, black); ethnicity: non-hispanic / hispanic (unknown -> unknown);
-language: english vs non-english (spanish, other; unknown -> unknown); marital status:
-partnered (married or partnered) vs not (single, divorced, widowed, legally separated; unknown ->
-unknown). groups=multi keeps race, language and marital status in all their groups.
+FairVLMed/ with data_summary.csv and Training/, Validation/, Test/
+holding data_NNNNN.npz
+<data>/   --data: this folder, or the folder holding FairVLMed/
+  data_summary.csv
+      filename,age,gender,race,ethnicity,language,maritalstatus,note,
+      gpt4_summary,glaucoma,use
+      (also found under ReadMe/, as in some copies)
+  gpt-4_summarized_notes.csv
+      not read (the notes are not needed for classification)
+  Training/data_00001.npz ...
+      7,000 files; arrays slo_fundus (664 x 512, grayscale), glaucoma, ...
+  Validation/data_NNNNN.npz   1,000 files
+  Test/data_NNNNN.npz         2,000 files (Testing/ also accepted)
+  Training/slo_fundus_00001.jpg
+      JPEG exports of slo_fundus are used where the NPZ is absent
+Labels and groups come from data_summary.csv; images from each NPZ's
+slo_fundus array (uint8 kept as is, no contrast stretch; other dtypes scaled
+to 8 bits). One image per patient: the subject is the file name. Our own
+patient-level split replaces the release's `use` column.
+Label: glaucoma yes -> 1, no -> 0. Sex: gender male / female. Age: old if
+>= 60 (2-decimal floats).
+Race: white vs non-white (asian, black); ethnicity: non-hispanic / hispanic
+(unknown -> unknown); language: english vs non-english (spanish, other;
+unknown -> unknown); marital status: partnered (married or partnered) vs not
+(single, divorced, widowed, legally separated; unknown -> unknown).
+groups=multi keeps race, language and marital status in all their groups.
 """
 
 SPEC = DatasetSpec(

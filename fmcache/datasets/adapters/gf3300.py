@@ -120,24 +120,32 @@ def load(root: Path, row: pd.Series) -> Image.Image:
 
 
 LAYOUT = """\
-data_summary.csv beside Training/, Validation/, Test/ (or dataset-001/Training/ ..., or train/ val/ test/) of data_NNNN.npz
+data_summary.csv beside Training/, Validation/, Test/
+(or dataset-001/Training/ ..., or train/ val/ test/) of data_NNNN.npz
 <data>/
-  data_summary.csv              filename,age,gender,race,ethnicity,language,maritalstatus,glaucoma,use
-  dataset-001/Training/data_0001.npz ...   2,100 files (the folder may also sit directly in <data>,
-  dataset-001/Validation/                  300 files     or be named train/, val/, test/)
+  data_summary.csv
+      filename,age,gender,race,ethnicity,language,maritalstatus,glaucoma,use
+  dataset-001/Training/data_0001.npz ...   2,100 files
+  dataset-001/Validation/                  300 files
   dataset-001/Test/                        900 files
-  Each NPZ holds rnflt (200 x 200 RNFL thickness map, µm), oct_bscans, glaucoma, md, tds, race,
-  male, hispanic, language, maritalstatus, age; only rnflt is read (labels and groups come from
-  data_summary.csv).
-Image: rnflt mapped to 8 bits on one fixed scale, (x + 2) / 352 * 255, clipped (as FairMedFM).
-One map per patient (README); the release has no patient id column, so the subject is the file
-name. Our own patient-level split replaces the release's `use` column.
-Label: glaucoma yes -> 1, no -> 0. Sex: gender male / female. Age: old if >= 60.
-Race: white vs non-white (asian, black). Language: english vs non-english (spanish, `other
-languages`; unknown -> unknown). Ethnicity: non-hispanic / hispanic (unknown -> unknown).
-Marital status: partnered vs not, as FairVLMed10k spells it (married or partnered, single,
-divorced, widowed, legally separated, unknown). groups=multi keeps race, language and marital
-status in all their groups.
+      (the folder may also sit directly in <data>, or be named train/,
+      val/, test/)
+  Each NPZ holds rnflt (200 x 200 RNFL thickness map, µm), oct_bscans,
+  glaucoma, md, tds, race, male, hispanic, language, maritalstatus, age; only
+  rnflt is read (labels and groups come from data_summary.csv).
+Image: rnflt mapped to 8 bits on one fixed scale, (x + 2) / 352 * 255, clipped
+(as FairMedFM).
+One map per patient (README); the release has no patient id column, so the
+subject is the file name. Our own patient-level split replaces the release's
+`use` column.
+Label: glaucoma yes -> 1, no -> 0. Sex: gender male / female. Age: old if
+>= 60.
+Race: white vs non-white (asian, black). Language: english vs non-english
+(spanish, `other languages`; unknown -> unknown). Ethnicity:
+non-hispanic / hispanic (unknown -> unknown).
+Marital status: partnered vs not, as FairVLMed10k spells it (married or
+partnered, single, divorced, widowed, legally separated, unknown).
+groups=multi keeps race, language and marital status in all their groups.
 """
 
 SPEC = DatasetSpec(

@@ -123,21 +123,24 @@ def read(root: Path, options: Mapping[str, str]) -> RawTable:
 
 
 LAYOUT = """\
-HAM10000_metadata (or .csv) beside HAM10000_images_part_1/ and HAM10000_images_part_2/
+HAM10000_metadata (or .csv) beside HAM10000_images_part_1/ and _part_2/
 <data>/
-  HAM10000_metadata              lesion_id,image_id,dx,dx_type,age,sex,localization,dataset
-                                 (no extension, as on Dataverse; HAM10000_metadata.csv also accepted;
-                                 older / Kaggle copies lack `dataset`, which is not read)
+  HAM10000_metadata
+      lesion_id,image_id,dx,dx_type,age,sex,localization,dataset
+      (no extension, as on Dataverse; HAM10000_metadata.csv also accepted;
+      older / Kaggle copies lack `dataset`, which is not read)
   HAM10000_images_part_1/ISIC_0024306.jpg ...   (5,000 images)
   HAM10000_images_part_2/ISIC_0029306.jpg ...   (5,015 images)
-  The folders may also be spelled HAM10000_images_part1/ part2/ or, as on Kaggle,
-  ham10000_images_part_1/ _part_2/.
-There is no patient id in HAM10000: lesion_id is the subject (a lesion's images never
-straddle splits), but one person may have several lesions and these cannot be linked.
-Label: malignant = dx in {mel, bcc, akiec} (option malignant=reference: {mel, akiec}, the
-reference code's definition, which counts bcc as benign); option labels=dx: the 7-class
-diagnosis, index in the order mel, nv, bcc, akiec, bkl, df, vasc. Sex: male / female,
-`unknown` -> unknown. Age: old if >= 60 ("80" and "80.0" both read), empty -> unknown.
+  The folders may also be spelled HAM10000_images_part1/ part2/ or, as on
+  Kaggle, ham10000_images_part_1/ _part_2/.
+There is no patient id in HAM10000: lesion_id is the subject (a lesion's
+images never straddle splits), but one person may have several lesions and
+these cannot be linked.
+Label: malignant = dx in {mel, bcc, akiec} (option malignant=reference: {mel,
+akiec}, the reference code's definition, which counts bcc as benign); option
+labels=dx: the 7-class diagnosis, index in the order mel, nv, bcc, akiec, bkl,
+df, vasc. Sex: male / female, `unknown` -> unknown. Age: old if >= 60 ("80"
+and "80.0" both read), empty -> unknown.
 """
 
 SPEC = DatasetSpec(

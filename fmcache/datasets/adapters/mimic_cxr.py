@@ -163,25 +163,35 @@ def read(root: Path, options: Mapping[str, str]) -> RawTable:
 
 
 LAYOUT = """\
-MIMIC-CXR-JPG folder with files/ and the mimic-cxr-2.0.0-*.csv.gz tables; MIMIC-IV patients/admissions in mimic-iv/hosp/
-<data>/                                       --data: the MIMIC-CXR-JPG release folder (e.g. .../mimic-cxr-jpg/2.0.0)
-  files/p10/p10000032/s50414267/<dicom_id>.jpg   (p10 ... p19; the path is built from the metadata)
-  mimic-cxr-2.0.0-metadata.csv.gz             dicom_id,subject_id,study_id,...,ViewPosition,...
-  mimic-cxr-2.0.0-chexpert.csv.gz             subject_id,study_id,Atelectasis,...,Support Devices
+MIMIC-CXR-JPG folder with files/ and the mimic-cxr-2.0.0-*.csv.gz tables;
+MIMIC-IV patients/admissions in mimic-iv/hosp/
+<data>/
+    --data: the MIMIC-CXR-JPG release folder (e.g. .../mimic-cxr-jpg/2.0.0)
+  files/p10/p10000032/s50414267/<dicom_id>.jpg
+      (p10 ... p19; the path is built from the metadata)
+  mimic-cxr-2.0.0-metadata.csv.gz
+      dicom_id,subject_id,study_id,...,ViewPosition,...
+  mimic-cxr-2.0.0-chexpert.csv.gz
+      subject_id,study_id,Atelectasis,...,Support Devices
   mimic-cxr-2.0.0-split.csv.gz, -negbio.csv.gz, IMAGE_FILENAMES   (not read)
-  mimic-iv/hosp/patients.csv.gz               subject_id,gender,anchor_age,...   (MIMIC-IV, required)
-  mimic-iv/hosp/admissions.csv.gz             subject_id,hadm_id,admittime,...,race,...  (optional: race)
-The two MIMIC-IV tables may also sit directly in <data>/, in <data>/hosp/, <data>/core/,
-<data>/mimic-iv/core/ (v1.0) or <data>/mimic-iv/, or in any folder named by the option
-mimic_iv=FOLDER; plain .csv is accepted for every table, as is the 2.1.0 file prefix.
-Label: `No Finding` of the study, joined on (subject_id, study_id); empty cells and studies
-without a row -> 0 as in the benchmark; -1.0 follows the `uncertain` option. Labels are
-per study, so every image of a study shares them. Subject: subject_id (splits by patient).
-Sex: patients.gender M/F. Age: patients.anchor_age (age in the anchor year, not at the
-X-ray; 91 means over 89, so old). Subjects absent from patients.csv are kept with unknown
-sex and age. Race: admissions.race (v1.0: ethnicity) - the most frequent known value over
-the subject's admissions, ties to the earliest admission; white if it contains "WHITE";
-UNKNOWN, UNABLE TO OBTAIN, PATIENT DECLINED TO ANSWER and blanks -> unknown.
+  mimic-iv/hosp/patients.csv.gz
+      subject_id,gender,anchor_age,...   (MIMIC-IV, required)
+  mimic-iv/hosp/admissions.csv.gz
+      subject_id,hadm_id,admittime,...,race,...  (optional: race)
+The two MIMIC-IV tables may also sit directly in <data>/,
+in <data>/hosp/, <data>/core/, <data>/mimic-iv/core/ (v1.0)
+or <data>/mimic-iv/, or in any folder named by the option mimic_iv=FOLDER;
+plain .csv is accepted for every table, as is the 2.1.0 file prefix.
+Label: `No Finding` of the study, joined on (subject_id, study_id); empty
+cells and studies without a row -> 0 as in the benchmark; -1.0 follows the
+`uncertain` option. Labels are per study, so every image of a study shares
+them. Subject: subject_id (splits by patient).
+Sex: patients.gender M/F. Age: patients.anchor_age (age in the anchor year,
+not at the X-ray; 91 means over 89, so old). Subjects absent from patients.csv
+are kept with unknown sex and age. Race: admissions.race (v1.0: ethnicity) -
+the most frequent known value over the subject's admissions, ties to the
+earliest admission; white if it contains "WHITE"; UNKNOWN, UNABLE TO OBTAIN,
+PATIENT DECLINED TO ANSWER and blanks -> unknown.
 """
 
 SPEC = DatasetSpec(

@@ -180,16 +180,20 @@ def read(root: Path, options: Mapping[str, str]) -> RawTable:
 
 
 LAYOUT = """\
-PapilaDB-PAPILA-<commit>/ with ClinicalData/patient_data_od.xlsx, patient_data_os.xlsx and FundusImages/
-<data>/                                  --data: the unzipped release, or the folder holding it
-  ClinicalData/patient_data_od.xlsx      right eyes (OD); row 2: blank, Age, Gender, Diagnosis,
-  ClinicalData/patient_data_os.xlsx      dioptre_1, ...; row 3: ID; data from row 4 (#002, 47, 0, 2, ...)
-                                         (patient_data_od.csv / _os.csv with one header
-                                         ID,Age,Gender,Diagnosis,... are accepted instead)
+PapilaDB-PAPILA-<commit>/ with ClinicalData/ and FundusImages/;
+ClinicalData/ holds patient_data_od.xlsx and patient_data_os.xlsx
+<data>/   --data: the unzipped release, or the folder holding it
+  ClinicalData/patient_data_od.xlsx   right eyes (OD)
+  ClinicalData/patient_data_os.xlsx   left eyes (OS)
+      row 2 of each: blank, Age, Gender, Diagnosis, dioptre_1, ...;
+      row 3: ID; data from row 4 (#002, 47, 0, 2, ...)
+      (patient_data_od.csv / _os.csv with one header
+      ID,Age,Gender,Diagnosis,... are accepted instead)
   FundusImages/RET002OD.jpg, RET002OS.jpg, ...   (488 images, 244 patients)
-  ExpertsSegmentations/, HelpCode/       not read
-Subject: the patient ID (#002; both eyes share it). Label: Diagnosis 1 (glaucoma) vs 0 (healthy);
-suspects (2) are left out by default (option suspect), or labels=diagnosis gives the three classes.
+  ExpertsSegmentations/, HelpCode/   not read
+Subject: the patient ID (#002; both eyes share it). Label: Diagnosis 1
+(glaucoma) vs 0 (healthy); suspects (2) are left out by default (option
+suspect), or labels=diagnosis gives the three classes.
 Sex: Gender 0 -> male, 1 -> female. Age: old if >= 60. Blank cells -> unknown.
 """
 

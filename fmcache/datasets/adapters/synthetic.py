@@ -254,7 +254,7 @@ SPEC = DatasetSpec(
                            source="generated column sex"),
         "age": threshold(AGE_THRESHOLD, source="generated column age (years)"),
     },
-    layout="no files: images are rendered on demand from each row's id and the seed (--data is ignored)",
+    layout="no files: images are rendered on demand from each row's id and the seed\n(--data is ignored)",
     obtain="generated on the fly; nothing to download",
     prompts={
         "default": PromptSet(
