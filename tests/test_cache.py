@@ -166,6 +166,20 @@ def test_reader_errors_name_the_thing(tmp_path):
         fmcache.open_cache(str(tmp_path / "nowhere")).datasets()
 
 
+def test_a_dataset_cached_under_another_name_is_pointed_to(tmp_path):
+    # `-d csv --data study.csv` caches the dataset as `study`; a split option adds a suffix
+    g = open_root(str(tmp_path), mode="a")
+    attrs = {**_attrs(), "adapter": "csv", "needs_data": True, "options": {"labels": "a,b", "attributes": "sex=Sex:M->male, F->female"}}
+    write_samples(g, "study", _table(), attrs)
+    c = fmcache.open_cache(str(tmp_path))
+    with pytest.raises(CacheMissError, match="the csv adapter's data is cached as 'study': use -d study"):
+        c.embeddings("csv", "m")
+    with pytest.raises(CacheMissError) as e:
+        c.embeddings("study", "m")
+    assert str(e.value).endswith("run `fmcache embed --model m --dataset csv --data <your copy> -o labels=a,b "
+                                 "-o 'attributes=sex=Sex:M->male, F->female'`")
+
+
 def test_reading_needs_neither_torch_nor_jax(tmp_path):
     g = open_root(str(tmp_path), mode="a")
     ds = write_samples(g, "toy", _table(), _attrs())
