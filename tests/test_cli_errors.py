@@ -105,6 +105,20 @@ def test_ctrl_c_in_any_command_says_so_and_exits_130(run_cli, monkeypatch):
     assert err.strip() == "interrupted: nothing is left half-written; rerun the same command to go on"
 
 
+def test_ctrl_c_in_probe_says_the_unfinished_run_is_discarded(run_cli, monkeypatch, toy_run, tmp_path):
+    def interrupt(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    import fmcache.probe
+
+    monkeypatch.setattr(fmcache.probe, "run_sweep", interrupt)
+    ds, model = toy_run.run.config["dataset"], toy_run.run.config["model"]
+    code, _, err = run_cli("probe", "-d", ds, "-m", model, "--root", str(toy_run.root), "--runs", str(tmp_path))
+    assert code == 130 and "Traceback" not in err
+    assert err.strip() == (f"interrupted: the unfinished run of {ds}/{model} was discarded and no run was written; "
+                           "rerun the command to train it again")
+
+
 SLOW_ENCODER = textwrap.dedent("""
     import sys, time
     import fmcache.embed.encode as encode
