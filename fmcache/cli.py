@@ -320,8 +320,8 @@ def datasets(
     """List the datasets, show one (`fmcache datasets NAME`), or check your copy of one.
 
     `fmcache datasets check DATASET --data PATH` reads your copy as `embed` would, checks that
-    every image file is there, prints rows, subjects, label and group counts, and exits
-    non-zero naming each problem and its fix.
+    every image file is there and decodes each one, prints rows, subjects, label and group
+    counts, and exits non-zero naming each problem (and each unreadable file) and its fix.
     """
     from rich.table import Table
 
