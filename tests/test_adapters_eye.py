@@ -349,7 +349,8 @@ def test_check_reports_unreadable_pixels(tmp_path):
     root = ol.write_gf3300(tmp_path)
     np.savez(root / "dataset-001" / "Training" / "data_0001.npz", oct_bscans=np.zeros((2, 2, 2)))
     report = check_dataset("gf3300", root)
-    assert not report.ok and "no array rnflt" in report.problems[0]
+    assert not report.ok and "1 of 10 images cannot be decoded" in report.problems[0]
+    assert [row for row, _ in report.unreadable] == ["data_0001"] and "no array rnflt" in report.unreadable[0][1]
 
 
 def test_cli_listing_and_show_still_work(run_cli):

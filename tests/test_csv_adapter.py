@@ -240,3 +240,7 @@ def test_layout_teaches_the_format():
     for fragment in ("path,patient,", "fmcache ", "-o labels=", "attributes:", "threshold: 65", "map: {"):
         assert fragment in spec.layout
     assert "default: the sample id" in spec.options["subject_column"]
+    # what is read and how wider intensities become 8 bits
+    for fragment in ("-o subject_column=patient", "every image is its own patient", "DICOM", "NIfTI", "16-bit",
+                     "min..max", "WindowCenter", "MONOCHROME1", "pip install 'fmcache[dicom]'", "fmcache datasets check csv"):
+        assert fragment in spec.layout, fragment

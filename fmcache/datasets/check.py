@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -13,6 +15,7 @@ from fmcache.datasets.splits import SPLIT_NAMES
 from fmcache.errors import DatasetError
 
 SHOW_MISSING = 5  # names listed when files are missing; the count says how many in all
+SHOW_UNREADABLE = 20  # unreadable files listed, each with its reason; the count says how many in all
 
 
 @dataclass
@@ -29,6 +32,7 @@ class CheckReport:
     subjects: int = 0
     files: int = 0
     missing: list[str] = field(default_factory=list)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (row id, why), in row order
     split_counts: dict[str, int] = field(default_factory=dict)
     label_counts: dict[str, dict[int, int]] = field(default_factory=dict)
     group_counts: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -42,18 +46,24 @@ class CheckReport:
         """The report as short lines of text."""
         out = [f"{self.key} at {self.root}"]
         if self.rows:
-            out.append(f"  rows {self.rows}, subjects {self.subjects}, files listed {self.files}, missing {len(self.missing)}")
+            out.append(f"  rows {self.rows}, subjects {self.subjects}, files listed {self.files}, missing {len(self.missing)}, "
+                       f"unreadable {len(self.unreadable)}")
             out.append("  split: " + ", ".join(f"{k} {n}" for k, n in self.split_counts.items()))
             for name, counts in self.label_counts.items():
                 out.append(f"  label {name}: " + ", ".join(f"{'unknown' if v == -1 else v} {n}" for v, n in counts.items()))
             for name, counts in self.group_counts.items():
                 out.append(f"  {name}: " + ", ".join(f"{g} {n}" for g, n in counts.items()))
         out.extend(f"  problem: {p}" for p in self.problems)
+        out.extend(f"  unreadable: row {row!r}: {why}" for row, why in self.unreadable[:SHOW_UNREADABLE])
+        if len(self.unreadable) > SHOW_UNREADABLE:
+            out.append(f"  unreadable: ... and {len(self.unreadable) - SHOW_UNREADABLE} more")
         out.append("OK" if self.ok else f"{len(self.problems)} problem(s)")
         return out
 
 
-def check_dataset(key: str, path: str | Path | None, options: Mapping[str, str] | None = None, *, seed: int = 0) -> CheckReport:
+def check_dataset(
+    key: str, path: str | Path | None, options: Mapping[str, str] | None = None, *, seed: int = 0, progress: bool | None = None
+) -> CheckReport:
     """Read a copy of a release as the adapter does and report what it holds and what is wrong.
 
     Parameters
@@ -66,11 +76,14 @@ def check_dataset(key: str, path: str | Path | None, options: Mapping[str, str] 
         Dataset options, as for :func:`fmcache.datasets.load_dataset`.
     seed
         Split seed (only matters for a ``split=balanced-test:<attribute>`` option).
+    progress
+        Show a progress bar on stderr while every image is decoded; None: when stderr is a terminal.
 
     Returns
     -------
     CheckReport
-        Rows, subjects, label and group counts, files missing and the problems, each naming
+        Rows, subjects, label and group counts, files missing, files that cannot be decoded
+        (every present image is decoded in full, as `embed` would) and the problems, each naming
         its fix. An unknown dataset key still raises.
     """
     spec = get_dataset(key)
@@ -101,21 +114,40 @@ def check_dataset(key: str, path: str | Path | None, options: Mapping[str, str] 
             f"{len(report.missing)} of {len(listed)} image files missing below {ds.root}: {shown}; "
             f"unpack or download them (layout: `fmcache datasets {key}`)"
         )
-    _check_first_image(ds, report)
+    _decode_every_image(ds, report, sys.stderr.isatty() if progress is None else progress)
     for attr, c in report.group_counts.items():
         if spec.needs_data and c["unknown"] == report.rows:
             report.problems.append(f"{attr} is unknown in every row; check the metadata column it comes from ({ds.rules[attr].source})")
     return report
 
 
-def _check_first_image(ds, report: CheckReport) -> None:
-    """Decode one present image, so that a readable table over unreadable pixels is caught too."""
+def _decode_every_image(ds, report: CheckReport, progress: bool) -> None:
+    """Decode every present image, so that pixels that cannot be read behind a readable table
+    (and a sound header: truncated files) are found before an encode stops on them."""
     missing = set(report.missing)
-    for i, p in enumerate(ds.table["path"].astype(str)):
-        if p in missing:
-            continue
-        try:
-            ds.image(i)
-        except DatasetError as e:
-            report.problems.append(f"cannot load the pixels of row {ds.table['id'].iloc[i]}: {e}")
-        return
+    rows = [i for i, p in enumerate(ds.table["path"].astype(str)) if p not in missing]
+    with _progress_bar(progress, f"decoding {ds.name}") as bar:
+        task = bar.add_task("decode", total=len(rows)) if bar else None
+        for i in rows:
+            try:
+                ds.image(i)
+            except DatasetError as e:
+                report.unreadable.append((str(ds.table["id"].iloc[i]), str(e)))
+            if bar:
+                bar.advance(task)
+    if report.unreadable:
+        report.problems.append(
+            f"{len(report.unreadable)} of {len(rows)} images cannot be decoded (listed as unreadable below); "
+            f"repair or replace those files, or remove their rows"
+        )
+
+
+def _progress_bar(enabled: bool, label: str):
+    if not enabled:
+        return nullcontext(None)
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    # on stderr, and gone when done: the report on stdout stays what a script reads
+    return Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=Console(stderr=True), transient=True)

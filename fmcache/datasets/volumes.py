@@ -37,7 +37,7 @@ from fmcache.errors import DatasetError
 Plane = Literal["axial", "coronal", "sagittal"]
 # canonical (RAS+) axes as (slice, row, column); rows and columns are then reversed so
 # that superior / anterior come first in rows and the patient's right comes first in columns
-_PLANES: dict[str, tuple[int, int, int]] = {"axial": (2, 1, 0), "coronal": (1, 2, 0), "sagittal": (0, 2, 1)}
+PLANE_AXES: dict[str, tuple[int, int, int]] = {"axial": (2, 1, 0), "coronal": (1, 2, 0), "sagittal": (0, 2, 1)}
 
 # Lung window: level -600 HU, width 1500 HU (the usual chest-CT lung setting)
 LUNG_WINDOW = (-1350.0, 150.0)
@@ -80,8 +80,8 @@ def load_nifti(path: str | Path, *, plane: Plane = "axial") -> np.ndarray:
     import nibabel as nib
 
     p = Path(path)
-    if plane not in _PLANES:
-        raise ValueError(f"plane must be one of {', '.join(_PLANES)}, got {plane!r}")
+    if plane not in PLANE_AXES:
+        raise ValueError(f"plane must be one of {', '.join(PLANE_AXES)}, got {plane!r}")
     if not p.is_file():
         raise DatasetError(f"NIfTI file not found: {p} (check --data points at the dataset root)")
     try:
@@ -93,7 +93,7 @@ def load_nifti(path: str | Path, *, plane: Plane = "axial") -> np.ndarray:
         data = data[..., 0]
     if data.ndim != 3:
         raise DatasetError(f"NIfTI {p} has shape {data.shape}; a 3D volume is expected")
-    s, r, c = _PLANES[plane]
+    s, r, c = PLANE_AXES[plane]
     return np.ascontiguousarray(np.transpose(data, (s, r, c))[:, ::-1, ::-1], dtype=np.float32)
 
 

@@ -22,6 +22,7 @@ from torch.utils.data import Dataset as TorchDataset
 from fmcache.cache.entry import is_intact, recorded_batch_size, writing
 from fmcache.cache.store import resolve_root
 from fmcache.cache.writer import EntryWriter
+from fmcache.datasets.image_headers import check_command, check_image_headers
 from fmcache.datasets.samples import Dataset
 from fmcache.embed.preprocess import build_transform
 from fmcache.embed.registry import load_model
@@ -66,6 +67,7 @@ class _Rows(TorchDataset):
 
     def __init__(self, dataset: Dataset, rows: np.ndarray, transform: Callable[[Any], torch.Tensor], slices: int = 0):
         self.dataset, self.rows, self.transform, self.slices = dataset, rows, transform, slices
+        self.check = check_command(dataset)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -81,7 +83,9 @@ class _Rows(TorchDataset):
             images = slices_to_images(resample_slices(pixels, self.slices))
             return row, torch.stack([self.transform(im) for im in images]), ""
         except DatasetError as e:
-            return row, None, str(e)
+            # a header that reads but pixels that do not: the chunks already written stay, so a rerun resumes
+            return row, None, (f"{e} (row {self.dataset.table['id'].iloc[row]!r}); the chunks encoded so far are kept "
+                               f"and a rerun resumes once it is fixed; `{self.check}` lists every unreadable file")
 
 
 def _collate(items: list[tuple[int, torch.Tensor | None, str]]) -> tuple[np.ndarray, torch.Tensor | None, str]:
@@ -196,6 +200,8 @@ def embed(
     if not overwrite and is_intact(root_s, dataset.name, dataset.fingerprint, model, provenance):
         # nothing to write, so nothing is written: this works on a read-only cache
         return EmbedSummary(dataset.name, model, root_s, len(dataset.table), 0, 0.0, device, dict(enc.dims))
+    # before the entry exists: a file that is not an image must not leave half an entry behind
+    check_image_headers(dataset)
     with writing(root_s, dataset.name, dataset.table, dataset.group_attrs(), model, provenance, chunk_rows=chunk_rows,
                  overwrite=overwrite, wait=wait, on_wait=on_wait, on_repair=on_repair) as writer:
         if writer.complete:

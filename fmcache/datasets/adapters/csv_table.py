@@ -44,6 +44,16 @@ Example CSV header (image paths relative to the CSV's folder, or absolute):
 Example command line:
     fmcache embed --model dinov2 --dataset csv --data study.csv -o subject_column=patient \\
         -o labels=pneumonia,effusion -o "attributes=sex=Sex:M->male,F->female,U->unknown; age=Age:threshold 65"
+Without -o subject_column=... every image is its own patient, so one patient's images can land
+in both train and test.
+Images: PNG, JPEG, TIFF, BMP and the rest PIL reads; DICOM (.dcm, .dicom, or a file with the
+DICM marker); NIfTI (.nii, .nii.gz) holding one slice, laid out as radiologists view it. One
+2D image per row: multi-frame DICOM, multi-page TIFF and NIfTI volumes are refused.
+8-bit images keep their values. 16-bit and float grayscale: the image's own min..max becomes
+0..255. DICOM: RescaleSlope/Intercept (or the modality LUT), then the first window
+(WindowCenter/Width) or VOI LUT becomes 0..255, else the image's min..max; MONOCHROME1 is
+inverted. Compressed DICOM (JPEG, JPEG-LS, JPEG 2000) needs: pip install 'fmcache[dicom]'.
+Check every file decodes before a long run: fmcache datasets check csv --data study.csv -o ...
 Example YAML (--dataset-config study.yaml or -o config=study.yaml; an option given with -o
 replaces that entry of the file):
     name: study
