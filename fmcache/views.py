@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import pandas as pd
 from rich import box
-from rich.console import Console
+from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
@@ -203,7 +203,7 @@ def datasets_table(specs) -> Table:
     return t
 
 
-def dataset_detail(s, more_options: dict[str, str]) -> Text:
+def dataset_detail(s, more_options: dict[str, str]) -> Group:
     """One dataset: where to get it, the layout to pass as --data, its groups and options."""
     out = Text()
 
@@ -217,19 +217,29 @@ def dataset_detail(s, more_options: dict[str, str]) -> Text:
     out.append(f"{s.obtain}\n")
     heading("Expected layout", " (pass its root as --data)")
     out.append(_reflow_prose(s.layout))
+    out.rstrip()
+    parts: list[Text | Table] = [out]
     if s.attributes:
-        heading("Sensitive attributes")
-        for a, r in s.attributes.items():
-            out.append(f"  {a}: groups {list(r.groups)}; {r.description}" + (f" [{r.source}]" if r.source else "") + "\n")
-    heading("Options", " (-o KEY=VALUE)")
-    for k, h in {**s.options, **more_options}.items():
-        out.append(f"  {k}: {h}\n")
-    return out
+        parts += [Text("\nSensitive attributes", style="bold"),
+                  _hanging({a: f"groups {', '.join(r.groups)}; {r.description}" + (f" [{r.source}]" if r.source else "")
+                            for a, r in s.attributes.items()})]
+    parts += [Text("\nOptions", style="bold") + Text(" (-o KEY=VALUE)"), _hanging({**s.options, **more_options})]
+    return Group(*parts)
+
+
+def _hanging(items: dict[str, str]) -> Table:
+    """Key and text side by side, the text wrapping under itself, not under the key."""
+    grid = Table.grid(padding=(0, 2), pad_edge=True)
+    grid.add_column(no_wrap=True)
+    grid.add_column()
+    for k, v in items.items():
+        grid.add_row(Text(k), Text(v))
+    return grid
 
 
 def _reflow_prose(text: str) -> str:
     """Folder trees and examples (indented lines, ``<data>/...``) as written; runs of prose
-    lines joined, so that the terminal wraps them evenly."""
+    lines joined (up to a line ending in a colon), so that the terminal wraps them evenly."""
     out: list[str] = []
     prose: list[str] = []
     for line in text.rstrip().splitlines():
@@ -240,6 +250,9 @@ def _reflow_prose(text: str) -> str:
             out.append(line)
         else:
             prose.append(line.strip())
+            if line.rstrip().endswith(":"):  # it introduces the block below it
+                out.append(" ".join(prose))
+                prose = []
     if prose:
         out.append(" ".join(prose))
     return "\n".join(out) + "\n"

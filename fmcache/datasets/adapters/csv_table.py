@@ -37,35 +37,42 @@ OPTIONS = {
 }
 
 LAYOUT = """\
---data names one CSV file with a row per image: an image path, 0/1 label columns and raw attribute columns
+--data names one CSV file with a row per image: an image path, 0/1 label
+columns and raw attribute columns.
 Example CSV header (image paths relative to the CSV's folder, or absolute):
     path,patient,pneumonia,effusion,Sex,Age
     images/0001.png,P001,1,0,F,71
 Example command line:
-    fmcache embed --model dinov2 --dataset csv --data study.csv -o subject_column=patient \\
-        -o labels=pneumonia,effusion -o "attributes=sex=Sex:M->male,F->female,U->unknown; age=Age:threshold 65"
-Without -o subject_column=... every image is its own patient, so one patient's images can land
-in both train and test.
-Images: PNG, JPEG, TIFF, BMP and the rest PIL reads; DICOM (.dcm, .dicom, or a file with the
-DICM marker); NIfTI (.nii, .nii.gz) holding one slice, laid out as radiologists view it. One
-2D image per row: multi-frame DICOM, multi-page TIFF and NIfTI volumes are refused.
-8-bit images keep their values. 16-bit and float grayscale: the image's own min..max becomes
-0..255. DICOM: RescaleSlope/Intercept (or the modality LUT), then the first window
-(WindowCenter/Width) or VOI LUT becomes 0..255, else the image's min..max; MONOCHROME1 is
-inverted. Compressed DICOM (JPEG, JPEG-LS, JPEG 2000) needs: pip install 'fmcache[dicom]'.
-Check every file decodes before a long run: fmcache datasets check csv --data study.csv -o ...
-Example YAML (--dataset-config study.yaml or -o config=study.yaml; an option given with -o
-replaces that entry of the file):
+    fmcache embed --model dinov2 --dataset csv --data study.csv \\
+        -o subject_column=patient -o labels=pneumonia,effusion \\
+        -o "attributes=sex=Sex:M->male,F->female; age=Age:threshold 65"
+Without -o subject_column=... every image is its own patient, so one patient's
+images can land in both train and test.
+Images: PNG, JPEG, TIFF, BMP and the rest PIL reads; DICOM (.dcm, .dicom, or a
+file with the DICM marker); NIfTI (.nii, .nii.gz) holding one slice, laid out
+as radiologists view it. One 2D image per row: multi-frame DICOM, multi-page
+TIFF and NIfTI volumes are refused.
+8-bit images keep their values. 16-bit and float grayscale: the image's own
+min..max becomes 0..255. DICOM: RescaleSlope/Intercept (or the modality LUT),
+then the first window (WindowCenter/Width) or VOI LUT becomes 0..255, else the
+image's min..max; MONOCHROME1 is inverted. Compressed DICOM (JPEG, JPEG-LS,
+JPEG 2000) needs: pip install 'fmcache[dicom]'.
+Check that every file decodes before a long run:
+    fmcache datasets check csv --data study.csv -o ...
+Example YAML (--dataset-config study.yaml or -o config=study.yaml; an option
+given with -o replaces that entry of the file):
     name: study
     subject_column: patient
     labels: [pneumonia, effusion]
     attributes:
       sex: {column: Sex, map: {M: male, F: female}, unknown: [U, ""]}
       age: {column: Age, threshold: 65, groups: [young, old]}
-      race: {column: Race, keyword: white, groups: [white, non-white], unknown: [Refused]}
-Labels: 0/1, true/false, yes/no (any case); blank = unknown. Attribute values not named by
-their rule are an error; quote YAML keys that would read as numbers or booleans ("1", "yes").
-A threshold rule refuses values outside [0, 130] unless its YAML form gives valid: [low, high].
+      race: {column: Race, keyword: white, groups: [white, non-white],
+             unknown: [Refused]}
+Labels: 0/1, true/false, yes/no (any case); blank = unknown. Attribute values
+not named by their rule are an error; quote YAML keys that would read as
+numbers or booleans ("1", "yes"). A threshold rule refuses values outside
+[0, 130] unless its YAML form gives valid: [low, high].
 """
 
 _LABEL_VALUES = {"1": 1, "1.0": 1, "true": 1, "yes": 1, "0": 0, "0.0": 0, "false": 0, "no": 0}
