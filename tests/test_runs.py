@@ -129,6 +129,35 @@ def test_runs_can_live_away_from_a_read_only_cache(toy_run, run_cli, tmp_path, m
     assert code == 0 and made.name in out
 
 
+def test_a_run_loads_by_name_as_by_path(toy_run, tmp_path):
+    name = toy_run.run.path.name
+    by_path = load_results(toy_run.run.path)
+    by_name = fmcache.load_results(name, root=toy_run.root)
+    assert by_name.path == by_path.path and by_name.config == by_path.config
+    pd.testing.assert_frame_equal(by_name.metrics, by_path.metrics)
+    # a runs folder given directly, as with --runs
+    assert fmcache.load_results(name, runs=toy_run.root / "runs").path == by_path.path
+
+
+def test_a_run_not_found_names_the_folder_and_its_runs(tmp_path):
+    paths = [_write(tmp_path, f"synthetic-m{i}")[0] for i in range(7)]
+    newest_first = sorted((p.name for p in paths), reverse=True)
+    with pytest.raises(FmcacheError) as err:
+        load_results("20990101-000000-synthetic-typo", root=tmp_path)
+    message = str(err.value)
+    assert str(tmp_path / "runs") in message and "\n" not in message
+    assert all(n in message for n in newest_first[:5]) and newest_first[5] not in message and "2 more" in message
+    # a mistyped directory is answered from the folder it names
+    with pytest.raises(FmcacheError, match=r"no run .*typo.* newest first: " + newest_first[0]):
+        load_results(tmp_path / "runs" / "typo")
+    with pytest.raises(FmcacheError, match=r"that folder does not exist .*root= or runs="):
+        load_results("20990101-000000-synthetic-m", root=tmp_path / "elsewhere")
+    empty = tmp_path / "empty-runs"
+    empty.mkdir()
+    with pytest.raises(FmcacheError, match="no finished runs"):
+        load_results("x", runs=empty)
+
+
 @pytest.fixture
 def zarr_warnings(monkeypatch):
     """Every warning Zarr raises, recorded before any filter can hide it (a filter is process-wide

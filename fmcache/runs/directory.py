@@ -195,15 +195,22 @@ class Run:
             raise FmcacheError(f"run {self.path} has no saved predictions ({where} is missing or damaged)") from None
 
 
-def load_results(run: str | os.PathLike[str]) -> Run:
-    """Load a run directory written by ``fmcache probe``.
+def load_results(run: str | os.PathLike[str], root: str | os.PathLike[str] | None = None,
+                 runs: str | os.PathLike[str] | None = None) -> Run:
+    """Load a run written by ``fmcache probe``: its directory (path or URL), or its name as
+    ``fmcache results`` lists it, looked up under :func:`runs_dir` (``root`` / ``runs``).
 
     Examples
     --------
-    >>> run = fmcache.load_results("~/.cache/fmcache/runs/20261127-101500-synthetic-efficientnet_lite0")
+    >>> run = fmcache.load_results("20261127-101500-synthetic-efficientnet_lite0")
+    >>> run = fmcache.load_results("/data/fmcache/runs/20261127-101500-synthetic-efficientnet_lite0")
     >>> run.metrics.query("metric == 'auc_delta'")
     """
     path = UPath(run).expanduser()
+    if not path.exists() and _is_name(run):
+        path = runs_dir(root, runs) / str(run)
+    if not path.exists():
+        raise FmcacheError(_not_found(run, path.parent))
     if not (path / CONFIG).is_file():
         raise FmcacheError(f"{path} is not a finished run (no {CONFIG}); `fmcache results` lists the runs")
     return Run(
@@ -212,6 +219,24 @@ def load_results(run: str | os.PathLike[str]) -> Run:
         metrics=_read_table(path / METRICS),
         sweep=_read_table(path / SWEEP),
     )
+
+
+def _is_name(run: str | os.PathLike[str]) -> bool:
+    """A run's name (one path segment), as opposed to a path or URL of its directory."""
+    text = str(run)
+    return bool(text) and "/" not in text and os.sep not in text and text not in (".", "..")
+
+
+def _not_found(run: str | os.PathLike[str], folder: UPath) -> str:
+    what = f"no run {str(run)!r} in {folder}"
+    if not folder.is_dir():
+        return (f"{what}: that folder does not exist (give the root or runs folder the run was written to: "
+                "root= or runs=, on the command line --root or --runs)")
+    names = list(list_runs(runs=folder)["run"])
+    if not names:
+        return f"{what}: it holds no finished runs (`fmcache probe` makes them)"
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return f"{what}; its runs, newest first: {shown} (`fmcache results` lists them all)"
 
 
 def _read_table(path: UPath) -> pd.DataFrame:
