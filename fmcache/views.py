@@ -6,7 +6,9 @@ that turns them into terminal output, for the CLI and the demo.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import json
+import os
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -16,7 +18,7 @@ from rich.table import Table
 from fmcache.runs import BASELINE
 
 if TYPE_CHECKING:
-    from fmcache.cache.reader import Cache
+    from fmcache.cache.reader import Cache, Embeddings
 
 # (metric, summary group) of a run's terminal headline
 HEADLINE = (("auc", "overall"), ("auc_min", "gap"), ("auc_delta", "gap"), ("eqodds", "gap"), ("dp", "gap"))
@@ -25,8 +27,9 @@ SPLITS = ["train", "val", "test"]
 
 def make_console() -> Console:
     c = Console()
-    # piped output (files, CI logs) gets wide tables instead of cells folded to 80 columns
-    return c if c.is_terminal else Console(width=200)
+    # piped output (files, CI logs) gets wide tables instead of cells folded to 80 columns,
+    # unless COLUMNS, exported, asks for a width (Console reads it)
+    return c if c.is_terminal or os.environ.get("COLUMNS", "").isdigit() else Console(width=200)
 
 
 def frame_table(df: pd.DataFrame, title: str | None = None, caption: str | None = None) -> Table:
@@ -112,3 +115,73 @@ def describe_dataset(cache: Cache, dataset: str) -> str:
     models = cache.models(dataset)
     lines.append("models: " + (", ".join(models) if models else "none yet"))
     return "\n".join(lines)
+
+
+# provenance keys in the order `cache info DATASET MODEL` shows them, with their row names;
+# keys not listed follow under their own names, so nothing recorded goes unshown
+_ENTRY_ROWS = (
+    ("model", "model"), ("model_title", "title"), ("family", "family"),
+    ("weights_id", "weights"), ("weights_sha256", "weights sha256"),
+    ("preprocess", "preprocessing"), ("dims", "features"), ("text_dim", "text features"),
+    ("logit_scale", "logit scale"), ("volume", "volumes"), ("dtype", "stored as"),
+    ("compute_dtype", "computed in"), ("n", "rows"), ("chunk_rows", "rows per chunk"),
+    ("state", "state"), ("batch_size", "batch size"), ("created", "created"), ("completed", "completed"),
+    ("last_run", "last run"), ("row_fingerprint", "rows fingerprint"), ("fmcache_version", "fmcache version"),
+    ("format", "cache format"), ("generation", "generation"),
+)
+# shown within another row
+_FOLDED = {"feature_kinds"}
+# facts of some models only (a text tower): nothing to say when absent
+_ONLY_IF_SET = {"text_dim", "logit_scale"}
+
+
+def entry_table(emb: Embeddings) -> Table:
+    """A cache entry's provenance as a two-column table that reads at 80 columns: the names
+    never wrap, long values fold onto further lines."""
+    prov = emb.provenance
+    t = Table(title=f"{emb.dataset}/{emb.model}", show_header=False, caption="`--json` prints the provenance as recorded")
+    t.add_column("what", no_wrap=True, style="bold")
+    t.add_column("value", overflow="fold")
+    rows = [(label, key) for key, label in _ENTRY_ROWS if key in prov]
+    rows += [(key.replace("_", " "), key) for key in prov if key not in dict(_ENTRY_ROWS) and key not in _FOLDED]
+    for label, key in rows:
+        if prov[key] is None and key in _ONLY_IF_SET:
+            continue
+        t.add_row(label, _provenance_value(key, prov))
+        if key == "chunk_rows":
+            progress = emb.chunks_done()
+            t.add_row("chunks done", "damaged: see `fmcache cache verify`" if progress is None else f"{progress[0]}/{progress[1]}")
+    prompts = emb.prompt_sets()
+    if prompts:
+        t.add_row("text prototypes", ", ".join(prompts))
+    return t
+
+
+def _provenance_value(key: str, prov: dict[str, Any]) -> str:
+    v = prov[key]
+    if key == "preprocess" and isinstance(v, dict) and {"size", "resize"} <= set(v):
+        rest = {k: x for k, x in v.items() if k not in ("size", "resize", "interpolation", "mean", "std")}
+        text = f"resize {v['resize']}, centre crop {v['size']} px, {v.get('interpolation', '?')}"
+        if "mean" in v:
+            text += f"; mean {_numbers(v['mean'])}, std {_numbers(v.get('std'))}"
+        return text + (f"; {_plain(rest)}" if rest else "")
+    if key == "dims" and isinstance(v, dict):
+        return ", ".join(f"{kind} {dim}" for kind, dim in v.items())
+    if key == "last_run" and isinstance(v, dict) and {"encoded", "seconds"} <= set(v):
+        return f"{v['encoded']} rows encoded in {v['seconds']} s on {v.get('device', '?')}"
+    if v is None:
+        return {"volume": "none: 2D images", "weights_sha256": "none recorded"}.get(key, "none")
+    return _plain(v)
+
+
+def _numbers(values: Any) -> str:
+    return ", ".join(f"{x:g}" for x in values) if isinstance(values, (list, tuple)) else str(values)
+
+
+def _plain(v: Any) -> str:
+    """A recorded value as text: dicts as "key value" pairs, lists comma-separated."""
+    if isinstance(v, dict):
+        return ", ".join(f"{k} {_plain(x)}" for k, x in v.items())
+    if isinstance(v, (list, tuple)):
+        return ", ".join(_plain(x) for x in v)
+    return v if isinstance(v, str) else json.dumps(v, default=str)

@@ -260,6 +260,11 @@ class Embeddings:
         """Everything recorded about how the features were made (weights, preprocessing...)."""
         return dict(self._attrs)
 
+    def chunks_done(self) -> tuple[int, int] | None:
+        """(chunks encoded, chunks in all) of the entry; None when its done bitmap is damaged."""
+        done = _done_bitmap(self._e)
+        return None if done is None else (int(done.sum()), int(done.size))
+
     @property
     def dataset_info(self) -> dict[str, Any]:
         return dict(self._samples.info)
