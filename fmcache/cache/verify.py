@@ -67,8 +67,9 @@ def verify(root: str, dataset: str | None = None, model: str | None = None) -> l
 
 
 def _children(group: zarr.Group, path: str = "") -> list[str]:
-    """Datasets or models stored under ``group`` (or its child ``path``), readable metadata or not."""
-    return [k for k in child_keys(group, path) if _is_name(k)]
+    """Datasets or models stored under ``group`` (or its child ``path``), readable metadata or not:
+    folders only, so that a file someone left in the cache (a report) is not taken for damage."""
+    return [k for k in child_keys(group, path) if _is_name(k) and child_keys(group, f"{path}/{k}" if path else k)]
 
 
 def _is_name(key: str) -> bool:
