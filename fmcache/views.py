@@ -6,7 +6,8 @@ that turns them into terminal output, for the CLI and the demo.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+import json
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -18,7 +19,7 @@ from rich.text import Text
 from fmcache.runs import BASELINE
 
 if TYPE_CHECKING:
-    from fmcache.cache.reader import Cache
+    from fmcache.cache.reader import Cache, Embeddings
 
 # (metric, summary group) of a run's terminal headline
 HEADLINE = (("auc", "overall"), ("auc_min", "gap"), ("auc_delta", "gap"), ("eqodds", "gap"), ("dp", "gap"))
@@ -256,3 +257,70 @@ def _reflow_prose(text: str) -> str:
     if prose:
         out.append(" ".join(prose))
     return "\n".join(out) + "\n"
+
+
+# provenance keys in the order `cache info DATASET MODEL` shows them, with their row names;
+# keys not listed follow under their own names, so nothing recorded goes unshown
+_ENTRY_ROWS = (
+    ("model", "model"), ("model_title", "title"), ("family", "family"),
+    ("weights_id", "weights"), ("weights_sha256", "weights sha256"),
+    ("preprocess", "preprocessing"), ("dims", "features"), ("text_dim", "text features"),
+    ("logit_scale", "logit scale"), ("volume", "volumes"), ("dtype", "stored as"),
+    ("compute_dtype", "computed in"), ("n", "rows"), ("chunk_rows", "rows per chunk"),
+    ("state", "state"), ("batch_size", "batch size"), ("created", "created"), ("completed", "completed"),
+    ("last_run", "last run"), ("row_fingerprint", "rows fingerprint"), ("fmcache_version", "fmcache version"),
+    ("format", "cache format"), ("generation", "generation"),
+)
+# shown within another row
+_FOLDED = {"feature_kinds"}
+# facts of some models only (a text tower): nothing to say when absent
+_ONLY_IF_SET = {"text_dim", "logit_scale"}
+
+
+def entry_table(emb: Embeddings) -> Table:
+    """A cache entry's provenance as a two-column table that reads at 80 columns: the names
+    never wrap, long values fold onto further lines."""
+    prov = emb.provenance
+    t = table(f"{emb.dataset}/{emb.model}", "`--json` prints the provenance as recorded")
+    t.show_header = False
+    t.add_column("what", no_wrap=True, style="bold")
+    t.add_column("value", overflow="fold")
+    rows = [(label, key) for key, label in _ENTRY_ROWS if key in prov]
+    rows += [(key.replace("_", " "), key) for key in prov if key not in dict(_ENTRY_ROWS) and key not in _FOLDED]
+    for label, key in rows:
+        if prov[key] is None and key in _ONLY_IF_SET:
+            continue
+        t.add_row(label, _provenance_value(key, prov))
+        if key == "chunk_rows":
+            progress = emb.chunks_done()
+            t.add_row("chunks done", "damaged: see `fmcache cache verify`" if progress is None else f"{progress[0]}/{progress[1]}")
+    prompts = emb.prompt_sets()
+    if prompts:
+        t.add_row("text prototypes", ", ".join(prompts))
+    return t
+
+
+def _provenance_value(key: str, prov: dict[str, Any]) -> str:
+    v = prov[key]
+    if key == "preprocess" and isinstance(v, dict) and {"size", "resize"} <= set(v):
+        rest = {k: x for k, x in v.items() if k not in ("size", "resize", "interpolation", "mean", "std")}
+        text = f"resize {v['resize']}, centre crop {v['size']} px, {v.get('interpolation', '?')}"
+        if "mean" in v:
+            text += f"; mean {_numbers(v['mean'])}, std {_numbers(v.get('std'))}"
+        return text + (f"; {_plain(rest)}" if rest else "")
+    if key == "dims" and isinstance(v, dict):
+        return ", ".join(f"{kind} {dim}" for kind, dim in v.items())
+    if key == "last_run" and isinstance(v, dict) and {"encoded", "seconds"} <= set(v):
+        return f"{v['encoded']} rows encoded in {v['seconds']} s on {v.get('device', '?')}"
+    if v is None:
+        return {"volume": "none: 2D images", "weights_sha256": "none recorded"}.get(key, "none")
+    return _plain(v)
+
+
+def _plain(v: Any) -> str:
+    """A recorded value as text: dicts as "key value" pairs, lists comma-separated."""
+    if isinstance(v, dict):
+        return ", ".join(f"{k} {_plain(x)}" for k, x in v.items())
+    if isinstance(v, (list, tuple)):
+        return ", ".join(_plain(x) for x in v)
+    return v if isinstance(v, str) else json.dumps(v, default=str)

@@ -359,4 +359,4 @@ def test_cli_listing_and_show_still_work(run_cli):
     code, out, _ = run_cli("datasets", "papila")
     assert code == 0 and "patient_data_od.xlsx" in out and "balanced-test" in out
     code, _, err = run_cli("datasets", "check")
-    assert code == 1 and "needs a dataset key" in err
+    assert code == 2 and "needs a dataset key" in err  # a usage error

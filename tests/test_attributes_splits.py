@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -67,6 +69,82 @@ def test_keyword_with_unknown_list():
     rule = keyword("white", groups=("white", "non-white"), unknown=("Refused", "UNABLE TO OBTAIN"))
     raw = pd.Series(["White", "WHITE - RUSSIAN", "Black", "Asian", "refused", "Unable to obtain", "", None])
     assert encode(rule, raw).tolist() == [0, 0, 1, 1, -1, -1, -1, -1]
+
+
+def test_a_rule_says_what_a_blank_became():
+    rule = categorical({"M": "male", "F": "female"}, groups=("male", "female"))
+    assert encode(rule, pd.Series(["M", "", None, " n/a "])).tolist() == [0, -1, -1, -1]
+    assert "blank" in rule.description and rule.description.endswith("-> unknown")
+    assert rule.description.startswith("M -> male, F -> female; blank")
+
+
+def test_a_blank_spelling_cannot_be_mapped_to_a_group():
+    with pytest.raises(ValueError, match="'NA' reads as a blank value"):
+        categorical({"M": "male", "NA": "female"}, groups=("male", "female"))
+
+
+def _every_rule():
+    """Each adapter's rules (both group granularities where an option picks them) and one CSV rule of each kind."""
+    from fmcache.datasets.adapters import csv_table, fairvlmed10k, gf3300
+    from fmcache.datasets.registry import DATASETS
+
+    rules = {f"{k}.{a}": r for k, spec in DATASETS.items() for a, r in spec.attributes.items()}
+    rules |= {f"{m.__name__}.multi.{a}": r for m in (fairvlmed10k, gf3300) for a, r in m._rules("multi").items()}
+    specs = {
+        "sex": {"column": "Sex", "map": {"M": "male", "F": "female", "U": "unknown", "X": None}},
+        "age": {"column": "Age", "threshold": 65},
+        "race": {"column": "Race", "keyword": "White", "unknown": ["Refused", "Declined"]},
+    }
+    rules |= {f"csv.{a}": csv_table._rule(a, spec, "study.csv") for a, spec in specs.items()}
+    return rules
+
+
+def _group(rule, value):
+    out = rule.assign(pd.Series([value], dtype=object)).iloc[0]
+    return "unknown" if out is None or out != out else out
+
+
+@pytest.mark.parametrize("name, rule", list(_every_rule().items()), ids=list(_every_rule()))
+def test_every_rule_description_states_what_the_rule_does(name, rule):
+    """Each clause of the description, checked against the rule applied: nothing it says is
+    untrue, and what it does with blanks is said."""
+    from fmcache.datasets.attributes import BLANK
+
+    assert BLANK in rule.description
+    for blank in ("", None, np.nan, " ", "NA", "n/a", "NULL", "None", "nan"):
+        assert _group(rule, blank) == "unknown", (name, blank)
+    clauses = rule.description.split("; ")
+    checked = 0
+    for clause in clauses:
+        clause = clause.removeprefix("years read from '039Y'-style strings: ")
+        if clause == BLANK:
+            continue
+        if clause.startswith("0 -> unknown"):  # CheXpert's placeholder age
+            assert _group(rule, "0") == _group(rule, 0.0) == "unknown", name
+            checked += 1
+            continue
+        if m := re.fullmatch(r"(\S+) if >= ([\d.]+), else (\S+)", clause):
+            high, cut, low = m[1], float(m[2]), m[3]
+            years = {True: f"{int(cut):03d}Y", False: f"{int(cut) - 1:03d}Y"} if name.startswith("covid") else {True: cut, False: cut - 1}
+            assert (_group(rule, years[True]), _group(rule, years[False])) == (high, low), name
+        elif m := re.fullmatch(r"(\S+) if the value contains '(.+)' in any case, else (\S+)", clause):
+            word = m[2]
+            assert _group(rule, f"x {word.lower()} y") == m[1] and _group(rule, word.upper()) == m[1], name
+            assert _group(rule, "something else") == m[3], name
+        elif " -> " in clause.rsplit(" -> ", 1)[0]:  # a mapping: "A -> a, B -> b"
+            for pair in clause.split(", "):
+                raw, group = pair.split(" -> ")
+                assert _group(rule, raw) == group, (name, pair)
+        else:  # spellings that are unknown: "A, B -> unknown" (keyword rules: in any case)
+            spellings, target = clause.rsplit(" -> ", 1)
+            assert target == "unknown", (name, clause)
+            any_case = spellings.endswith(" in any case")
+            for raw in spellings.removesuffix(" in any case").split(", "):
+                assert _group(rule, raw) == "unknown", (name, raw)
+                if any_case:
+                    assert _group(rule, raw.upper()) == "unknown", (name, raw)
+        checked += 1
+    assert checked >= 1, name
 
 
 # --- patient_split -------------------------------------------------------------------------------

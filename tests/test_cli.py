@@ -48,7 +48,7 @@ def test_embed_then_inspect_the_cache(run_cli, cached):
     assert code == 0 and "complete" in out and "efficientnet_lite0" in out and "image=1280" in out
     code, out, _ = run_cli("cache", "info", "synthetic", "--root", cached)
     assert code == 0 and "samples per split" in out and "unknown" in out
-    code, out, _ = run_cli("cache", "info", "synthetic", "efficientnet_lite0", "--root", cached)
+    code, out, _ = run_cli("cache", "info", "synthetic", "efficientnet_lite0", "--root", cached, "--json")
     assert code == 0 and '"weights_sha256"' in out
 
 

@@ -211,6 +211,19 @@ def test_bad_rule_syntax(study: Path, rule: str):
     assert repr(rule) in message and "NAME=COLUMN" in message
 
 
+def test_a_blank_spelling_mapped_to_a_group_is_refused(study: Path):
+    message = _error(study, labels="pneumonia", attributes="sex=Sex:M->male,F->female,N/A->female")
+    assert "'N/A'" in message and "blank" in message and "remove it from the map" in message
+
+
+def test_the_recorded_rule_says_what_blanks_became(study: Path):
+    # row 2's Age is empty: it is unknown, and the recorded rule says so, for each kind of rule
+    ds = load_dataset("csv", study, options=CLI)
+    assert ds.table["sa/age"].tolist()[2] == -1
+    for attr in ds.attribute_names:
+        assert "blank" in ds.group_attrs()["attributes"][attr]["rule"]
+
+
 def test_unknown_option(study: Path):
     assert "colour" in _error(study, colour="red")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import uuid
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -126,3 +127,134 @@ def test_runs_can_live_away_from_a_read_only_cache(toy_run, run_cli, tmp_path, m
     (made,) = list(elsewhere.iterdir())
     code, out, _ = run_cli("results", "--root", str(toy_run.root), "--runs", str(elsewhere))
     assert code == 0 and made.name in out
+
+
+def test_a_run_loads_by_name_as_by_path(toy_run, tmp_path):
+    name = toy_run.run.path.name
+    by_path = load_results(toy_run.run.path)
+    by_name = fmcache.load_results(name, root=toy_run.root)
+    assert by_name.path == by_path.path and by_name.config == by_path.config
+    pd.testing.assert_frame_equal(by_name.metrics, by_path.metrics)
+    # a runs folder given directly, as with --runs
+    assert fmcache.load_results(name, runs=toy_run.root / "runs").path == by_path.path
+
+
+def test_a_run_not_found_names_the_folder_and_its_runs(tmp_path):
+    paths = [_write(tmp_path, f"synthetic-m{i}")[0] for i in range(7)]
+    newest_first = sorted((p.name for p in paths), reverse=True)
+    with pytest.raises(FmcacheError) as err:
+        load_results("20990101-000000-synthetic-typo", root=tmp_path)
+    message = str(err.value)
+    assert str(tmp_path / "runs") in message and "\n" not in message
+    assert all(n in message for n in newest_first[:5]) and newest_first[5] not in message and "2 more" in message
+    # a mistyped directory is answered from the folder it names
+    with pytest.raises(FmcacheError, match=r"no run .*typo.* newest first: " + newest_first[0]):
+        load_results(tmp_path / "runs" / "typo")
+    with pytest.raises(FmcacheError, match=r"that folder does not exist .*root= or runs="):
+        load_results("20990101-000000-synthetic-m", root=tmp_path / "elsewhere")
+    empty = tmp_path / "empty-runs"
+    empty.mkdir()
+    with pytest.raises(FmcacheError, match="no finished runs"):
+        load_results("x", runs=empty)
+
+
+@pytest.fixture
+def zarr_warnings(monkeypatch):
+    """Every warning Zarr raises, recorded before any filter can hide it (a filter is process-wide
+    on some interpreters and per thread or context on others, so hiding one is no cure)."""
+    raised, real = [], warnings.warn
+
+    def recording(message, category=None, *args, **kwargs):
+        if category is not None and category.__name__ == "ZarrUserWarning":
+            raised.append(str(message))
+        return real(message, category, *args, **kwargs)
+
+    monkeypatch.setattr(warnings, "warn", recording)
+    return raised
+
+
+def _no_warnings_listing(root, raised) -> None:
+    """Every listing of the cache, with any warning an error (Zarr's included)."""
+    import zarr
+
+    from fmcache.cache.verify import verify
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cache = fmcache.open_cache(root)
+        assert cache.datasets() == ["synthetic"] and cache.models("synthetic") == ["toy"]
+        assert list(cache.entries()["state"]) == ["complete"]
+        assert [f.dataset for f in verify(str(root))] in ([], ["synthetic"])  # the toy entry is written without batch_size
+        assert len(list_runs(root)) >= 1
+    assert raised == []
+    # the reference: Zarr's own listing of the root, which warns about each object that is no node
+    # (other tests leave a report beside the shared cache; the runs folder must not be one)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert {"runs", "synthetic"} <= set(zarr.open_group(str(root), mode="r").group_keys())
+    assert not [w for w in seen if "runs" in str(w.message)], [str(w.message) for w in seen]
+
+
+def test_the_runs_folder_is_a_group_of_the_hierarchy_and_no_listing_warns(toy_run, zarr_warnings):
+    import zarr
+
+    assert dict(zarr.open_group(str(toy_run.root), mode="r")["runs"].attrs) == {"fmcache": "runs"}
+    _no_warnings_listing(toy_run.root, zarr_warnings)
+
+
+def test_a_runs_folder_from_before_is_passed_over_then_made_a_group(toy_run, tmp_path, zarr_warnings):
+    import shutil
+
+    root = Path(shutil.copytree(toy_run.root, tmp_path / "cache"))
+    (root / "runs" / "zarr.json").unlink()  # as fmcache wrote it before runs were a group
+    (root / ".locks" / "synthetic").mkdir(parents=True)  # and the writers' locks beside them
+    cache = fmcache.open_cache(root)
+    assert cache.datasets() == ["synthetic"] and cache.models("synthetic") == ["toy"] and len(cache.entries()) == 1
+    assert zarr_warnings == []
+    new_run_dir("synthetic-toy", root)
+    shutil.rmtree(root / ".locks")  # Zarr's own listing, the reference below, would warn about it
+    _no_warnings_listing(root, zarr_warnings)
+
+
+def test_runs_beside_a_cache_on_an_object_store_are_a_group_too(zarr_warnings):
+    import zarr
+
+    from helpers import toy
+
+    root = f"memory://runs-group-{uuid.uuid4().hex}"
+    toy.write_cache(root, n=120)
+    path = new_run_dir("synthetic-toy", root)
+    assert path.is_dir() or path.protocol == "memory"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert sorted(zarr.open_group(root, mode="r").group_keys()) == ["runs", "synthetic"]
+        assert fmcache.open_cache(root).datasets() == ["synthetic"]
+    assert zarr_warnings == []
+
+
+def test_runs_kept_elsewhere_stay_a_plain_folder(tmp_path):
+    path = new_run_dir("synthetic-m", runs=tmp_path / "my-runs")
+    assert sorted(p.name for p in (tmp_path / "my-runs").iterdir()) == [path.name]
+
+
+def test_the_commands_print_no_zarr_warning(toy_run, tmp_path, run_cli, zarr_warnings):
+    import os
+    import shutil
+
+    root = Path(shutil.copytree(toy_run.root, tmp_path / "cache"))
+    # a cache as users have it: the writers' lock folder, and a runs folder from before runs were a group
+    (root / ".locks" / "synthetic").mkdir(parents=True)
+    (root / "runs" / "zarr.json").unlink(missing_ok=True)
+    env = {**os.environ, "PYTHONWARNINGS": "always"}  # shown every time, wherever they come from
+    for args in (["cache", "ls"], ["cache", "info", "synthetic"], ["cache", "verify"],
+                 ["probe", "-d", "synthetic", "-m", "toy", "--heads", "linear", "--n-boot", "20", "--epochs", "3"],
+                 ["cache", "ls"], ["results"]):
+        done = subprocess.run([sys.executable, "-m", "fmcache.cli", *args, "--root", str(root)],
+                              capture_output=True, text=True, env=env)
+        assert done.returncode == (1 if args == ["cache", "verify"] else 0), done.stderr  # verify: the toy entry has no batch_size
+        assert "ZarrUserWarning" not in done.stderr and "not recognized as a component" not in done.stderr, done.stderr
+    # in process too, where a warning is seen even if something filtered it out
+    for args in (["cache", "ls"], ["probe", "-d", "synthetic", "-m", "toy", "--heads", "linear", "--n-boot", "20", "--epochs", "3"]):
+        code, _, err = run_cli(*args, "--root", str(root))
+        assert code == 0, err
+    assert zarr_warnings == []

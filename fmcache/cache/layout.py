@@ -21,9 +21,11 @@ STATE_CREATING, STATE_WRITING, STATE_COMPLETE = "creating", "writing", "complete
 # fill of integer samples arrays: no label, group or split code is ever this
 INT_MISSING = -128
 
-# folders under the root that are not part of the Zarr hierarchy
-LOCKS = ".locks"
+LOCKS = ".locks"  # beside the hierarchy: a hidden folder, which the cache's listings pass over
+# The runs folder is a group of the hierarchy, marked as such and holding no cache data: a
+# plain folder there would be a stray object that every Zarr listing of the root warns about.
 RUNS = "runs"
+RUNS_GROUP = {"zarr_format": 3, "node_type": "group", "attributes": {"fmcache": "runs"}}
 RESERVED = {SAMPLES, LOCKS, RUNS}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 

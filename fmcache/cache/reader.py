@@ -27,7 +27,7 @@ import zarr
 from fmcache.cache import attrs as A
 from fmcache.cache import checked
 from fmcache.cache import layout as L
-from fmcache.cache.store import open_root, quiet_listing, resolve_root, storage_errors
+from fmcache.cache.store import member_names, open_root, resolve_root, storage_errors
 from fmcache.datasets.splits import SPLIT_NAMES
 from fmcache.errors import CacheDamagedError, CacheError, CacheMissError, FmcacheError, UnknownNameError, did_you_mean
 
@@ -62,14 +62,15 @@ class Cache:
 
     def datasets(self) -> list[str]:
         """Names of the cached datasets."""
-        with storage_errors(f"the cache at {self.root}"), quiet_listing():
-            return sorted(k for k in self._group.group_keys() if L.SAMPLES in self._group[k])
+        with storage_errors(f"the cache at {self.root}"):
+            # the runs folder is a group of the hierarchy too (see fmcache.runs), not a dataset
+            return [k for k in member_names(self._group, zarr.Group) if k not in L.RESERVED and L.SAMPLES in self._group[k]]
 
     def models(self, dataset: str) -> list[str]:
         """Models with an entry (complete or not) for ``dataset``."""
         g = self._dataset_group(dataset)
-        with storage_errors(f"cache dataset {dataset}"), quiet_listing():
-            return sorted(k for k in g.group_keys() if k != L.SAMPLES)
+        with storage_errors(f"cache dataset {dataset}"):
+            return [k for k in member_names(g, zarr.Group) if k != L.SAMPLES]
 
     def entries(self) -> pd.DataFrame:
         """One row per (dataset, model): state, rows, feature widths, weights and when made."""
@@ -81,7 +82,7 @@ class Cache:
                         entry = self._group[d][m]
                         a = A.read(entry, "", "")
                         done = _done_bitmap(entry)
-                        text = ", ".join(sorted(entry[L.TEXT].array_keys())) if L.TEXT in entry else ""
+                        text = ", ".join(member_names(entry[L.TEXT], zarr.Array)) if L.TEXT in entry else ""
                 except (FmcacheError, KeyError):
                     a, done, text = {"state": "damaged: see `fmcache cache verify`"}, None, ""
                 rows.append(
@@ -234,7 +235,7 @@ class _Samples:
     @property
     def attributes(self) -> list[str]:
         s = self.g[L.SAMPLES]
-        return sorted(s[L.SA].array_keys()) if L.SA in s else []
+        return member_names(s[L.SA], zarr.Array) if L.SA in s else []
 
     def frame(self) -> pd.DataFrame:
         df = pd.DataFrame({"id": self.read(L.ID), "subject": self.read(L.SUBJECT), "split": self.read(L.SPLIT)})
@@ -284,6 +285,11 @@ class Embeddings:
     def provenance(self) -> dict[str, Any]:
         """Everything recorded about how the features were made (weights, preprocessing...)."""
         return dict(self._attrs)
+
+    def chunks_done(self) -> tuple[int, int] | None:
+        """(chunks encoded, chunks in all) of the entry; None when its done bitmap is damaged."""
+        done = _done_bitmap(self._e)
+        return None if done is None else (int(done.sum()), int(done.size))
 
     @property
     def dataset_info(self) -> dict[str, Any]:
@@ -390,7 +396,7 @@ class Embeddings:
         return self._samples.frame()
 
     def prompt_sets(self) -> list[str]:
-        return sorted(self._e[L.TEXT].array_keys()) if L.TEXT in self._e else []
+        return member_names(self._e[L.TEXT], zarr.Array) if L.TEXT in self._e else []
 
     def text_prototypes(self, prompt_set: str = "default") -> np.ndarray:
         """Text prototypes of a VLM, float32 (C classes, T templates, D); unit norm per template."""

@@ -7,7 +7,6 @@ import contextlib
 import errno
 import json
 import os
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -97,10 +96,35 @@ def storage_errors(where: str) -> Iterator[None]:
         ) from None
 
 
-@contextlib.contextmanager
-def quiet_listing() -> Iterator[None]:
-    """Listing a group meets the folders that live beside the hierarchy (runs, locks, a writer's
-    temporary files); Zarr warns about each, and they are not the user's concern."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"Object at .* is not recognized as a component of a Zarr hierarchy")
-        yield
+def child_keys(group: zarr.Group, path: str = "") -> list[str]:
+    """Every name the store lists directly under ``group`` (or its child ``path``): nodes, and
+    also whatever else lies there (folders beside the hierarchy, a writer's temporary files)."""
+    from zarr.core.sync import sync
+
+    prefix = "/".join(p for p in (group.path, path) if p)
+
+    async def keys() -> list[str]:
+        return [k async for k in group.store.list_dir(prefix)]
+
+    return sorted(sync(keys()))
+
+
+def member_names(group: zarr.Group, kind: type[zarr.Group] | type[zarr.Array]) -> list[str]:
+    """Names of the groups (or arrays) directly under ``group``, sorted.
+
+    Taken from the store's listing rather than Zarr's member iteration, which warns about each
+    entry that is not a node (an older runs folder, the locks, a concurrent writer's temporary
+    file) and, its warnings going through a process-wide filter, cannot be silenced safely
+    while other threads run.
+    """
+    names = []
+    for key in child_keys(group):
+        if key.startswith(".") or key == "zarr.json" or key.endswith(".partial"):
+            continue
+        try:
+            node = group[key]
+        except KeyError:  # a folder or file that is not a Zarr node
+            continue
+        if isinstance(node, kind):
+            names.append(key)
+    return names

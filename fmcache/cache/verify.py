@@ -26,7 +26,7 @@ from fmcache.cache import attrs as A
 from fmcache.cache import checked, lock
 from fmcache.cache import layout as L
 from fmcache.cache.provenance import IDENTITY_KEYS
-from fmcache.cache.store import open_root, storage_errors
+from fmcache.cache.store import child_keys, member_names, open_root, storage_errors
 from fmcache.cache.writer import EntryWriter
 from fmcache.errors import CacheDamagedError, CacheError, CacheLockedError, CacheMissError
 
@@ -67,13 +67,9 @@ def verify(root: str, dataset: str | None = None, model: str | None = None) -> l
 
 
 def _children(group: zarr.Group, path: str = "") -> list[str]:
-    """Datasets or models stored under ``group`` (or its child ``path``), readable metadata or not."""
-    prefix = "/".join(p for p in (group.path, path) if p)
-
-    async def keys() -> list[str]:
-        return [k async for k in group.store.list_dir(prefix)]
-
-    return sorted(k for k in sync(keys()) if _is_name(k))
+    """Datasets or models stored under ``group`` (or its child ``path``), readable metadata or not:
+    folders only, so that a file someone left in the cache (a report) is not taken for damage."""
+    return [k for k in child_keys(group, path) if _is_name(k) and child_keys(group, f"{path}/{k}" if path else k)]
 
 
 def _is_name(key: str) -> bool:
@@ -154,7 +150,7 @@ def _verify_entry(g: zarr.Group, dataset: str, model: str) -> list[Finding]:
         findings.append(Finding(dataset, model, f"{len(damaged)} chunk(s) marked done are missing or damaged "
                                 f"(first: chunk {min(damaged)})", RECODE, sorted(damaged)))
     if L.TEXT in entry:
-        for prompt_set in sorted(entry[L.TEXT].array_keys()):
+        for prompt_set in member_names(entry[L.TEXT], zarr.Array):
             try:
                 checked.read(entry[L.TEXT][prompt_set], None, prompt_set, "")
             except (CacheDamagedError, ValueError) as e:

@@ -29,7 +29,7 @@ from fmcache import __version__
 from fmcache.cache import attrs as A
 from fmcache.cache import layout as L
 from fmcache.cache.provenance import differences, requested
-from fmcache.cache.store import quiet_listing
+from fmcache.cache.store import member_names
 from fmcache.errors import ProvenanceMismatchError
 
 CHECKED = [ZstdCodec(), Crc32cCodec()]  # compress, then checksum what is stored
@@ -81,8 +81,7 @@ def write_samples(
 
 
 def model_names(dataset_group: zarr.Group) -> list[str]:
-    with quiet_listing():
-        return sorted(k for k in dataset_group.group_keys() if k != L.SAMPLES)
+    return [k for k in member_names(dataset_group, zarr.Group) if k != L.SAMPLES]
 
 
 def _label_columns(table: pd.DataFrame) -> list[str]:

@@ -27,19 +27,24 @@ def cache_info(
     dataset: Annotated[str, typer.Argument(metavar="DATASET", help="Dataset name in the cache (`fmcache cache ls`).")],
     model: Annotated[Optional[str], typer.Argument(metavar="MODEL", help="Model key; omit to describe the dataset.", show_default=False)] = None,
     root: RootOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print what is recorded, as JSON: the entry's provenance, "
+                                          "or without MODEL the dataset's attributes.")] = False,
 ) -> None:
     """Show a cached dataset (samples, splits, groups and the rules that made them) or a model entry's provenance."""
     import json
 
     import fmcache
-    from fmcache.views import describe_dataset
+    from fmcache.views import describe_dataset, entry_table, make_console
 
     c = fmcache.open_cache(root)
     if model is None:
-        typer.echo(describe_dataset(c, dataset))
+        typer.echo(json.dumps(c.dataset_info(dataset), indent=2, default=str) if as_json else describe_dataset(c, dataset))
         return
     e = c.embeddings(dataset, model, allow_partial=True)
-    typer.echo(json.dumps(e.provenance, indent=2, default=str))
+    if as_json:
+        typer.echo(json.dumps(e.provenance, indent=2, default=str))
+        return
+    make_console().print(entry_table(e))
 
 
 @command(cache_app, "verify")

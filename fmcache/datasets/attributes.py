@@ -10,6 +10,13 @@ import pandas as pd
 from fmcache.datasets.spec import AttributeRule
 
 _MISSING = {"", "nan", "none", "null", "na", "n/a"}
+# every rule turns these into unknown before it looks at a value; descriptions say so
+BLANK = f"blank (also {', '.join(sorted(m for m in _MISSING if m))} in any case) -> unknown"
+
+
+def is_blank(value: object) -> bool:
+    """Whether a raw value counts as missing, whatever the rule (see :data:`BLANK`)."""
+    return _clean(pd.Series([value], dtype=object)).iloc[0] is None
 
 
 def _clean(raw: pd.Series) -> pd.Series:
@@ -32,18 +39,21 @@ def categorical(
     groups: tuple[str, ...],
     unknown: Iterable[str] = (),
     source: str = "",
-    description: str = "",
 ) -> AttributeRule:
     """Map each raw spelling to a group; listed ``unknown`` spellings and blanks to unknown.
 
     Any other value is an error: a release whose spellings changed must not be binarised by
-    guesswork.
+    guesswork. The description lists every mapping, the unknown spellings and blanks included.
     """
-    unknown_set = {u.strip() for u in unknown}
+    unknown_set = {u.strip() for u in unknown if not is_blank(u)}  # blanks are unknown anyway
     table = {k.strip(): v for k, v in mapping.items()}
     bad = set(table.values()) - set(groups)
     if bad:
         raise ValueError(f"mapping targets {sorted(bad)} are not among groups {groups}")
+    blank = sorted(k for k in table if is_blank(k))
+    if blank:
+        raise ValueError(f"{', '.join(map(repr, blank))} reads as a blank value, which is always unknown: "
+                         "it cannot be mapped to a group")
 
     def assign(raw: pd.Series) -> pd.Series:
         def one(v: object) -> object:
@@ -55,10 +65,10 @@ def categorical(
 
         return _clean(raw).map(one)
 
-    desc = description or ", ".join(f"{k} -> {v}" for k, v in table.items()) + (
-        f"; {', '.join(sorted(unknown_set))} -> unknown" if unknown_set else ""
-    )
-    return AttributeRule(groups=groups, assign=assign, description=desc, source=source)
+    clauses = [", ".join(f"{k} -> {v}" for k, v in table.items())]
+    if unknown_set:
+        clauses.append(f"{', '.join(sorted(unknown_set))} -> unknown")
+    return AttributeRule(groups=groups, assign=assign, description="; ".join([*clauses, BLANK]), source=source)
 
 
 def threshold(
@@ -90,7 +100,7 @@ def threshold(
     return AttributeRule(
         groups=groups,
         assign=assign,
-        description=f"{groups[1]} if >= {value:g}, else {groups[0]}; blank -> unknown",
+        description=f"{groups[1]} if >= {value:g}, else {groups[0]}; {BLANK}",
         source=source,
     )
 
@@ -108,7 +118,7 @@ def keyword(
     ``unknown`` spellings (refused, unable to obtain, ...) and blanks are unknown, never
     counted in the second group as the reference code does.
     """
-    unknown_set = {u.strip().lower() for u in unknown}
+    unknown_set = {u.strip().lower() for u in unknown if not is_blank(u)}
     w = word.lower()
 
     def assign(raw: pd.Series) -> pd.Series:
@@ -122,8 +132,8 @@ def keyword(
     return AttributeRule(
         groups=groups,
         assign=assign,
-        description=f"{groups[0]} if the value contains {word!r}, else {groups[1]}; "
-        f"{', '.join(sorted(unknown_set)) or 'blank'} -> unknown",
+        description=f"{groups[0]} if the value contains {word!r} in any case, else {groups[1]}; "
+        + (f"{', '.join(sorted(unknown_set))} in any case -> unknown; " if unknown_set else "") + BLANK,
         source=source,
     )
 

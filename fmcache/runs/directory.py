@@ -26,10 +26,11 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 import pandas as pd
+import zarr
 from upath import UPath
 
 from fmcache.cache import layout as L
-from fmcache.cache.store import open_store, resolve_root
+from fmcache.cache.store import member_names, open_store, resolve_root
 from fmcache.errors import FmcacheError
 
 if TYPE_CHECKING:
@@ -70,12 +71,22 @@ def new_run_dir(name: str, root: str | os.PathLike[str] | None = None, runs: str
     """
     base = runs_dir(root, runs)
     base.mkdir(parents=True, exist_ok=True)
+    _mark_as_group(base)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     for i in itertools.count(1):
         path = base / (f"{stamp}-{name}" if i == 1 else f"{stamp}-{name}-{i}")
         if _claim(path):
             return path
     raise AssertionError("unreachable")
+
+
+def _mark_as_group(base: UPath) -> None:
+    """Make a runs folder that lies inside the cache's Zarr hierarchy a group of it (also one
+    written before runs were marked); one elsewhere (``--runs``) is left a plain folder."""
+    doc = base / "zarr.json"
+    if (base.parent / "zarr.json").is_file() and not doc.is_file():
+        # two runs starting at once may both write it: the same bytes either way
+        doc.write_text(json.dumps(L.RUNS_GROUP))
 
 
 def _claim(path: UPath) -> bool:
@@ -110,8 +121,6 @@ def write_run(
     predictions: Mapping[str, Mapping[str, np.ndarray]],
 ) -> None:
     """Write a run's files; ``predictions`` maps a :func:`prediction_key` to arrays (scores, rows, ids...)."""
-    import zarr
-
     path = UPath(path)
     for name, table in ((METRICS, metrics), (SWEEP, sweep)):
         with (path / name).open("wb") as f:
@@ -149,7 +158,8 @@ class Run:
     def predictions(self) -> dict[str, dict[str, np.ndarray]]:
         """Per selected head (by :func:`prediction_key`): test scores and the sample rows / ids they belong to."""
         group = self._predictions_group()
-        return {h: {k: np.asarray(group[h][k][...]) for k in group[h].array_keys()} for h in sorted(group.group_keys())}
+        return {h: {k: np.asarray(group[h][k][...]) for k in member_names(group[h], zarr.Array)}
+                for h in member_names(group, zarr.Group)}
 
     def prediction(self, head: str, label: str, attribute: str) -> dict[str, np.ndarray] | None:
         """One selected head's test predictions (only its arrays are read), or None if the run has none."""
@@ -157,7 +167,7 @@ class Run:
             g = self._predictions_group()[prediction_key(head, label, attribute)]
         except (KeyError, FmcacheError):
             return None
-        return {k: np.asarray(g[k][...]) for k in g.array_keys()}
+        return {k: np.asarray(g[k][...]) for k in member_names(g, zarr.Array)}
 
     @property
     def target_gaps(self) -> dict[str, str]:
@@ -178,8 +188,6 @@ class Run:
             return None
 
     def _predictions_group(self):
-        import zarr
-
         where = self.path / PREDICTIONS
         try:
             return zarr.open_group(store=open_store(str(where), read_only=True), mode="r")
@@ -187,15 +195,22 @@ class Run:
             raise FmcacheError(f"run {self.path} has no saved predictions ({where} is missing or damaged)") from None
 
 
-def load_results(run: str | os.PathLike[str]) -> Run:
-    """Load a run directory written by ``fmcache probe``.
+def load_results(run: str | os.PathLike[str], root: str | os.PathLike[str] | None = None,
+                 runs: str | os.PathLike[str] | None = None) -> Run:
+    """Load a run written by ``fmcache probe``: its directory (path or URL), or its name as
+    ``fmcache results`` lists it, looked up under :func:`runs_dir` (``root`` / ``runs``).
 
     Examples
     --------
-    >>> run = fmcache.load_results("~/.cache/fmcache/runs/20261127-101500-synthetic-efficientnet_lite0")
+    >>> run = fmcache.load_results("20261127-101500-synthetic-efficientnet_lite0")
+    >>> run = fmcache.load_results("/data/fmcache/runs/20261127-101500-synthetic-efficientnet_lite0")
     >>> run.metrics.query("metric == 'auc_delta'")
     """
     path = UPath(run).expanduser()
+    if not path.exists() and _is_name(run):
+        path = runs_dir(root, runs) / str(run)
+    if not path.exists():
+        raise FmcacheError(_not_found(run, path.parent))
     if not (path / CONFIG).is_file():
         raise FmcacheError(f"{path} is not a finished run (no {CONFIG}); `fmcache results` lists the runs")
     return Run(
@@ -204,6 +219,24 @@ def load_results(run: str | os.PathLike[str]) -> Run:
         metrics=_read_table(path / METRICS),
         sweep=_read_table(path / SWEEP),
     )
+
+
+def _is_name(run: str | os.PathLike[str]) -> bool:
+    """A run's name (one path segment), as opposed to a path or URL of its directory."""
+    text = str(run)
+    return bool(text) and "/" not in text and os.sep not in text and text not in (".", "..")
+
+
+def _not_found(run: str | os.PathLike[str], folder: UPath) -> str:
+    what = f"no run {str(run)!r} in {folder}"
+    if not folder.is_dir():
+        return (f"{what}: that folder does not exist (give the root or runs folder the run was written to: "
+                "root= or runs=, on the command line --root or --runs)")
+    names = list(list_runs(runs=folder)["run"])
+    if not names:
+        return f"{what}: it holds no finished runs (`fmcache probe` makes them)"
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return f"{what}; its runs, newest first: {shown} (`fmcache results` lists them all)"
 
 
 def _read_table(path: UPath) -> pd.DataFrame:

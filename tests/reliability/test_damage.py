@@ -72,3 +72,12 @@ def test_damage_is_refused_named_and_repaired(intact, tmp_path, target, damage):
     got = _read_all(root)
     assert np.array_equal(got[0].view(np.uint32), features.view(np.uint32))
     assert got[1].equals(samples) and np.array_equal(got[2], labels) and np.array_equal(got[3], groups)
+
+
+def test_files_left_in_the_cache_are_no_damage(intact, tmp_path):
+    src, _ = intact
+    root = Path(shutil.copytree(src, tmp_path / "cache"))
+    (root / "study.html").write_text("<html></html>")  # a report written next to the cache
+    (root / "synthetic" / "notes.txt").write_text("kept")
+    assert verify(str(root)) == []
+    assert (root / "study.html").is_file() and (root / "synthetic" / "notes.txt").is_file()

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from fmcache.datasets.adapters._common import blank_to_none, cache_name, option, read_csv, require_columns
-from fmcache.datasets.attributes import categorical, threshold
+from fmcache.datasets.attributes import categorical, is_blank, threshold
 from fmcache.datasets.spec import AttributeRule, DatasetSpec, PromptSet, RawTable
 from fmcache.datasets.volumes import (
     LUNG_WINDOW,
@@ -62,10 +62,11 @@ def _dicom_age_rule(value: float, source: str) -> AttributeRule:
     base = threshold(value, source=source)
 
     def assign(raw: pd.Series) -> pd.Series:
-        years = pd.Series([parse_age(v) for v in raw], index=raw.index, dtype=object)
+        # blanks the way every rule reads them, so that the description's blank clause holds here too
+        years = pd.Series([None if is_blank(v) else parse_age(v) for v in raw], index=raw.index, dtype=object)
         return base.assign(years)
 
-    return replace(base, assign=assign, description=base.description + " (years parsed from '039Y'-style strings)")
+    return replace(base, assign=assign, description="years read from '039Y'-style strings: " + base.description)
 
 
 def _clinical(root: Path) -> pd.DataFrame:

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from fmcache.datasets.attributes import categorical, encode, keyword, threshold
+from fmcache.datasets.attributes import categorical, encode, is_blank, keyword, threshold
 from fmcache.datasets.spec import AttributeRule, DatasetSpec, Options, RawTable
 from fmcache.errors import DatasetError
 
@@ -201,6 +201,10 @@ def _categorical_rule(name: str, spec: Mapping[str, Any], source: str) -> Attrib
             mapping[str(raw)] = str(group).strip()
     if not mapping:
         raise _fail(f"attribute {name!r}: map assigns no value to a group")
+    blank = [raw for raw in mapping if is_blank(raw)]
+    if blank:
+        raise _fail(f"attribute {name!r}: {blank[0]!r} reads as a blank cell, which is always unknown, so it cannot "
+                    f"map to group {mapping[blank[0]]!r}; remove it from the map (or correct the CSV's spelling)")
     groups = _groups(name, spec, None) or tuple(dict.fromkeys(mapping.values()))
     missing = sorted(set(mapping.values()) - set(groups))
     if missing:
