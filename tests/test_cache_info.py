@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -26,20 +27,22 @@ def _recorded(root) -> dict:
 
 def _rows(text: str) -> dict[str, str]:
     """Each row of a rendered two-column table: its name, and its value with folded lines joined."""
+    lines = [line.rstrip() for line in text.splitlines()]
+    first = next(m for m in map(re.compile(r"(\S.*?)\s{2,}(\S.*)").fullmatch, lines) if m)
+    at = first.start(2)  # where the value column starts
+    body = [line for line in lines if len(line) > at and (line[:at].strip() or not line[:at].strip() and line[at:].strip())]
+    width = max(len(line) - at for line in body)
     rows: dict[str, str] = {}
     name, full = None, False
-    for line in text.splitlines():
-        cells = line.split("│")
-        if len(cells) != 4:
-            continue
-        key, value = cells[1].strip(), cells[2].strip()
+    for line in body:
+        key, value = line[:at].strip(), line[at:].strip()
         if key:
             assert key not in rows, f"row {key!r} twice"
             name, rows[key] = key, value
-        else:  # the value goes on; the name column is never split
+        elif name is not None:  # the value goes on; the name column is never split
             # a line filled to the column's width was folded inside a word, a shorter one wrapped at a space
             rows[name] += value if full else " " + value
-        full = len(value) == len(cells[2]) - 2
+        full = len(line) - at == width
     return rows
 
 
@@ -58,7 +61,7 @@ def test_an_entry_reads_as_a_table_at_80_columns(effnet_entry):
     assert rows["state"] == prov["state"] == "complete" and rows["created"] == prov["created"]
     assert rows["stored as"] == prov["dtype"] and rows["fmcache version"] == prov["fmcache_version"]
     pre = prov["preprocess"]
-    mean, std = (", ".join(f"{x:g}" for x in pre[k]) for k in ("mean", "std"))
+    mean, std = ("(" + ", ".join(f"{x:.4g}" for x in pre[k]) + ")" for k in ("mean", "std"))
     assert rows["preprocessing"] == (f"resize {pre['resize']}, centre crop {pre['size']} px, {pre['interpolation']}; "
                                      f"mean {mean}, std {std}")
     last = prov["last_run"]
