@@ -207,3 +207,21 @@ def test_store_layout_matches_design(tmp_path):
     assert z["toy/m/image"].shape == (N, D) and z["toy/m/image"].chunks == (5, D)
     assert z["toy/m/done"].shape == (w.n_chunks,) and not z["toy/m/done"][...].any()
     assert z["toy/m"].attrs["state"] == "writing"
+
+
+def test_an_entry_being_made_is_listed_as_such_not_as_damaged(tmp_path):
+    from fmcache.cache import attrs as A
+    from fmcache.cache import layout as L
+
+    g = open_root(str(tmp_path), mode="a")
+    ds = write_samples(g, "toy", _table(), _attrs())
+    open_entry(ds, "m", _prov(), chunk_rows=50)
+    entry = g["toy"]["m"]
+    # the moment between the entry's metadata and its done bitmap
+    A.update(entry, {"state": L.STATE_CREATING})
+    del entry[L.DONE]
+    row = fmcache.open_cache(str(tmp_path)).entries().iloc[0]
+    assert (row["state"], row["chunks_done"]) == ("creating", "none yet")
+    # the same missing bitmap on an entry past creation is damage
+    A.update(entry, {"state": L.STATE_WRITING})
+    assert fmcache.open_cache(str(tmp_path)).entries().iloc[0]["chunks_done"] == "damaged"

@@ -140,7 +140,8 @@ def _chunks_done(root) -> int:
         entries = fmcache.open_cache(str(root)).entries()
     except fmcache.errors.FmcacheError:
         return 0
-    return int(entries["chunks_done"].iloc[0].split("/")[0]) if len(entries) else 0
+    progress = entries["chunks_done"].iloc[0] if len(entries) else ""
+    return int(progress.split("/")[0]) if "/" in progress else 0  # "none yet" while the entry is being made
 
 
 def test_sigint_to_a_running_embed_says_what_is_kept_and_a_rerun_resumes(tmp_path):

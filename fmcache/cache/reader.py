@@ -90,7 +90,7 @@ class Cache:
                         "dataset": d,
                         "model": m,
                         "state": a.get("state"),
-                        "chunks_done": f"{int(done.sum())}/{done.size}" if done is not None else "damaged",
+                        "chunks_done": _progress(done, a.get("state")),
                         "n": a.get("n"),
                         "dims": ", ".join(f"{k}={v}" for k, v in (a.get("dims") or {}).items()),
                         "text": text,
@@ -205,6 +205,13 @@ def _array(group: zarr.Group, path: str, where: str, remedy: str) -> zarr.Array:
             return group[path]
     except (KeyError, CacheError) as e:
         raise CacheDamagedError(f"{where}: its metadata is missing or damaged ({e}); {remedy}") from None
+
+
+def _progress(done: np.ndarray | None, state: str | None) -> str:
+    if done is not None:
+        return f"{int(done.sum())}/{done.size}"
+    # a writer that is still making the entry's arrays has no bitmap yet: that is not damage
+    return "none yet" if state == L.STATE_CREATING else "damaged"
 
 
 def _done_bitmap(entry: zarr.Group) -> np.ndarray | None:

@@ -105,6 +105,7 @@ def _kept(root: str | None, dataset: str, model: str) -> str:
         entries = fmcache.open_cache(root).entries()
         row = entries[(entries["dataset"] == dataset) & (entries["model"] == model)]
         done = row["chunks_done"].iloc[0] if len(row) else "no"
+        done = done if "/" in done else "no"  # "none yet": stopped while the entry was being made
     except Exception:  # noqa: BLE001 - the message must come out whatever state the store is in
         done = "the finished"
     return (f"{done} chunks of {dataset}/{model} are in the cache and stay there; "
