@@ -229,7 +229,7 @@ def results(
 
     From Python: fmcache.load_results(name or path) returns .metrics, .sweep, .predictions, .config.
     """
-    from fmcache.runs import list_runs, load_results, run_path, runs_dir
+    from fmcache.runs import list_runs, load_results, runs_dir
     from fmcache.views import frame_table, headline_table, make_console
 
     console = make_console()
@@ -242,7 +242,7 @@ def results(
         console.print(frame_table(shown, f"runs under {runs_dir(root, runs)}", "`fmcache results RUN` shows one",
                                   keys=("run",)))
         return
-    r = load_results(run_path(run, root, runs))
+    r = load_results(run, root, runs)
     for label in r.metrics["label"].unique():
         console.print(headline_table(r.metrics, label, f"{r.path.name}, label {label}"))
     if csv is not None:

@@ -57,9 +57,14 @@ def runs_dir(root: str | os.PathLike[str] | None = None, runs: str | os.PathLike
 
 def run_path(run: str | os.PathLike[str], root: str | os.PathLike[str] | None = None,
              runs: str | os.PathLike[str] | None = None) -> UPath:
-    """A run named by its directory (path or URL) or by its id under :func:`runs_dir`."""
-    path = UPath(run)
-    return path if path.exists() else runs_dir(root, runs) / str(run)
+    """A run named by its directory (path or URL) or by its id under :func:`runs_dir`;
+    FmcacheError naming where it looked (and the runs there) when neither exists."""
+    path = UPath(run).expanduser()
+    if not path.exists() and _is_name(run):
+        path = runs_dir(root, runs) / str(run)
+    if not path.exists():
+        raise FmcacheError(_not_found(run, path.parent))
+    return path
 
 
 def new_run_dir(name: str, root: str | os.PathLike[str] | None = None, runs: str | os.PathLike[str] | None = None) -> UPath:
@@ -206,11 +211,7 @@ def load_results(run: str | os.PathLike[str], root: str | os.PathLike[str] | Non
     >>> run = fmcache.load_results("/data/fmcache/runs/20261127-101500-synthetic-efficientnet_lite0")
     >>> run.metrics.query("metric == 'auc_delta'")
     """
-    path = UPath(run).expanduser()
-    if not path.exists() and _is_name(run):
-        path = runs_dir(root, runs) / str(run)
-    if not path.exists():
-        raise FmcacheError(_not_found(run, path.parent))
+    path = run_path(run, root, runs)
     if not (path / CONFIG).is_file():
         raise FmcacheError(f"{path} is not a finished run (no {CONFIG}); `fmcache results` lists the runs")
     return Run(
