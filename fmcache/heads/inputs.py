@@ -84,7 +84,7 @@ def check_hparams(head: HeadType, hparams: Mapping[str, ArrayLike] | None, n_hea
     for key in ("lr", "C"):
         if key in out and np.any(out[key] <= 0):
             raise HeadInputError(f"hyperparameter {key!r} must be > 0, got {out[key].min()}")
-    for key in ("weight_decay", "dro_step", "adv_coeff", "penalty"):
+    for key in ("weight_decay", "dro_step", "adj", "adv_coeff", "penalty"):
         if key in out and np.any(out[key] < 0):
             raise HeadInputError(f"hyperparameter {key!r} must be >= 0, got {out[key].min()}")
     return out, K

@@ -36,7 +36,7 @@ class FitResult:
     head : the head type.
     params : pytree of NumPy arrays, each (K, ...).
     hparams : every hyperparameter of every head (defaults filled in), each (K,).
-    state : the heads' final training state (GroupDRO: ``{"q": (K, G)}``), NumPy.
+    state : the heads' final training state (GroupDRO: ``{"q": (K, G * n_classes)}``, one weight per (group, label) cell), NumPy.
     spec : the static shape facts the heads were built with.
     log : ``loss`` (K, epochs) mean training loss per epoch (``adamw``) or ``iterations``,
         ``converged`` and ``grad_norm`` per head (``lbfgs``); ``seconds``, ``chunks``,
@@ -94,7 +94,7 @@ def fit_stack(
     hparams : per-head hyperparameters, each a scalar or a length-K array: ``lr``,
         ``weight_decay``, ``seed`` (parameter initialisation), ``label`` (column of y),
         ``attribute`` (column of groups), and the head's own (``HEADS[name].hparams``:
-        ``dro_step``, ``adv_coeff``, ``alternate``, ``penalty``). With ``solver="lbfgs"``:
+        ``dro_step``, ``adj``, ``cells``, ``adv_coeff``, ``alternate``, ``penalty``). With ``solver="lbfgs"``:
         ``C`` (scikit-learn's inverse L2 strength) and ``label`` only.
     n_heads : K, where no hyperparameter is an array.
     n_classes : classes of the task (2: one logit per head).
