@@ -113,6 +113,90 @@ def test_clip_adapt_starts_at_zero_shot_and_learns():
     np.testing.assert_allclose(fit.params["frozen"]["scale"], 30.0)
 
 
+def _clip_setup():
+    rng = np.random.default_rng(0)
+    X, y = _data(n=400, d=16)
+    text = rng.normal(size=(2, 3, 16)).astype(np.float32)
+    return X, y, text
+
+
+def _stack(params):
+    import jax
+
+    return jax.tree_util.tree_map(lambda a: np.asarray(a)[None], params)
+
+
+def test_clip_adapt_is_fairmedfm_form_unit_norm_prototypes_no_bias():
+    import jax
+
+    from fmcache.heads import clip_adapt
+    from fmcache.heads.types import HeadSpec
+
+    X, y, text = _clip_setup()
+    spec = HeadSpec(d=16, prototypes=text, logit_scale=30.0)
+    p0 = clip_adapt.init(jax.random.PRNGKey(0), spec, {})
+    assert set(p0) == {"prototypes", "frozen"}
+    zero_shot = predict_stack("zeroshot", zeroshot_params(text, 30.0), X)
+    np.testing.assert_allclose(predict_stack("clip_adapt", _stack(p0), X), zero_shot, atol=1e-5)
+    # prototypes are re-normalised in the forward pass: their length carries nothing
+    scaled = {**p0, "prototypes": np.asarray(p0["prototypes"]) * np.array([[3.0], [1.0]], np.float32)}
+    np.testing.assert_allclose(predict_stack("clip_adapt", _stack(scaled), X), zero_shot, atol=1e-5)
+
+    fit = fit_stack("clip_adapt", X, y, hparams={"lr": 3e-3}, prototypes=text, logit_scale=30.0, epochs=20)
+    assert set(fit.params) == {"prototypes", "frozen"}
+    scaled = {**fit.params, "prototypes": fit.params["prototypes"] * 3.0}
+    np.testing.assert_allclose(predict_stack("clip_adapt", scaled, X), fit.predict(X), atol=1e-5)
+
+    def train_loss(scores):
+        p = np.clip(scores[0], 1e-7, 1 - 1e-7)
+        return -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
+
+    assert train_loss(fit.predict(X)) < train_loss(zero_shot) - 0.1
+
+
+def test_clip_adapt_bias_variant_keeps_free_prototypes_and_a_bias():
+    X, y, text = _clip_setup()
+    fit0 = fit_stack("clip_adapt_bias", X, y, hparams={"lr": 1e-9}, prototypes=text, logit_scale=30.0, epochs=1)
+    np.testing.assert_allclose(fit0.predict(X), predict_stack("zeroshot", zeroshot_params(text, 30.0), X), atol=1e-4)
+    fit = fit_stack("clip_adapt_bias", X, y, hparams={"lr": 3e-3}, prototypes=text, logit_scale=30.0, epochs=20)
+    assert fit.params["b"].shape == (1, 2) and np.abs(fit.params["b"]).max() > 0
+    assert roc_auc_score(y, fit.predict(X)[0]) > roc_auc_score(y, fit0.predict(X)[0]) + 0.1
+
+
+def test_weight_decay_mask_leaves_out_biases_and_frozen_constants():
+    from fmcache.heads.optim import decay_mask
+
+    params = {"w": np.ones((3, 1)), "b": np.ones(1), "enc": {"w": np.ones((2, 2)), "b": np.ones(2)}, "frozen": {"scale": np.ones(())}}
+    assert decay_mask(params) == {"w": True, "b": False, "enc": {"w": True, "b": False}, "frozen": {"scale": False}}
+
+
+@pytest.mark.parametrize("decay_bias", [False, True])
+def test_one_adamw_step_matches_a_hand_computed_step(decay_bias):
+    import jax
+
+    from fmcache.heads import linear
+    from fmcache.heads.types import HeadSpec
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(16, 3)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(np.int8)
+    lr, wd = 0.1, 0.5
+    # one epoch of one full batch: a single step, at the schedule's full rate
+    fit = fit_stack("linear", X, y, hparams={"lr": lr, "weight_decay": wd}, epochs=1, batch_size=16, decay_bias=decay_bias)
+    p0 = jax.tree_util.tree_map(np.asarray, linear.init(jax.random.PRNGKey(0), HeadSpec(d=3), {}))
+    w, b = p0["w"].astype(np.float64), p0["b"].astype(np.float64)
+    r = 1 / (1 + np.exp(-(X @ w[:, 0] + b[0]))) - y
+    grads = {"w": (X.T @ r / 16)[:, None], "b": np.array([r.mean()])}
+
+    def adamw(p, g, decays):
+        m, v = 0.1 * g, 0.001 * g * g  # first moments, bias-corrected below with t = 1
+        return p * (1 - lr * wd if decays else 1.0) - lr * (m / 0.1) / (np.sqrt(v / 0.001) + 1e-8)
+
+    np.testing.assert_allclose(fit.params["w"][0], adamw(w, grads["w"], True), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fit.params["b"][0], adamw(b, grads["b"], decay_bias), rtol=1e-5, atol=1e-6)
+    assert fit.log["decay_bias"] is decay_bias
+
+
 def test_nan_or_inf_features_are_refused():
     X, y = _data(n=100)
     X[7, 3] = np.nan

@@ -128,7 +128,7 @@ def probe(
         Optional[list[str]],
         typer.Option("--heads", metavar="HEAD,...", show_default=False,
                      help="Head types: linear, resample, groupdro, laftr, laftr_eqodd, laftr_eqopp, "
-                     "fairpenalty, fairpenalty_eo, domain_ind, zeroshot, clip_adapt."),
+                     "fairpenalty, fairpenalty_eo, domain_ind, zeroshot, clip_adapt, clip_adapt_bias."),
     ] = None,
     sweep: Annotated[
         str, typer.Option("--sweep", metavar="default|all|YAML",

@@ -1,8 +1,14 @@
 """CLIP-Adapt: class prototypes initialised from the text prototypes, then trained.
 
-Scores are the zero-shot ones (logit scale times normalised image feature dot prototype)
-plus a per-class bias; the prototypes are free parameters, so training may change their
-norm as well as their direction.
+``clip_adapt`` is FairMedFM's form: logits are the logit scale times the cosine similarity
+between the image feature and each prototype, both L2-normalised at every forward pass,
+with no bias. Only the prototypes' directions matter, so before training it is exactly the
+zero-shot classifier, and training can only turn the prototypes, not rescale one class's
+scores.
+
+``clip_adapt_bias`` is the earlier variant kept for comparison: prototypes used
+unnormalised (training may change their norm as well as their direction) plus a per-class
+bias.
 """
 
 from __future__ import annotations
@@ -26,15 +32,29 @@ from fmcache.heads.types import (
 def init(key: jax.Array, spec: HeadSpec, hp: Hparams) -> Params:
     p = zeroshot.init(key, spec, hp)
     # the logit scale is the model's, not learnt: under "frozen" the optimiser leaves it alone
-    return {"prototypes": p["prototypes"], "b": jnp.zeros((p["prototypes"].shape[0],), jnp.float32), "frozen": {"scale": p["scale"]}}
+    return {"prototypes": p["prototypes"], "frozen": {"scale": p["scale"]}}
 
 
 def logits(params: Params, x: jax.Array, g: jax.Array | None = None) -> jax.Array:
-    return jax.lax.stop_gradient(params["frozen"]["scale"]) * zeroshot.normalize(x) @ params["prototypes"].T + params["b"]
+    scale = jax.lax.stop_gradient(params["frozen"]["scale"])
+    return scale * zeroshot.normalize(x) @ zeroshot.normalize(params["prototypes"]).T
 
 
 def loss(params: Params, state: State, batch: Batch, hp: Hparams) -> tuple[jax.Array, State]:
     return masked_mean(per_row_loss(logits(params, batch.x), batch.y), batch.m), state
+
+
+def init_bias(key: jax.Array, spec: HeadSpec, hp: Hparams) -> Params:
+    p = init(key, spec, hp)
+    return {**p, "b": jnp.zeros((p["prototypes"].shape[0],), jnp.float32)}
+
+
+def logits_bias(params: Params, x: jax.Array, g: jax.Array | None = None) -> jax.Array:
+    return jax.lax.stop_gradient(params["frozen"]["scale"]) * zeroshot.normalize(x) @ params["prototypes"].T + params["b"]
+
+
+def loss_bias(params: Params, state: State, batch: Batch, hp: Hparams) -> tuple[jax.Array, State]:
+    return masked_mean(per_row_loss(logits_bias(params, batch.x), batch.y), batch.m), state
 
 
 CLIP_ADAPT = HeadType(
@@ -42,6 +62,15 @@ CLIP_ADAPT = HeadType(
     init=init,
     loss=loss,
     predict=logits,
-    description="CLIP-Adapt: trainable class prototypes initialised from the text prototypes",
+    description="CLIP-Adapt (FairMedFM): trainable unit-norm class prototypes initialised from the text prototypes",
+    needs_text=True,
+)
+
+CLIP_ADAPT_BIAS = HeadType(
+    name="clip_adapt_bias",
+    init=init_bias,
+    loss=loss_bias,
+    predict=logits_bias,
+    description="CLIP-Adapt variant: unnormalised trainable prototypes plus a per-class bias",
     needs_text=True,
 )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fmcache.errors import UnknownNameError, did_you_mean
-from fmcache.heads.clip_adapt import CLIP_ADAPT
+from fmcache.heads.clip_adapt import CLIP_ADAPT, CLIP_ADAPT_BIAS
 from fmcache.heads.domain_ind import DOMAIN_IND
 from fmcache.heads.fairpenalty import fairpenalty
 from fmcache.heads.groupdro import GROUPDRO
@@ -27,6 +27,7 @@ HEADS: dict[str, HeadType] = {
         DOMAIN_IND,
         ZEROSHOT,
         CLIP_ADAPT,
+        CLIP_ADAPT_BIAS,
     )
 }
 

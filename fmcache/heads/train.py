@@ -20,7 +20,7 @@ from numpy.typing import ArrayLike
 
 from fmcache.errors import HeadInputError
 from fmcache.heads import inputs, memory
-from fmcache.heads.optim import adamw_init, adamw_update, cosine_lr
+from fmcache.heads.optim import adamw_init, adamw_update, cosine_lr, decay_mask
 from fmcache.heads.registry import get_head
 from fmcache.heads.types import Batch, HeadSpec, HeadType, positive_score
 
@@ -40,7 +40,7 @@ class FitResult:
     spec : the static shape facts the heads were built with.
     log : ``loss`` (K, epochs) mean training loss per epoch (``adamw``) or ``iterations``,
         ``converged`` and ``grad_norm`` per head (``lbfgs``); ``seconds``, ``chunks``,
-        ``heads_per_chunk``, ``solver``, ``seed``.
+        ``heads_per_chunk``, ``solver``, ``seed``, ``decay_bias``.
     """
 
     head: HeadType
@@ -79,6 +79,7 @@ def fit_stack(
     tol: float = 1e-5,
     memory_budget: int | None = None,
     max_heads_per_chunk: int | None = None,
+    decay_bias: bool = False,
 ) -> FitResult:
     """Train K heads of one type together on the same training rows.
 
@@ -94,7 +95,7 @@ def fit_stack(
     hparams : per-head hyperparameters, each a scalar or a length-K array: ``lr``,
         ``weight_decay``, ``seed`` (parameter initialisation), ``label`` (column of y),
         ``attribute`` (column of groups), and the head's own (``HEADS[name].hparams``:
-        ``dro_step``, ``adj``, ``cells``, ``adv_coeff``, ``alternate``, ``penalty``). With ``solver="lbfgs"``:
+        ``dro_step``, ``adj``, ``cells``, ``adv_coeff``, ``alternate``, ``penalty``, ``balance_label``). With ``solver="lbfgs"``:
         ``C`` (scikit-learn's inverse L2 strength) and ``label`` only.
     n_heads : K, where no hyperparameter is an array.
     n_classes : classes of the task (2: one logit per head).
@@ -106,6 +107,8 @@ def fit_stack(
     prototypes, logit_scale : the text prototypes (C, T, D) and logit scale that heads with
         ``needs_text`` start from (``clip_adapt``) or are built from (``zeroshot``).
     hidden : LAFTR's encoder width.
+    decay_bias : weight decay applies to biases too (torch's AdamW default). By default
+        biases are left out of it (``optim.decay_mask``), as FairMedFM's trainer does.
     max_iter, tol : the ``lbfgs`` solver's limits (tol on the preconditioned gradient of
         the loss averaged over rows).
     memory_budget, max_heads_per_chunk : bound on the bytes (default: a quarter of the
@@ -158,8 +161,8 @@ def fit_stack(
         params, log = fit_logistic(X, Y, hp["C"], hp["label"], n_classes=n_classes, max_iter=max_iter, tol=tol, memory_budget=memory_budget, max_heads_per_chunk=max_heads_per_chunk)
         state: Any = {}
     else:
-        params, state, log = _fit_adamw(ht, spec, X, Y, G, hp, K, epochs, batch_size, seed, memory_budget, max_heads_per_chunk)
-    log.update(seconds=time.perf_counter() - start, solver=solver, seed=seed)
+        params, state, log = _fit_adamw(ht, spec, X, Y, G, hp, K, epochs, batch_size, seed, memory_budget, max_heads_per_chunk, decay_bias)
+    log.update(seconds=time.perf_counter() - start, solver=solver, seed=seed, decay_bias=decay_bias)
     return FitResult(head=ht, params=params, hparams=hp, state=state, spec=spec, log=log)
 
 
@@ -180,7 +183,7 @@ def cell_counts(Y: np.ndarray, G: np.ndarray | None, hp: Mapping[str, np.ndarray
     return out
 
 
-def _fit_adamw(ht: HeadType, spec: HeadSpec, X: np.ndarray, Y: np.ndarray, G: np.ndarray | None, hp: dict[str, np.ndarray], K: int, epochs: int, batch_size: int, seed: int, memory_budget: int | None, cap: int | None) -> tuple[Any, Any, dict[str, Any]]:
+def _fit_adamw(ht: HeadType, spec: HeadSpec, X: np.ndarray, Y: np.ndarray, G: np.ndarray | None, hp: dict[str, np.ndarray], K: int, epochs: int, batch_size: int, seed: int, memory_budget: int | None, cap: int | None, decay_bias: bool = False) -> tuple[Any, Any, dict[str, Any]]:
     n = X.shape[0]
     batch_size = min(batch_size, n)
     steps_per_epoch = -(-n // batch_size)
@@ -195,7 +198,7 @@ def _fit_adamw(ht: HeadType, spec: HeadSpec, X: np.ndarray, Y: np.ndarray, G: np
     width = spec.n_out * spec.n_groups + spec.hidden + spec.n_groups + 8
     chunk = memory.heads_per_chunk(K, memory.train_bytes_per_head(n_params, batch_size, width), memory_budget, cap)
 
-    trainer = _trainer(ht, epochs, steps_per_epoch, batch_size)
+    trainer = _trainer(ht, epochs, steps_per_epoch, batch_size, decay_bias)
     Xj, Yj, Gj = jnp.asarray(X), jnp.asarray(Y), jnp.asarray(Gc)
     key = jax.random.PRNGKey(seed)
     parts = []
@@ -220,8 +223,9 @@ def _init(ht: HeadType, spec: HeadSpec, hp: Mapping[str, jax.Array]) -> tuple[An
 
 
 @functools.lru_cache(maxsize=32)
-def _trainer(ht: HeadType, epochs: int, steps_per_epoch: int, batch_size: int) -> Any:
+def _trainer(ht: HeadType, epochs: int, steps_per_epoch: int, batch_size: int, decay_bias: bool = False) -> Any:
     total = epochs * steps_per_epoch
+    mask = None if decay_bias else decay_mask
 
     def head_step(p: Any, o: Any, s: Any, h: Any, xb: jax.Array, yb: jax.Array, gb: jax.Array, vb: jax.Array, t: jax.Array) -> tuple[Any, Any, Any, jax.Array]:
         y = yb[:, h["label"]]
@@ -231,7 +235,7 @@ def _trainer(ht: HeadType, epochs: int, steps_per_epoch: int, batch_size: int) -
         m = gknown if ht.uses_groups else known.astype(jnp.float32)
         batch = Batch(x=xb, y=jnp.maximum(y, 0), g=jnp.maximum(g, 0), m=m, gm=gknown, step=t)
         (loss, s), grads = jax.value_and_grad(ht.loss, has_aux=True)(p, s, batch, h)
-        p, o = adamw_update(p, grads, o, cosine_lr(h["lr"], t, total), h["weight_decay"], t)
+        p, o = adamw_update(p, grads, o, cosine_lr(h["lr"], t, total), h["weight_decay"], t, mask)
         return p, o, s, loss
 
     stacked_step = jax.vmap(head_step, in_axes=(0, 0, 0, 0, None, None, None, None, None))
