@@ -206,3 +206,17 @@ def test_a_fit_of_an_unregistered_head_type_predicts():
     assert scores.shape == (2, 200)
     np.testing.assert_array_equal(scores, predict_stack(head, fit.params, X))
     assert min(roc_auc_score(y, s) for s in scores) > 0.9
+
+
+def test_a_run_records_the_domain_inference_rule_and_scores_with_it(tmp_path):
+    toy.write_cache(tmp_path)
+    grids, _ = load_sweep("default", ["domain_ind"])
+    runs = {rule: run_sweep(toy.config(heads=grids, epochs=5, domain_inference=rule), root=tmp_path) for rule in ("sum", "known")}
+    assert runs["sum"].config["domain_inference"] == "sum" and runs["known"].config["domain_inference"] == "known"
+    # the default needs no group at test time
+    assert run_sweep(toy.config(heads=grids, epochs=5), root=tmp_path).config["domain_inference"] == "sum"
+    # selection and test scores follow the rule (same training, different scoring)
+    sweeps = {rule: r.sweep.set_index(["attribute", "lr"])["criterion"] for rule, r in runs.items()}
+    assert not np.allclose(sweeps["sum"], sweeps["known"])
+    with pytest.raises(FmcacheError, match="domain inference"):
+        run_sweep(toy.config(heads=grids, domain_inference="oracle"), root=tmp_path)

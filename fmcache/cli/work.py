@@ -157,6 +157,9 @@ def probe(
                           "slices), or features: heads trained on the pooled volume feature.")
     ] = "max",
     seed: Annotated[int, typer.Option("--seed", metavar="N", help="Seed of minibatch order and bootstrap resamples.")] = 0,
+    domain_inference: Annotated[str, typer.Option("--domain-inference", metavar="sum|known",
+                                                  help="domain_ind scoring of val and test: sum (mean of the group outputs' "
+                                                  "probabilities, no group needed) | known (each row's own group, an oracle).")] = "sum",
     root: RootOpt = None,
     runs: RunsOpt = None,
 ) -> None:
@@ -190,6 +193,7 @@ def probe(
             criterion=criterion, threshold=float(threshold) if _is_number(threshold) else threshold,
             convention=convention, n_boot=n_boot, epochs=epochs or settings.get("epochs", 100),
             batch_size=batch_size or settings.get("batch_size", 128), kind=feature_kind, volume=volume, seed=seed,
+            domain_inference=domain_inference,
         )
         try:
             with console.status(f"{dataset}/{m}: loading") as status:

@@ -148,7 +148,10 @@ def fit_stack(
         hp, K = inputs.check_hparams(ht, hparams, n_heads)
     inputs.check_columns(hp, Y, G)
     inputs.check_trainable(ht, hp, Y, G, n_classes)
-    n_groups = max(2, int(G.max()) + 1) if G is not None else 2
+    # group slots for the attribute columns these heads use, not every column passed: heads of
+    # attributes with fewer groups than the largest still carry the extra slots (one vmap, one
+    # shape), which group-aware heads must leave out (domain_ind marks them from cell counts)
+    n_groups = max(2, int(G[:, np.unique(hp["attribute"])].max()) + 1) if G is not None else 2
     spec = HeadSpec(d=d, n_classes=n_classes, n_groups=n_groups, hidden=hidden, prototypes=None if prototypes is None else np.asarray(prototypes, np.float32), logit_scale=float(logit_scale))
 
     start = time.perf_counter()
@@ -283,7 +286,8 @@ def predict_stack(
     params : parameters stacked over K (``FitResult.params`` or ``zeroshot_params``).
     X : (n, d) features; NaN / inf is refused.
     groups : (n,) or (n, A) groups, used by heads that can score with the known group
-        (``domain_ind``); without it they average over groups.
+        (``domain_ind``'s ``known`` rule); without it they use the rule that needs no group
+        (``domain_ind``: the mean over its groups of their probabilities).
     attribute : (K,) column of ``groups`` for each head (default column 0).
     logits : return logits instead of probabilities.
 

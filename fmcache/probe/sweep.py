@@ -14,7 +14,9 @@ import pandas as pd
 
 from fmcache import __version__
 from fmcache.cache.reader import open_cache
+from fmcache.errors import FmcacheError
 from fmcache.fairness import evaluate
+from fmcache.heads.domain_ind import RULES as DOMAIN_INFERENCE
 from fmcache.heads.registry import get_head
 from fmcache.heads.train import fit_stack
 from fmcache.probe.data import ProbeData, load_probe_data
@@ -42,6 +44,9 @@ class SweepConfig:
     kind: str = "auto"
     volume: str = "max"  # 2.5D: max / mean of slice predictions, or "features" (pooled volume feature)
     seed: int = 0  # minibatch order and bootstrap resamples
+    # how group-aware heads that can use the row's group at inference (domain_ind) score val
+    # and test: "sum" needs no group (as deployed), "known" reads each row's group (oracle)
+    domain_inference: str = "sum"
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -61,6 +66,8 @@ def run_sweep(cfg: SweepConfig, *, root: str | os.PathLike[str] | None = None, r
     Its directory is claimed before training; a sweep that fails removes it again.
     ``on_head(name, n_heads)`` is called before each head type trains (progress display).
     """
+    if cfg.domain_inference not in DOMAIN_INFERENCE:
+        raise FmcacheError(f"domain inference {cfg.domain_inference!r}: choose one of {', '.join(DOMAIN_INFERENCE)}")
     emb = open_cache(root).embeddings(cfg.dataset, cfg.model)
     data = load_probe_data(emb, labels=cfg.labels, attributes=cfg.attributes, kind=cfg.kind, volume=cfg.volume)
     path = new_run_dir(f"{cfg.dataset}-{cfg.model}", root, runs)
@@ -153,7 +160,10 @@ def _train(head: str, stack: pd.DataFrame, data: ProbeData, cfg: SweepConfig) ->
         seed=cfg.seed, solver=solver, prototypes=text.get("prototypes"),
         logit_scale=float(text.get("logit_scale", 100.0)),
     )
-    scores = {split: data.pool_scores(fit.predict(data.X[split], data.row_groups(split))) for split in ("val", "test")}
+    # val (selection) and test (evaluation) are scored under the same rule
+    known = cfg.domain_inference == "known"
+    scores = {split: data.pool_scores(fit.predict(data.X[split], data.row_groups(split) if known else None))
+              for split in ("val", "test")}
     return _Trained(head, stack, scores["val"], scores["test"])
 
 
