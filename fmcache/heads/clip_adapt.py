@@ -17,16 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from fmcache.heads import zeroshot
-from fmcache.heads.types import (
-    Batch,
-    HeadSpec,
-    HeadType,
-    Hparams,
-    Params,
-    State,
-    masked_mean,
-    per_row_loss,
-)
+from fmcache.heads.types import HeadSpec, HeadType, Hparams, Params, erm_loss
 
 
 def init(key: jax.Array, spec: HeadSpec, hp: Hparams) -> Params:
@@ -40,8 +31,7 @@ def logits(params: Params, x: jax.Array, g: jax.Array | None = None) -> jax.Arra
     return scale * zeroshot.normalize(x) @ zeroshot.normalize(params["prototypes"]).T
 
 
-def loss(params: Params, state: State, batch: Batch, hp: Hparams) -> tuple[jax.Array, State]:
-    return masked_mean(per_row_loss(logits(params, batch.x), batch.y), batch.m), state
+loss = erm_loss(logits)
 
 
 def init_bias(key: jax.Array, spec: HeadSpec, hp: Hparams) -> Params:
@@ -53,8 +43,7 @@ def logits_bias(params: Params, x: jax.Array, g: jax.Array | None = None) -> jax
     return jax.lax.stop_gradient(params["frozen"]["scale"]) * zeroshot.normalize(x) @ params["prototypes"].T + params["b"]
 
 
-def loss_bias(params: Params, state: State, batch: Batch, hp: Hparams) -> tuple[jax.Array, State]:
-    return masked_mean(per_row_loss(logits_bias(params, batch.x), batch.y), batch.m), state
+loss_bias = erm_loss(logits_bias)
 
 
 CLIP_ADAPT = HeadType(

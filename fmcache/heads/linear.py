@@ -5,16 +5,13 @@ from __future__ import annotations
 import jax
 
 from fmcache.heads.types import (
-    Batch,
     HeadSpec,
     HeadType,
     Hparams,
     Params,
-    State,
     dense,
     dense_init,
-    masked_mean,
-    per_row_loss,
+    erm_loss,
     squeeze_binary,
 )
 
@@ -27,8 +24,7 @@ def logits(params: Params, x: jax.Array, g: jax.Array | None = None) -> jax.Arra
     return squeeze_binary(dense(params, x))
 
 
-def loss(params: Params, state: State, batch: Batch, hp: Hparams) -> tuple[jax.Array, State]:
-    return masked_mean(per_row_loss(logits(params, batch.x), batch.y), batch.m), state
+loss = erm_loss(logits)
 
 
 LINEAR = HeadType(

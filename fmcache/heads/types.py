@@ -150,6 +150,15 @@ def masked_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
     return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
+def erm_loss(predict: Callable[[Params, jax.Array], jax.Array]) -> Callable[..., tuple[jax.Array, State]]:
+    """The loss of a head that mitigates nothing: mean cross-entropy of ``predict`` over its rows."""
+
+    def loss(params: Params, state: State, batch: Batch, hp: Hparams) -> tuple[jax.Array, State]:
+        return masked_mean(per_row_loss(predict(params, batch.x), batch.y), batch.m), state
+
+    return loss
+
+
 def squeeze_binary(logits: jax.Array) -> jax.Array:
     """(n, 1) logits of a binary head become (n,); multi-class logits stay (n, C)."""
     return logits[:, 0] if logits.shape[-1] == 1 else logits
