@@ -107,3 +107,11 @@ def test_every_command_has_help():
             yield from walk(sub)
 
     assert all(c.help for c in walk(typer.main.get_command(app)))
+
+
+def test_the_heads_option_names_every_registered_head():
+    # the help is written out so that --help needs no JAX; the registry is the fact it must follow
+    probe = typer.main.get_command(app).commands["probe"]
+    (option,) = [p for p in probe.params if p.name == "heads"]
+    listed = option.help.split(":", 1)[1].rstrip(".").replace(" ", "").split(",")
+    assert sorted(listed) == sorted(HEADS)

@@ -32,6 +32,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
+from fmcache.datasets.dicom_image import CODECS_HINT
 from fmcache.errors import DatasetError
 
 Plane = Literal["axial", "coronal", "sagittal"]
@@ -201,7 +202,7 @@ def _pixels(path: Path, ds) -> np.ndarray:
     except (ValueError, AttributeError, TypeError, KeyError, RuntimeError, NotImplementedError, OSError, EOFError) as e:
         raise DatasetError(
             f"cannot decode the pixels of DICOM {path}: {e.__class__.__name__}: {e} (file corrupt, or a compressed "
-            f"transfer syntax: pip install pylibjpeg pylibjpeg-libjpeg)"
+            f"transfer syntax: {CODECS_HINT})"
         ) from None
     if arr.ndim != 2:
         raise DatasetError(f"DICOM {path} holds pixel data of shape {arr.shape}; single-frame grayscale slices are expected")
