@@ -197,6 +197,40 @@ def test_one_adamw_step_matches_a_hand_computed_step(decay_bias):
     assert fit.log["decay_bias"] is decay_bias
 
 
+@pytest.mark.parametrize("decay_bias", [False, True])
+def test_adamw_cosine_training_follows_torch_adamw_with_cosine_annealing(decay_bias):
+    """40 full-batch steps against torch.optim.AdamW + CosineAnnealingLR(T_max=40) stepped
+    per step, biases in a parameter group without decay unless ``decay_bias``."""
+    import jax
+    import torch
+
+    from fmcache.heads import linear
+    from fmcache.heads.types import HeadSpec
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(64, 5)).astype(np.float32)
+    y = (X[:, 0] + 0.5 * rng.normal(size=64) > 0).astype(np.int8)
+    lr, wd, steps = 0.05, 0.3, 40
+    fit = fit_stack("linear", X, y, hparams={"lr": lr, "weight_decay": wd}, epochs=steps, batch_size=64, decay_bias=decay_bias)
+
+    p0 = jax.tree_util.tree_map(np.asarray, linear.init(jax.random.PRNGKey(0), HeadSpec(d=5), {}))
+    w = torch.tensor(p0["w"][:, 0], dtype=torch.float64, requires_grad=True)
+    b = torch.tensor(p0["b"], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.AdamW([{"params": [w]}, {"params": [b], "weight_decay": wd if decay_bias else 0.0}], lr=lr, weight_decay=wd)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    Xt, yt = torch.tensor(X, dtype=torch.float64), torch.tensor(y, dtype=torch.float64)
+    for _ in range(steps):
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(Xt @ w + b, yt)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    np.testing.assert_allclose(fit.params["w"][0, :, 0], w.detach().numpy(), atol=2e-5)
+    np.testing.assert_allclose(fit.params["b"][0], b.detach().numpy(), atol=2e-5)
+    # the bias moved, so its decay (or not) is visible in the comparison
+    assert abs(fit.params["b"][0, 0] - p0["b"][0]) > 0.1
+
+
 def test_nan_or_inf_features_are_refused():
     X, y = _data(n=100)
     X[7, 3] = np.nan

@@ -1,21 +1,24 @@
-"""AdamW with a cosine schedule, written to match torch.optim.AdamW + CosineAnnealingLR
-stepped once per optimiser step, so a head trained here and one trained by the reference
-protocol follow the same update rule.
+"""The heads' optimiser: optax's AdamW under a cosine schedule, set up to follow
+torch.optim.AdamW + CosineAnnealingLR stepped once per optimiser step, so a head trained
+here and one trained by the reference protocol follow the same update rule.
 
 Weight decay skips biases by default, as FairMedFM's trainer does (its parameter groups
 put biases and norms at decay 0): shrinking an intercept towards 0 only pulls the scores
-towards the class-balanced point and regularises nothing. ``decay_mask`` says which
-leaves decay, in the form optax's ``adamw(mask=...)`` takes; passing no mask decays every
-leaf, as torch's AdamW does with one parameter group.
+towards the class-balanced point and regularises nothing. ``decay_bias=True`` decays
+every leaf, as torch's AdamW does with one parameter group.
+
+Heads whose parameters are several players (LAFTR's encoder and adversary) give each
+player its own Adam moments and let only the player whose turn it is move
+(``players``); the learning rate follows one cosine over all steps.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
+import optax
 
 BETA1, BETA2, EPS = 0.9, 0.999, 1e-8
 
@@ -26,11 +29,6 @@ FROZEN = "frozen"
 # leaf names of additive offsets; every head builds its layers with types.dense_init,
 # whose offset is "b"
 BIAS_NAMES = frozenset({"b", "bias"})
-
-
-def cosine_lr(lr: jax.Array, step: jax.Array, total_steps: int) -> jax.Array:
-    """Learning rate before optimiser step ``step`` (0-based) of ``total_steps``, decaying to 0."""
-    return lr * 0.5 * (1.0 + jnp.cos(jnp.pi * step / total_steps))
 
 
 def decay_mask(params: Any) -> Any:
@@ -47,40 +45,57 @@ def decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
-def adamw_init(params: Any) -> dict[str, Any]:
-    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-    return {"m": zeros, "v": jax.tree_util.tree_map(jnp.zeros_like, params)}
+def _top_level_labels(name_of: Callable[[str], str]) -> Callable[[Any], Any]:
+    """Labels for ``optax.partition``: every leaf under a top-level key gets that key's label."""
+
+    def labels(params: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: jax.tree_util.tree_map(lambda _, k=k: name_of(k), v) for k, v in params.items()}
+
+    return labels
 
 
-def adamw_update(
-    params: Any,
-    grads: Any,
-    opt: dict[str, Any],
-    lr: jax.Array,
-    weight_decay: jax.Array,
-    step: jax.Array,
-    mask: Any | Callable[[Any], Any] | None = None,
-) -> tuple[Any, dict[str, Any]]:
-    """One AdamW step (decoupled decay, bias-corrected moments), ``step`` 0-based.
+def _keep_frozen(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    # the frozen constants get zero updates and no optimiser state
+    return optax.partition({"train": tx, "frozen": optax.set_to_zero()}, _top_level_labels(lambda k: "frozen" if k == FROZEN else "train"))
 
-    ``mask``: a pytree of bools like ``params`` (or a function of ``params`` giving one)
-    saying which leaves decay; None decays all of them (torch's default).
+
+def _schedule(hp: Mapping[str, jax.Array], total_steps: int) -> optax.Schedule:
+    # CosineAnnealingLR with T_max = total_steps, read before each step: lr * (1 + cos(pi t / T)) / 2
+    return optax.cosine_decay_schedule(hp["lr"], total_steps)
+
+
+def adamw(hp: Mapping[str, jax.Array], total_steps: int, decay_bias: bool = False) -> optax.GradientTransformation:
+    """AdamW at ``hp["lr"]`` and ``hp["weight_decay"]`` under a cosine schedule to 0 over ``total_steps``.
+
+    The hyperparameters may be traced values: the engine builds one optimiser per head
+    inside its ``vmap``.
     """
-    t = (step + 1).astype(jnp.float32)
-    m = jax.tree_util.tree_map(lambda m, g: BETA1 * m + (1 - BETA1) * g, opt["m"], grads)
-    v = jax.tree_util.tree_map(lambda v, g: BETA2 * v + (1 - BETA2) * g * g, opt["v"], grads)
-    step_size = lr / (1 - BETA1**t)
-    root_bc2 = jnp.sqrt(1 - BETA2**t)
-    if callable(mask):
-        mask = mask(params)
-    if mask is None:
-        mask = jax.tree_util.tree_map(lambda _: True, params)
+    return _keep_frozen(optax.adamw(_schedule(hp, total_steps), BETA1, BETA2, EPS, weight_decay=hp["weight_decay"], mask=None if decay_bias else decay_mask))
 
-    def move(p: jax.Array, m: jax.Array, v: jax.Array, decays: bool) -> jax.Array:
-        shrink = (1 - lr * weight_decay) if decays else 1.0
-        return p * shrink - step_size * m / (jnp.sqrt(v) / root_bc2 + EPS)
 
-    new = jax.tree_util.tree_map(move, params, m, v, mask)
-    if isinstance(params, dict) and FROZEN in params:
-        new = {**new, FROZEN: params[FROZEN]}
-    return new, {"m": m, "v": v}
+def players(
+    turns: Mapping[str, Callable[[jax.Array], jax.Array]],
+    player_of: Callable[[str], str],
+) -> Callable[[Mapping[str, jax.Array], int, bool], optax.GradientTransformation]:
+    """An optimiser builder for a head whose top-level parameter groups are players taking turns.
+
+    ``turns[name](t)`` says whether player ``name`` moves at step ``t`` (0-based);
+    ``player_of(key)`` names the player owning a top-level key of the parameters. Each
+    player has its own Adam moments (bias-corrected by its own step count) and decoupled
+    weight decay, both applied only on its turns: an idle player's parameters and moments
+    stay exactly as they are. The learning rate follows one cosine over all steps.
+    """
+
+    def build(hp: Mapping[str, jax.Array], total_steps: int, decay_bias: bool = False) -> optax.GradientTransformation:
+        mask = None if decay_bias else decay_mask
+        moves = {
+            name: optax.transforms.conditionally_mask(
+                optax.chain(optax.scale_by_adam(BETA1, BETA2, EPS), optax.add_decayed_weights(hp["weight_decay"], mask)), turn
+            )
+            for name, turn in turns.items()
+        }
+        # scaling a zero update by the rate leaves it zero, so one schedule can follow every step
+        per_player = optax.partition(moves, _top_level_labels(player_of))
+        return _keep_frozen(optax.chain(per_player, optax.scale_by_learning_rate(_schedule(hp, total_steps))))
+
+    return build

@@ -16,11 +16,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from numpy.typing import ArrayLike
 
 from fmcache.errors import HeadInputError
 from fmcache.heads import inputs, memory
-from fmcache.heads.optim import adamw_init, adamw_update, cosine_lr, decay_mask
 from fmcache.heads.registry import get_head
 from fmcache.heads.types import Batch, HeadSpec, HeadType, positive_score
 
@@ -228,7 +228,9 @@ def _init(ht: HeadType, spec: HeadSpec, hp: Mapping[str, jax.Array]) -> tuple[An
 @functools.lru_cache(maxsize=32)
 def _trainer(ht: HeadType, epochs: int, steps_per_epoch: int, batch_size: int, decay_bias: bool = False) -> Any:
     total = epochs * steps_per_epoch
-    mask = None if decay_bias else decay_mask
+
+    def optimizer(h: Any) -> optax.GradientTransformation:
+        return ht.optimizer(h, total, decay_bias)
 
     def head_step(p: Any, o: Any, s: Any, h: Any, xb: jax.Array, yb: jax.Array, gb: jax.Array, vb: jax.Array, t: jax.Array) -> tuple[Any, Any, Any, jax.Array]:
         y = yb[:, h["label"]]
@@ -238,7 +240,8 @@ def _trainer(ht: HeadType, epochs: int, steps_per_epoch: int, batch_size: int, d
         m = gknown if ht.uses_groups else known.astype(jnp.float32)
         batch = Batch(x=xb, y=jnp.maximum(y, 0), g=jnp.maximum(g, 0), m=m, gm=gknown, step=t)
         (loss, s), grads = jax.value_and_grad(ht.loss, has_aux=True)(p, s, batch, h)
-        p, o = adamw_update(p, grads, o, cosine_lr(h["lr"], t, total), h["weight_decay"], t, mask)
+        updates, o = optimizer(h).update(grads, o, p)
+        p = optax.apply_updates(p, updates)
         return p, o, s, loss
 
     stacked_step = jax.vmap(head_step, in_axes=(0, 0, 0, 0, None, None, None, None, None))
@@ -261,7 +264,7 @@ def _trainer(ht: HeadType, epochs: int, steps_per_epoch: int, batch_size: int, d
             carry, losses = jax.lax.scan(step, carry, (order, valid, jnp.arange(steps_per_epoch)))
             return carry, jnp.mean(losses, axis=0)
 
-        carry = (params, jax.vmap(adamw_init)(params), state)
+        carry = (params, jax.vmap(lambda p, h: optimizer(h).init(p))(params, hp), state)
         (params, _, state), losses = jax.lax.scan(epoch, carry, (jax.random.split(key, epochs), jnp.arange(epochs)))
         return params, state, losses.T
 

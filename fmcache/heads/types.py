@@ -14,6 +14,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+
+from fmcache.heads import optim
 
 Params = Any  # a pytree of jax arrays
 State = Any  # a pytree of jax arrays (may be an empty dict)
@@ -100,6 +103,9 @@ class HeadType:
         regression, ``lbfgs`` (full batch, scikit-learn's objective).
     needs_cell_counts : the loss reads ``hp["cell_counts"]``, the (groups, classes) count of
         its training rows per (group, label) cell, which the engine then fills in.
+    optimizer : ``(hp, total_steps, decay_bias) -> optax.GradientTransformation`` for one
+        head (``optim.adamw``; heads with players that take turns build theirs with
+        ``optim.players``).
     """
 
     name: str
@@ -118,6 +124,7 @@ class HeadType:
     needs_text: bool = False
     solvers: tuple[str, ...] = ("adamw",)
     needs_cell_counts: bool = False
+    optimizer: Callable[[Hparams, int, bool], optax.GradientTransformation] = optim.adamw
 
 
 # Small shared pieces the head modules build on.
