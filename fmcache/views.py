@@ -57,13 +57,16 @@ def frame_table(df: pd.DataFrame, title: str | None = None, caption: str | None 
 
 def headline(metrics: pd.DataFrame, label: str | None = None, fmt: Callable[[pd.Series], str] | None = None) -> pd.DataFrame:
     """One row per (attribute, head) of ``label`` (default the first): test AUC, worst-group
-    AUC and the main gaps, each as "value [ci_low, ci_high]" text (or ``fmt(metric row)``)."""
+    AUC and the main gaps, each as "value [ci_low, ci_high]" text (or ``fmt(metric row)``);
+    "mean ± sd [...]" where the value is a mean over seeds. A table with a ``seed`` column
+    (``Run.seed_metrics``) gets one row per seed."""
     fmt = fmt or _interval
     label = label if label is not None else metrics["label"].iloc[0]
     m = metrics[metrics["label"] == label]
+    keys = ["attribute", "head", *(["seed"] if "seed" in m else [])]
     rows = []
-    for (attr, head), block in m.groupby(["attribute", "head"], sort=False):
-        row = {"label": label, "attribute": attr, "head": head}
+    for key, block in m.groupby(keys, sort=False):
+        row = {"label": label, **dict(zip(keys, key))}
         for metric, group in HEADLINE:
             hit = block[(block["metric"] == metric) & (block["group"] == group)]
             row[metric] = fmt(hit.iloc[0]) if len(hit) else ""
@@ -71,12 +74,21 @@ def headline(metrics: pd.DataFrame, label: str | None = None, fmt: Callable[[pd.
     return pd.DataFrame(rows)
 
 
+def _spread(row: pd.Series, lead: bool = True) -> str:
+    """" ± sd" across seeds, or nothing for a single seed."""
+    sd = row.get("sd", np.nan)
+    if pd.isna(sd):
+        return ""
+    return f" ± {sd:.3f}" if lead else " ± " + f"{sd:.3f}".replace("0.", ".", 1)
+
+
 def _interval(row: pd.Series) -> str:
     if np.isnan(row["value"]):
         return "n/a"
+    text = f"{row['value']:.3f}{_spread(row)}"
     if np.isnan(row["ci_low"]):
-        return f"{row['value']:.3f}"
-    return f"{row['value']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
+        return text
+    return f"{text} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
 
 
 def _stacked(row: pd.Series) -> str:
@@ -84,20 +96,28 @@ def _stacked(row: pd.Series) -> str:
     if np.isnan(row["value"]) or np.isnan(row["ci_low"]):
         return _interval(row)
     short = [f"{row[k]:.3f}".replace("0.", ".", 1) if abs(row[k]) < 1 else f"{row[k]:.2f}" for k in ("ci_low", "ci_high")]
-    return f"{row['value']:.3f}\n{short[0]}–{short[1]}"
+    return f"{row['value']:.3f}{_spread(row, lead=False)}\n{short[0]}–{short[1]}"
 
 
 def headline_table(metrics: pd.DataFrame, label: str | None = None, title: str | None = None) -> Table:
     """:func:`headline` for the terminal, the label in the title."""
     df = headline(metrics, label, fmt=_stacked)
-    t = table(title if title is not None else f"label {df['label'].iloc[0]}" if len(df) else None,
-              caption="value, and under it its 95% bootstrap interval on the test split")
-    for key in ("attribute", "head"):
+    seeds = int(metrics["n_seeds"].max()) if "n_seeds" in metrics and len(metrics) else 1
+    if "seed" in df:
+        caption = "each seed's value, and under it its 95% bootstrap interval on the test split"
+    elif seeds > 1:
+        caption = (f"mean ± sd over {seeds} seeds, and under it the mean of the seeds' 95% bootstrap intervals "
+                   "on the test split")
+    else:
+        caption = "value, and under it its 95% bootstrap interval on the test split"
+    t = table(title if title is not None else f"label {df['label'].iloc[0]}" if len(df) else None, caption=caption)
+    keys = [k for k in ("attribute", "head", "seed") if k in df]
+    for key in keys:
         t.add_column(key, no_wrap=True)
     for metric, _ in HEADLINE:  # on a narrow terminal these fold, the keys stay whole
         t.add_column(metric, justify="right", overflow="fold")
-    for row in df.itertuples(index=False):
-        t.add_row(row.attribute, row.head, *[getattr(row, metric) for metric, _ in HEADLINE])
+    for row in df.to_dict("records"):
+        t.add_row(*[str(row[k]) for k in keys], *[row[metric] for metric, _ in HEADLINE])
     return t
 
 

@@ -139,7 +139,10 @@ def probe(
                                                             help="Sensitive attributes (default: all).")] = None,
     labels: Annotated[Optional[list[str]], typer.Option("--labels", "-l", metavar="LABEL,...", show_default=False,
                                                         help="Labels (default: all).")] = None,
-    seeds: Annotated[int, typer.Option("--seeds", min=1, metavar="N", help="Initialisation seeds per grid point.")] = 1,
+    seeds: Annotated[int, typer.Option("--seeds", min=1, metavar="N",
+                                       help="Initialisation seeds per grid point: repeats of the selected configuration, "
+                                       "not a hyperparameter. Selection uses the mean validation criterion over the "
+                                       "seeds; results show mean ± sd across them and each seed's row.")] = 1,
     criterion: Annotated[str, typer.Option("--criterion", metavar="NAME",
                                            help="Validation selection: auc | worst_group_auc | tradeoff (auc - auc_delta).")] = "auc",
     threshold: Annotated[str, typer.Option("--threshold", metavar="RULE",
@@ -225,13 +228,18 @@ def results(
     run: Annotated[Optional[str], typer.Argument(metavar="RUN", help="Run name (from the list) or path; omit to list runs.",
                                                  show_default=False)] = None,
     csv: Annotated[Optional[Path], typer.Option("--csv", metavar="FILE", show_default=False,
-                                                help="Write the run's full metric table to this CSV file.")] = None,
+                                                help="Write the run's full metric table to this CSV file "
+                                                "(with --per-seed: each seed's rows).")] = None,
+    per_seed: Annotated[bool, typer.Option("--per-seed", help="Also show each seed's row (runs with --seeds N).")] = False,
     root: RootOpt = None,
     runs: RunsOpt = None,
 ) -> None:
     """List sweep runs, or show one run's headline table (and export its metrics as CSV).
 
-    From Python: fmcache.load_results(name or path) returns .metrics, .sweep, .predictions, .config.
+    A run with several seeds shows the mean ± sd across them; --per-seed adds each seed's row.
+
+    From Python: fmcache.load_results(name or path) returns .metrics (means over seeds),
+    .seed_metrics (each seed's rows), .sweep, .predictions, .config.
     """
     from fmcache.runs import list_runs, load_results, runs_dir
     from fmcache.views import frame_table, headline_table, make_console
@@ -249,9 +257,14 @@ def results(
     r = load_results(run, root, runs)
     for label in r.metrics["label"].unique():
         console.print(headline_table(r.metrics, label, f"{r.path.name}, label {label}"))
+        if per_seed and not r.seed_metrics.empty:
+            console.print(headline_table(r.seed_metrics, label, f"{r.path.name}, label {label}, per seed"))
+    if per_seed and r.seed_metrics.empty:
+        typer.echo("this run records no per-seed rows (written before runs kept them)")
+    table = r.seed_metrics if per_seed and not r.seed_metrics.empty else r.metrics
     if csv is not None:
-        r.metrics.to_csv(csv, index=False)
-        typer.echo(f"wrote {len(r.metrics)} rows to {csv}")
+        table.to_csv(csv, index=False)
+        typer.echo(f"wrote {len(table)} rows to {csv}")
 
 
 @command(app)

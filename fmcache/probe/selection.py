@@ -1,5 +1,8 @@
 """Model selection on the validation split: each head's score under a named criterion.
 
+Selection picks a grid point, never a seed: the seeds of a grid point are repeats, and the
+point is judged by its mean criterion over them (:func:`select_point`).
+
 Criteria (higher is better):
 
 ``auc``              overall validation AUC
@@ -56,6 +59,25 @@ def select(values: pd.Series) -> int | None:
     if np.isnan(v).all():
         return None
     return int(np.nanargmax(v))
+
+
+def select_point(criterion: pd.Series, points: pd.DataFrame) -> tuple[pd.Series, np.ndarray]:
+    """Choose a grid point by its mean criterion over its repeats (init seeds).
+
+    ``points`` holds each row's grid point (its hyperparameters, without the seed): rows
+    with equal values are repeats of one point. Returns each row's point mean (NaN-aware: a
+    point whose repeats are all NaN is NaN and never chosen) and a mask of the chosen
+    point's rows (all False when no point has a value). Ties go to the point listed first,
+    as in :func:`select`.
+    """
+    if points.shape[1]:
+        ids = points.groupby(list(points.columns), sort=False, dropna=False).ngroup().to_numpy()
+    else:  # nothing to tell rows apart: all repeats of one point
+        ids = np.zeros(len(points), int)
+    means = criterion.groupby(ids).transform("mean")
+    pos = select(means)
+    chosen = np.zeros(len(ids), bool) if pos is None else ids == ids[pos]
+    return means, chosen
 
 
 def _auc(y: np.ndarray, s: np.ndarray) -> float:

@@ -1,5 +1,11 @@
 """A sweep: train every head type over its grid from one cache entry, select on validation,
-evaluate the selected heads on test with bootstrap intervals, and write a run directory."""
+evaluate the selected heads on test with bootstrap intervals, and write a run directory.
+
+Init seeds (``SweepConfig.seeds``) are repeats, not grid points: a grid point is selected by
+its mean validation criterion over its seeds, and every seed of it is evaluated. The run's
+``metrics`` hold the mean over seeds (with ``sd`` and ``n_seeds``), ``seed_metrics`` each
+seed's rows.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +27,7 @@ from fmcache.heads.registry import get_head
 from fmcache.heads.train import fit_stack
 from fmcache.probe.data import ProbeData, load_probe_data
 from fmcache.probe.grids import Grid, points
-from fmcache.probe.selection import criterion_value, select, validation_scores
+from fmcache.probe.selection import criterion_value, select_point, validation_scores
 from fmcache.runs import Run, cache_root, discard_run, load_results, new_run_dir, prediction_key, write_run
 
 
@@ -34,7 +40,7 @@ class SweepConfig:
     heads: dict[str, Grid]
     labels: list[str] | None = None
     attributes: list[str] | None = None
-    seeds: int = 1
+    seeds: int = 1  # init seeds per grid point: repeats, averaged in selection and results
     criterion: str = "auc"
     threshold: str | float = "val"
     convention: str = "paper"
@@ -91,26 +97,36 @@ def _sweep_into(path, cfg: SweepConfig, data: ProbeData, root, on_head) -> None:
             on_head(head, len(stack))
         trained.append(_train(head, stack, data, cfg))
 
-    sweep_rows, metric_blocks, predictions = [], [], {}
+    sweep_rows, metric_blocks, seed_blocks, predictions = [], [], [], {}
     for t in trained:
-        for (li, ai), pos, table in _selections(t, data, cfg.criterion):
-            sweep_rows.append(table.assign(head=t.head, label=data.labels[li], attribute=data.attributes[ai]))
-            if pos is None:
+        for (li, ai), table in _selections(t, data, cfg.criterion):
+            label, attr = data.labels[li], data.attributes[ai]
+            sweep_rows.append(table.assign(head=t.head, label=label, attribute=attr))
+            chosen = table[table["selected"]]
+            if chosen.empty:
                 continue
-            k = int(table.index[pos])
-            metric_blocks.append(_evaluate(t, k, li, ai, data, cfg).assign(
-                head=t.head, hparams=json.dumps(_hp(t.hparams.loc[k])), criterion=cfg.criterion,
-                val_criterion=float(table["criterion"].iloc[pos]),
-            ))
-            predictions[prediction_key(t.head, data.labels[li], data.attributes[ai])] = {
-                "score": t.test[k].astype(np.float32), "row": data.test_rows, "id": data.test_ids,
-                "y": data.y["test"][:, li], "group": data.g["test"][:, ai],
+            per_seed = pd.concat([
+                _evaluate(t, k, li, ai, data, cfg).assign(
+                    head=t.head, hparams=json.dumps(_hp(t.hparams.loc[k])), criterion=cfg.criterion,
+                    val_criterion=float(chosen.at[k, "criterion"]), seed=int(chosen.at[k, "seed"]))
+                for k in chosen.index
+            ], ignore_index=True)
+            seed_blocks.append(per_seed)
+            point = t.hparams.loc[chosen.index[0]].drop("seed")
+            metric_blocks.append(_over_seeds(per_seed).assign(
+                hparams=json.dumps(_hp(point)), val_criterion=float(chosen["grid_criterion"].iloc[0])))
+            scores = t.test[chosen.index.to_numpy()].astype(np.float32)
+            predictions[prediction_key(t.head, label, attr)] = {
+                "score": scores[0] if len(scores) == 1 else scores, "seed": chosen["seed"].to_numpy(np.int64),
+                "row": data.test_rows, "id": data.test_ids, "y": data.y["test"][:, li], "group": data.g["test"][:, ai],
             }
-    metrics = pd.concat(metric_blocks, ignore_index=True) if metric_blocks else pd.DataFrame()
-    metrics = metrics.assign(dataset=cfg.dataset, model=cfg.model)
+    tables = {}
+    for name, blocks in (("metrics", metric_blocks), ("seed_metrics", seed_blocks)):
+        table = pd.concat(blocks, ignore_index=True) if blocks else pd.DataFrame()
+        tables[name] = table.assign(dataset=cfg.dataset, model=cfg.model)
     sweep = pd.concat(sweep_rows, ignore_index=True) if sweep_rows else pd.DataFrame()
-    write_run(path, config=_config(cfg, data, trained, skipped, str(cache_root(root))), metrics=metrics, sweep=sweep,
-              predictions=predictions)
+    write_run(path, config=_config(cfg, data, trained, skipped, str(cache_root(root))), sweep=sweep,
+              predictions=predictions, **tables)
 
 
 def _not_applicable(head: str, data: ProbeData) -> str:
@@ -168,7 +184,9 @@ def _train(head: str, stack: pd.DataFrame, data: ProbeData, cfg: SweepConfig) ->
 
 
 def _selections(t: _Trained, data: ProbeData, criterion: str):
-    """For each (label, attribute): the candidate heads' validation table and the chosen position."""
+    """For each (label, attribute): the candidate heads' validation table, each row with its
+    own ``criterion``, its grid point's mean over seeds (``grid_criterion``) and whether it
+    is one of the chosen point's seeds (``selected``)."""
     uses_groups = get_head(t.head).uses_groups
     for li in sorted(t.hparams["label"].unique()):
         for ai in range(len(data.attributes)):
@@ -180,9 +198,10 @@ def _selections(t: _Trained, data: ProbeData, criterion: str):
             table.index = ks
             table = pd.concat([t.hparams.loc[ks], table], axis=1)
             table["criterion"] = criterion_value(table, criterion).to_numpy()
-            pos = select(table["criterion"])
-            table["selected"] = [i == pos for i in range(len(table))]
-            yield (int(li), ai), pos, table
+            means, chosen = select_point(table["criterion"], t.hparams.loc[ks].drop(columns="seed"))
+            table["grid_criterion"] = means
+            table["selected"] = chosen
+            yield (int(li), ai), table
 
 
 def _evaluate(t: _Trained, k: int, li: int, ai: int, data: ProbeData, cfg: SweepConfig) -> pd.DataFrame:
@@ -193,6 +212,23 @@ def _evaluate(t: _Trained, k: int, li: int, ai: int, data: ProbeData, cfg: Sweep
         n_boot=cfg.n_boot, seed=cfg.seed, y_val=data.y["val"][:, li], score_val=t.val[k],
         group_names={attr: names} if names else None,
     ).assign(label=data.labels[li])
+
+
+def _over_seeds(per_seed: pd.DataFrame) -> pd.DataFrame:
+    """One row per metric from the rows of a grid point's seeds.
+
+    ``value`` is the mean over the seeds that have one, ``sd`` their standard deviation
+    (ddof=1, NaN for fewer than two) and ``n_seeds`` how many they are; ``ci_low`` and
+    ``ci_high`` are the means of the seeds' bootstrap bounds, so they still say how much the
+    test split alone moves one head's figure. A single seed's rows come out unchanged.
+    """
+    keys = ["label", "attribute", "metric", "group"]
+    by = per_seed.groupby(keys, sort=False, dropna=False)
+    out = by.first()
+    out[["value", "ci_low", "ci_high"]] = by[["value", "ci_low", "ci_high"]].mean()
+    out["sd"] = by["value"].std(ddof=1)
+    out["n_seeds"] = by["value"].count()
+    return out.reset_index()[[c for c in per_seed.columns if c != "seed"] + ["sd", "n_seeds"]]
 
 
 def _hp(row: pd.Series) -> dict[str, float]:

@@ -142,7 +142,7 @@ def results_sections(runs, cls: pd.DataFrame) -> tuple[list[Section], list[tuple
                 arrays = run.prediction(BASELINE, label, attr)
                 if arrays is None:
                     continue
-                preds.append((model, arrays))
+                preds.append((model, _pooled_seeds(arrays)))
                 names = names or (run.config.get("group_names") or {}).get(attr)
             if preds:
                 names = names or [str(c) for c in range(int(max(p["group"].max() for _, p in preds)) + 1)]
@@ -152,6 +152,16 @@ def results_sections(runs, cls: pd.DataFrame) -> tuple[list[Section], list[tuple
                 sec.blocks.append(Note(f"No saved {BASELINE} predictions for {where}: no reliability diagram."))
         sections.append(sec)
     return sections, heads, mits
+
+
+def _pooled_seeds(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Predictions of several seeds as one set (each sample once per seed): the calibration of
+    the selected configuration, not of one lucky or unlucky initialisation."""
+    score = arrays["score"]
+    if score.ndim == 1:
+        return arrays
+    k = score.shape[0]
+    return {**arrays, "score": score.reshape(-1), "y": np.tile(arrays["y"], k), "group": np.tile(arrays["group"], k)}
 
 
 def ranks_section(cls: pd.DataFrame) -> Section:

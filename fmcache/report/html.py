@@ -41,6 +41,7 @@ th[aria-sort=ascending] button::after{content:" \\2191";color:var(--ink)}
 th[aria-sort=descending] button::after{content:" \\2193";color:var(--ink)}
 td.best{background:var(--best);font-weight:700}
 .ci{display:block;color:var(--muted);font-weight:400;font-size:.8em}
+.sd{color:var(--muted);font-weight:400}
 .dl{font-size:.85rem;margin:0 0 1rem}
 figure{margin:1.2rem 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{font-size:.9rem;color:var(--muted);max-width:60rem}
@@ -144,7 +145,11 @@ def _cell(row: pd.Series, col: Column, best: float | None) -> str:
         if not np.isfinite(v):
             return '<td class="num" data-sort="">n/a</td>'
         is_best = best is not None and v == best
-        text = _num(v, col) + (' ★<span class="sr"> (best)</span>' if is_best else "")
+        text = _num(v, col)
+        sd = row.get(col.sd, np.nan) if col.sd else np.nan
+        if isinstance(sd, (int, float, np.number)) and np.isfinite(sd):
+            text += f' <span class="sd">± {sd:.{col.decimals}f}</span>'
+        text += ' ★<span class="sr"> (best)</span>' if is_best else ""
         if col.ci:
             lo, hi = float(row[col.ci[0]]), float(row[col.ci[1]])
             if np.isfinite(lo) and np.isfinite(hi):

@@ -12,13 +12,15 @@ import pandas as pd
 class Column:
     """One displayed column: ``key`` names the value in the table's frame.
 
-    ``ci`` names the (low, high) columns shown after the value; ``better`` ("higher" or
-    "lower") marks the best value of the column.
+    ``ci`` names the (low, high) columns shown after the value, ``sd`` the column of its
+    spread across seeds (shown as "± sd" where set); ``better`` ("higher" or "lower") marks
+    the best value of the column.
     """
 
     key: str
     title: str
     ci: tuple[str, str] | None = None
+    sd: str | None = None
     better: str | None = None
     decimals: int = 3
     signed: bool = False  # changes read better as +0.012 / -0.034

@@ -43,27 +43,39 @@ def headline(cls: pd.DataFrame, dataset: str, label: str, attribute: str, conven
             & (cls["convention"] == convention)]
     wanted = pd.MultiIndex.from_tuples(HEADLINE)
     m = m[pd.MultiIndex.from_frame(m[["metric", "group"]]).isin(wanted)]
-    wide = m.pivot_table(index=["model", "method"], columns="metric", values=["value", "ci_low", "ci_high", "n"],
+    # runs with several seeds carry the spread across them; older runs have no such columns
+    m = m.assign(sd=m.get("sd", np.nan), n_seeds=m.get("n_seeds", 1))
+    wide = m.pivot_table(index=["model", "method"], columns="metric",
+                         values=["value", "ci_low", "ci_high", "sd", "n", "n_seeds"],
                          aggfunc="first", sort=False, dropna=False)
     rows = []
     for (model, method), r in wide.iterrows():
         row = {"dataset": dataset, "label": label, "attribute": attribute, "model": model, "method": method}
         for metric, _ in HEADLINE:
-            for suffix, col in (("", "value"), ("_ci_low", "ci_low"), ("_ci_high", "ci_high")):
+            for suffix, col in (("", "value"), ("_ci_low", "ci_low"), ("_ci_high", "ci_high"), ("_sd", "sd")):
                 row[metric + suffix] = float(r.get((col, metric), np.nan))
         n = r.get(("n", "auc"), np.nan)
         row["n_test"] = int(n) if np.isfinite(n) else 0
+        seeds = r.get(("n_seeds", "auc"), np.nan)
+        row["n_seeds"] = int(seeds) if np.isfinite(seeds) else 1
         rows.append(row)
     frame = pd.DataFrame(rows)
+    repeated = bool(len(frame)) and frame["n_seeds"].max() > 1
+    if not repeated:  # single-seed tables read (and download) as they always have
+        frame = frame.drop(columns=[c for c in frame if c.endswith("_sd")] + ["n_seeds"])
     cols = [Column("model", "Model"), Column("method", "Method")]
     cols += [Column(metric, metric_info(metric, convention).heading, ci=(f"{metric}_ci_low", f"{metric}_ci_high"),
-                    better=better(metric, convention))
+                    sd=f"{metric}_sd" if repeated else None, better=better(metric, convention))
              for metric, _ in HEADLINE]
     cols.append(Column("n_test", "n (test)", decimals=0))
+    if repeated:
+        cols.append(Column("n_seeds", "Seeds", decimals=0))
+    spread = ("values are means over the seeds of the chosen configuration ± their standard deviation, [low, high] "
+              "the mean of the seeds' 95% bootstrap intervals" if repeated else "[low, high] is the 95% bootstrap interval")
     tid = slug("t", dataset, label, attribute, "headline")
     return Table(tid, f"Headline: {dataset}, label {label}, by {attribute}", frame, cols,
                  caption=(f"Test-set metrics of the heads chosen on validation, {convention} convention; "
-                          "[low, high] is the 95% bootstrap interval; ★ marks the best value of each column."),
+                          f"{spread}; ★ marks the best value of each column."),
                  csv_name=f"{tid}.csv")
 
 

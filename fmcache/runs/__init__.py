@@ -2,7 +2,7 @@
 read each mitigation against the baseline. Needs neither torch nor JAX.
 
     import fmcache
-    run = fmcache.load_results(path)        # .metrics, .sweep, .config, .predictions
+    run = fmcache.load_results(path)        # .metrics, .seed_metrics, .sweep, .config, .predictions
 """
 
 from fmcache.runs.directory import (

@@ -3,13 +3,18 @@
 A run lives beside the cache, in ``<cache root>/runs/<run id>/``, on a local disk or any
 fsspec URL the cache can live on (``s3://bucket/prefix/runs/...``):
 
-``config.json``        the sweep's configuration, seeds, the cache root it read, dataset/model
-                       provenance, versions
-``metrics.parquet``    the tidy metric table of the selected heads (one row per head x label x
-                       attribute x metric x group)
-``sweep.parquet``      every trained head: its hyperparameters and validation scores
-``predictions/``       Zarr group: per selected head the test scores, with sample rows and ids,
-                       under :func:`prediction_key`
+``config.json``           the sweep's configuration, seeds, the cache root it read, dataset/model
+                          provenance, versions
+``metrics.parquet``       the tidy metric table of the selected heads (one row per head x label x
+                          attribute x metric x group): the mean over the selected grid point's
+                          seeds, with ``sd`` (across seeds, ddof=1) and ``n_seeds``
+``seed_metrics.parquet``  the same rows for each seed of the selected grid points (``seed``)
+``sweep.parquet``         every trained head, each seed its own row: hyperparameters, seed,
+                          validation scores, ``grid_criterion`` (its grid point's mean over
+                          seeds) and ``selected`` (every seed of a chosen grid point)
+``predictions/``          Zarr group: per selected head the test scores, with sample rows and
+                          ids, under :func:`prediction_key`; ``score`` is (n,) for one seed and
+                          (n_seeds, n) for several, row i from seed ``seed[i]``
 
 Reading needs neither torch nor JAX.
 """
@@ -20,7 +25,7 @@ import contextlib
 import itertools
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -38,6 +43,7 @@ if TYPE_CHECKING:
 
 RUNS = L.RUNS
 CONFIG, METRICS, SWEEP, PREDICTIONS = "config.json", "metrics.parquet", "sweep.parquet", "predictions"
+SEED_METRICS = "seed_metrics.parquet"
 CLAIMED = ".claimed"  # on object stores, where a folder cannot be created exclusively
 
 
@@ -124,10 +130,15 @@ def write_run(
     metrics: pd.DataFrame,
     sweep: pd.DataFrame,
     predictions: Mapping[str, Mapping[str, np.ndarray]],
+    seed_metrics: pd.DataFrame | None = None,
 ) -> None:
-    """Write a run's files; ``predictions`` maps a :func:`prediction_key` to arrays (scores, rows, ids...)."""
+    """Write a run's files; ``predictions`` maps a :func:`prediction_key` to arrays (scores, rows, ids...).
+
+    ``seed_metrics``: each seed's metric rows when ``metrics`` are means over seeds.
+    """
     path = UPath(path)
-    for name, table in ((METRICS, metrics), (SWEEP, sweep)):
+    tables = [(METRICS, metrics), (SWEEP, sweep)] + ([(SEED_METRICS, seed_metrics)] if seed_metrics is not None else [])
+    for name, table in tables:
         with (path / name).open("wb") as f:
             table.to_parquet(f, index=False)
     group = zarr.open_group(store=open_store(str(path / PREDICTIONS), read_only=False), mode="w", zarr_format=3)
@@ -152,16 +163,25 @@ def _jsonable(v: Any) -> Any:
 
 @dataclass
 class Run:
-    """A finished run: ``metrics`` and ``sweep`` tables, ``config``, and ``predictions``."""
+    """A finished run: ``metrics`` and ``sweep`` tables, ``config``, and ``predictions``.
+
+    ``metrics`` has one row per head x label x attribute x metric x group: with several
+    seeds the mean over them, ``sd`` across them and ``n_seeds``; ``seed_metrics`` holds each
+    seed's rows (a ``seed`` column; empty for runs written without it).
+    """
 
     path: UPath
     config: dict[str, Any]
     metrics: pd.DataFrame
     sweep: pd.DataFrame
+    seed_metrics: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def predictions(self) -> dict[str, dict[str, np.ndarray]]:
-        """Per selected head (by :func:`prediction_key`): test scores and the sample rows / ids they belong to."""
+        """Per selected head (by :func:`prediction_key`): test scores and the sample rows / ids they belong to.
+
+        ``score`` is (n,) when the head has one seed, else (n_seeds, n) with row i from seed ``seed[i]``.
+        """
         group = self._predictions_group()
         return {h: {k: np.asarray(group[h][k][...]) for k in member_names(group[h], zarr.Array)}
                 for h in member_names(group, zarr.Group)}
@@ -219,6 +239,7 @@ def load_results(run: str | os.PathLike[str], root: str | os.PathLike[str] | Non
         config=json.loads((path / CONFIG).read_text()),
         metrics=_read_table(path / METRICS),
         sweep=_read_table(path / SWEEP),
+        seed_metrics=_read_table(path / SEED_METRICS) if (path / SEED_METRICS).is_file() else pd.DataFrame(),
     )
 
 

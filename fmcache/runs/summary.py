@@ -27,7 +27,9 @@ def compare_to_baseline(
 
     Parameters
     ----------
-    metrics : a run's metric table (``Run.metrics``), or several runs' concatenated.
+    metrics : a run's metric table (``Run.metrics``), or several runs' concatenated. For a run
+        with several seeds its values are means over them and its intervals the means of the
+        seeds' bootstrap intervals, and so is what is compared here.
     attribute, label : the slice compared (``label`` default: the table's first).
     target_gaps : the gap each head is built to shrink (``Run.target_gaps``); a head not
         named there is read on the AUC gap.
