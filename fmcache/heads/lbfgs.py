@@ -11,6 +11,18 @@ their scatter matrix. The rotation is orthogonal, so ||w|| and the penalty are u
 and in the rotated basis the logistic loss's curvature bound c * X^T X + I / C is
 diagonal; its inverse is each head's starting inverse Hessian. (Whitening instead, i.e.
 scaling the features, would turn the penalty into a different one.)
+
+This solver was measured against optax.lbfgs (zoom line search) vmapped over the heads,
+given the same centred, rotated and diagonally scaled coordinates and the same stopping
+rule (benchmarks/lbfgs_solver.py at n=20000, d=256, K=256 on 2 CPU cores; d=768 would
+need a 16 GB copy on the optax side, see below). Both reach the same objective (within
+1.4e-9 relative per head) and optax takes fewer iterations (11 against 15), but this
+solver is about 24 times faster with optax's documented loop (11.6 s against 274 s,
+compilation apart) and 21 times with a loop that reads the line search's value and
+gradient from its state (9.1 s against 188 s). Under vmap, the line search's lax.cond
+on a per-head predicate becomes a select that evaluates both branches and broadcasts
+every operand, the shared features included, to (K, n, d), so each evaluation is K
+matrix-vector products instead of one (n, d) x (d, K) product.
 """
 
 from __future__ import annotations
