@@ -23,7 +23,8 @@ branches and broadcasts every operand to the batch, including the shared feature
 objective closes over: the zoom line search's conds turn each evaluation into K (n, d)
 matrix-vector products on a (K, n, d) copy (16 GB at n=20000, d=768, K=256), where
 fmcache's solver does one (n, d) x (d, K) product. At that size the optax side needs more
-memory than a small machine has; ``--d 256`` keeps it to about 5 GB.
+memory than a small machine has, so the default is d=256 (about 5 GB); ``--d 768`` for
+the probe sweep's size.
 
 Each solver is timed after a warm-up call with the same shapes (compile time is reported
 apart; ``--repeat`` keeps the fastest of several runs). Final objectives are recomputed in float64 from the returned coefficients.
@@ -119,7 +120,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small smoke run")
     ap.add_argument("--n", type=int, default=20_000)
-    ap.add_argument("--d", type=int, default=768)
+    ap.add_argument("--d", type=int, default=256, help="feature dimension (768 needs ~17 GB on the optax side)")
     ap.add_argument("--labels", type=int, default=4)
     ap.add_argument("--heads", type=int, default=256)
     ap.add_argument("--max-iter", type=int, default=1000)
