@@ -12,7 +12,7 @@ from fmcache.heads.types import HeadType
 
 # hyperparameters every trainable head takes, with the reference protocol's defaults
 COMMON_HPARAMS: dict[str, float] = {"lr": 2.5e-4, "weight_decay": 0.05, "seed": 0, "label": 0, "attribute": 0}
-INT_HPARAMS = ("seed", "label", "attribute")
+INT_HPARAMS = ("seed", "label", "attribute", "adv_steps", "eqopp_label")
 
 
 def check_features(X: ArrayLike, name: str = "features") -> np.ndarray:
@@ -84,7 +84,7 @@ def check_hparams(head: HeadType, hparams: Mapping[str, ArrayLike] | None, n_hea
     for key in ("lr", "C"):
         if key in out and np.any(out[key] <= 0):
             raise HeadInputError(f"hyperparameter {key!r} must be > 0, got {out[key].min()}")
-    for key in ("weight_decay", "dro_step", "adj", "adv_coeff", "penalty"):
+    for key in ("weight_decay", "dro_step", "adj", "adv_coeff", "penalty", "adv_steps", "eqopp_label"):
         if key in out and np.any(out[key] < 0):
             raise HeadInputError(f"hyperparameter {key!r} must be >= 0, got {out[key].min()}")
     return out, K

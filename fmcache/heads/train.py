@@ -95,7 +95,7 @@ def fit_stack(
     hparams : per-head hyperparameters, each a scalar or a length-K array: ``lr``,
         ``weight_decay``, ``seed`` (parameter initialisation), ``label`` (column of y),
         ``attribute`` (column of groups), and the head's own (``HEADS[name].hparams``:
-        ``dro_step``, ``adj``, ``cells``, ``adv_coeff``, ``alternate``, ``penalty``, ``balance_label``). With ``solver="lbfgs"``:
+        ``dro_step``, ``adj``, ``cells``, ``adv_coeff``, ``adv_steps``, ``eqopp_label``, ``penalty``, ``balance_label``). With ``solver="lbfgs"``:
         ``C`` (scikit-learn's inverse L2 strength) and ``label`` only.
     n_heads : K, where no hyperparameter is an array.
     n_classes : classes of the task (2: one logit per head).
@@ -106,7 +106,7 @@ def fit_stack(
         intercept free (the ``linear`` head).
     prototypes, logit_scale : the text prototypes (C, T, D) and logit scale that heads with
         ``needs_text`` start from (``clip_adapt``) or are built from (``zeroshot``).
-    hidden : LAFTR's encoder width.
+    hidden : LAFTR's encoder width, and that of its adversary's hidden layer.
     decay_bias : weight decay applies to biases too (torch's AdamW default). By default
         biases are left out of it (``optim.decay_mask``), as FairMedFM's trainer does.
     max_iter, tol : the ``lbfgs`` solver's limits (tol on the preconditioned gradient of

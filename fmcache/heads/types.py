@@ -43,7 +43,8 @@ class HeadSpec:
     d : feature dimension.
     n_classes : 2 for a binary task (one logit), more for softmax over classes.
     n_groups : number of groups of the sensitive attribute (at least 2).
-    hidden : width of the encoder of heads that have one (LAFTR).
+    hidden : width of the encoder of heads that have one (LAFTR), and of LAFTR's adversary's
+        hidden layer.
     prototypes : (C, D) unit-norm class prototypes, for heads built on a text tower.
     logit_scale : the CLIP model's logit scale (already exponentiated).
     """
