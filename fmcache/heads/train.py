@@ -100,7 +100,8 @@ def fit_stack(
     n_heads : K, where no hyperparameter is an array.
     n_classes : classes of the task (2: one logit per head).
     epochs, batch_size : minibatch AdamW with a cosine schedule to 0 over all steps; the
-        batch order is drawn from ``seed`` and shared by all heads.
+        batch order (a permutation of the rows per epoch, NumPy's generator) is drawn from
+        ``seed`` and shared by all heads.
     solver : ``"adamw"`` or ``"lbfgs"``, one of the head type's ``solvers``. ``lbfgs`` is
         full-batch, minimising scikit-learn's objective sum(logloss) + ||w||^2 / (2C),
         intercept free (the ``linear`` head).
@@ -156,7 +157,7 @@ def fit_stack(
 
     start = time.perf_counter()
     if not ht.trainable:
-        params, state = _init(ht, spec, {k: jnp.asarray(v) for k, v in hp.items()})
+        params, state = _initializer(ht, spec)({k: jnp.asarray(v) for k, v in hp.items()})
         params, state, log = jax.tree_util.tree_map(np.asarray, params), jax.tree_util.tree_map(np.asarray, state), {}
     elif solver == "lbfgs":
         from fmcache.heads.lbfgs import fit_logistic
@@ -195,27 +196,42 @@ def _fit_adamw(ht: HeadType, spec: HeadSpec, X: np.ndarray, Y: np.ndarray, G: np
         full_hp["cell_counts"] = cell_counts(Y, G, hp, spec.n_groups, spec.n_classes)
     Gc = G if G is not None else np.zeros((n, 1), np.int32)
 
+    init = _initializer(ht, spec)
     one = {k: v[:1] for k, v in full_hp.items()}
-    shapes = jax.eval_shape(lambda h: _init(ht, spec, h), {k: jnp.asarray(v) for k, v in one.items()})[0]
+    shapes = jax.eval_shape(init, {k: jnp.asarray(v) for k, v in one.items()})[0]
     n_params = sum(int(np.prod(s.shape[1:])) for s in jax.tree_util.tree_leaves(shapes))
     width = spec.n_out * spec.n_groups + spec.hidden + spec.n_groups + 8
     chunk = memory.heads_per_chunk(K, memory.train_bytes_per_head(n_params, batch_size, width), memory_budget, cap)
 
     trainer = _trainer(ht, epochs, steps_per_epoch, batch_size, decay_bias)
-    Xj, Yj, Gj = jnp.asarray(X), jnp.asarray(Y), jnp.asarray(Gc)
-    key = jax.random.PRNGKey(seed)
+    Xj, Yj, Gj, order = jnp.asarray(X), jnp.asarray(Y), jnp.asarray(Gc), jnp.asarray(_batch_order(n, epochs, batch_size, seed))
     parts = []
     for lo in range(0, K, chunk):
         # the last chunk is padded with copies of its last head, so every chunk has one
         # shape and the trainer compiles once
         idx = np.minimum(np.arange(lo, lo + chunk), K - 1)
         h = {k: jnp.asarray(v[idx]) for k, v in full_hp.items()}
-        params, state = _init(ht, spec, h)
-        out = trainer(params, state, Xj, Yj, Gj, h, key)
+        params, state = init(h)
+        out = trainer(params, state, Xj, Yj, Gj, h, order)
         take = min(chunk, K - lo)
         parts.append(jax.tree_util.tree_map(lambda a, take=take: np.asarray(a)[:take], out))
     params, state, loss = (jax.tree_util.tree_map(lambda *a: np.concatenate(a), *[p[i] for p in parts]) for i in range(3))
     return params, state, {"loss": loss, "chunks": len(parts), "heads_per_chunk": chunk, "steps": epochs * steps_per_epoch}
+
+
+def _batch_order(n: int, epochs: int, batch_size: int, seed: int) -> np.ndarray:
+    """(steps, batch) row indices: a fresh permutation of the rows per epoch.
+
+    Drawn on the host: a permutation inside the compiled trainer costs seconds of
+    compilation (threefry and a sort) for milliseconds of work. The last batch of an epoch
+    is padded with row 0, which the trainer masks out.
+    """
+    steps_per_epoch = -(-n // batch_size)
+    rng = np.random.default_rng(seed)
+    order = np.zeros((epochs, steps_per_epoch * batch_size), np.int32)
+    for e in range(epochs):
+        order[e, :n] = rng.permutation(n)
+    return order.reshape(epochs * steps_per_epoch, batch_size)
 
 
 def _init(ht: HeadType, spec: HeadSpec, hp: Mapping[str, jax.Array]) -> tuple[Any, Any]:
@@ -223,6 +239,44 @@ def _init(ht: HeadType, spec: HeadSpec, hp: Mapping[str, jax.Array]) -> tuple[An
     params = jax.vmap(lambda k, h: ht.init(k, spec, h))(keys, hp)
     state = jax.vmap(lambda h: ht.init_state(spec, h))(hp)
     return params, state
+
+
+# The initial draw runs once per stack and takes milliseconds, but optimised compilation of
+# its random-bit generator takes a second on 2 cores; unoptimised it takes half that, with
+# draws equal to the optimised ones within a float32 rounding.
+_INIT_OPTIONS = {"xla_backend_optimization_level": 0}
+
+
+def _initializer(ht: HeadType, spec: HeadSpec) -> Any:
+    # one compiled program instead of an eager dispatch (and compilation) per random draw;
+    # cached only where the spec's equality covers all it holds (it leaves prototypes out)
+    if spec.prototypes is None:
+        return _cached_initializer(ht, spec)
+    return jax.jit(functools.partial(_init, ht, spec), compiler_options=_INIT_OPTIONS)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_initializer(ht: HeadType, spec: HeadSpec) -> Any:
+    return jax.jit(functools.partial(_init, ht, spec), compiler_options=_INIT_OPTIONS)
+
+
+# XLA's CPU backend (jaxlib 0.10) hands matrix products to YNNPACK, which runs them on one
+# thread; without it they go to Eigen's kernels, which split them over the intra-op thread
+# pool. A trainer step is mostly two products, so on a 2-core machine this is the
+# difference between keeping pace with a BLAS library that uses both cores and not (on
+# cores already busy with other work, one thread does about as well: measured both ways).
+THREADED_MATMUL = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+@functools.lru_cache(maxsize=1)
+def _compiler_options() -> dict[str, Any]:
+    if jax.default_backend() != "cpu":
+        return {}
+    try:
+        jax.jit(jnp.matmul, compiler_options=THREADED_MATMUL).lower(jnp.ones((2, 2)), jnp.ones((2, 2))).compile()
+    except RuntimeError:  # an XLA without the option: "No such compile option"
+        return {}
+    return dict(THREADED_MATMUL)
 
 
 @functools.lru_cache(maxsize=32)
@@ -246,29 +300,22 @@ def _trainer(ht: HeadType, epochs: int, steps_per_epoch: int, batch_size: int, d
 
     stacked_step = jax.vmap(head_step, in_axes=(0, 0, 0, 0, None, None, None, None, None))
 
-    def run(params: Any, state: Any, X: jax.Array, Y: jax.Array, G: jax.Array, hp: Any, key: jax.Array) -> tuple[Any, Any, jax.Array]:
+    def run(params: Any, state: Any, X: jax.Array, Y: jax.Array, G: jax.Array, hp: Any, order: jax.Array) -> tuple[Any, Any, jax.Array]:
         n = X.shape[0]
-        pad = steps_per_epoch * batch_size - n
-        valid = (jnp.arange(steps_per_epoch * batch_size) < n).reshape(steps_per_epoch, batch_size)
 
-        def epoch(carry: Any, inp: tuple[jax.Array, jax.Array]) -> tuple[Any, jax.Array]:
-            ekey, e = inp
-            order = jnp.concatenate([jax.random.permutation(ekey, n), jnp.zeros((pad,), jnp.int32)]).reshape(steps_per_epoch, batch_size)
+        # one scan over all steps (not epochs of steps): a smaller program to compile
+        def step(carry: Any, inp: tuple[jax.Array, jax.Array]) -> tuple[Any, jax.Array]:
+            p, o, s = carry
+            rows, t = inp
+            valid = (t % steps_per_epoch) * batch_size + jnp.arange(batch_size) < n
+            p, o, s, loss = stacked_step(p, o, s, hp, X[rows], Y[rows], G[rows], valid, t)
+            return (p, o, s), loss
 
-            def step(carry: Any, inp: tuple[jax.Array, jax.Array, jax.Array]) -> tuple[Any, jax.Array]:
-                p, o, s = carry
-                rows, v, j = inp
-                p, o, s, loss = stacked_step(p, o, s, hp, X[rows], Y[rows], G[rows], v, e * steps_per_epoch + j)
-                return (p, o, s), loss
+        opt_state = jax.vmap(lambda p, h: optimizer(h).init(p))(params, hp)
+        (params, _, state), losses = jax.lax.scan(step, (params, opt_state, state), (order, jnp.arange(total)))
+        return params, state, jnp.mean(losses.reshape(epochs, steps_per_epoch, -1), axis=1).T
 
-            carry, losses = jax.lax.scan(step, carry, (order, valid, jnp.arange(steps_per_epoch)))
-            return carry, jnp.mean(losses, axis=0)
-
-        carry = (params, jax.vmap(lambda p, h: optimizer(h).init(p))(params, hp), state)
-        (params, _, state), losses = jax.lax.scan(epoch, carry, (jax.random.split(key, epochs), jnp.arange(epochs)))
-        return params, state, losses.T
-
-    return jax.jit(run)
+    return jax.jit(run, compiler_options=_compiler_options())
 
 
 def predict_stack(
