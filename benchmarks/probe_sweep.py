@@ -259,7 +259,6 @@ def part_a(args: argparse.Namespace, X: np.ndarray, Y: np.ndarray, Xt: np.ndarra
     )
 
 
-
 def part_b(args: argparse.Namespace, X: np.ndarray, Y: np.ndarray, Xt: np.ndarray, Yt: np.ndarray, lrs: np.ndarray, wds: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> None:
     start = time.perf_counter()
     fit = fit_stack("linear", X, Y, hparams={"lr": lrs, "weight_decay": wds, "label": labels, "seed": np.arange(args.heads)}, epochs=args.epochs, batch_size=128, seed=args.seed)

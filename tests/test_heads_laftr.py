@@ -23,7 +23,7 @@ from fmcache.heads.types import Batch, HeadSpec
 def _batch(seed: int, n: int = 32, d: int = 6) -> Batch:
     rng = np.random.default_rng(seed)
     return Batch(x=jnp.asarray(rng.normal(size=(n, d)), jnp.float32), y=jnp.asarray(rng.integers(0, 2, n), jnp.int32),
-                 g=jnp.asarray(rng.integers(0, 2, n), jnp.int32), m=jnp.ones(n), gm=jnp.ones(n), step=jnp.int32(0))
+                 g=jnp.asarray(rng.integers(0, 2, n), jnp.int32), m=jnp.ones(n), gm=jnp.ones(n))
 
 
 def _hp(**kw) -> dict[str, jax.Array]:
@@ -51,7 +51,7 @@ def _trajectory(head: str, hp: dict[str, jax.Array], steps: int):
 
     out = [(params, tx.init(params))]
     for t in range(steps):
-        out.append(step(*out[-1], _batch(t)._replace(step=jnp.int32(t))))
+        out.append(step(*out[-1], _batch(t)))
     return out
 
 

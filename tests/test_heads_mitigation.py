@@ -94,7 +94,7 @@ def test_resample_row_weights_by_hand(mode, expected):
     counts = np.array([[6.0, 2.0], [1.0, 3.0]], np.float32)
     g, y = _rows_of(counts)
     n = g.size
-    batch = Batch(x=jnp.zeros((n, 1)), y=jnp.asarray(y), g=jnp.asarray(g), m=jnp.ones(n), gm=jnp.ones(n), step=jnp.int32(0))
+    batch = Batch(x=jnp.zeros((n, 1)), y=jnp.asarray(y), g=jnp.asarray(g), m=jnp.ones(n), gm=jnp.ones(n))
     w = np.asarray(resample.row_weights(batch, {"cell_counts": jnp.asarray(counts), "balance_label": jnp.float32(resample.MODES[mode])}))
     np.testing.assert_allclose(w, [expected[(a, b)] for a, b in zip(g, y)], rtol=1e-6)
     # the weights keep the total mass N, so the loss stays on the scale of an unweighted mean
@@ -125,7 +125,7 @@ def test_groupdro_weights_move_to_the_worst_cell():
 def _dro_batch(x, y, g, gm):
     x = jnp.asarray(x, jnp.float32)
     return Batch(x=x, y=jnp.asarray(y, jnp.int32), g=jnp.asarray(g, jnp.int32), m=jnp.asarray(gm, jnp.float32),
-                 gm=jnp.asarray(gm, jnp.float32), step=jnp.asarray(0, jnp.int32))
+                 gm=jnp.asarray(gm, jnp.float32))
 
 
 def test_groupdro_q_follows_the_exponentiated_gradient_update_by_hand():

@@ -14,8 +14,8 @@ import jax.numpy as jnp
 
 from fmcache.heads import linear
 from fmcache.heads.types import (
-    Batch,
     SEARCH_GRID,
+    Batch,
     HeadType,
     Hparams,
     Params,

@@ -15,9 +15,9 @@ import jax.numpy as jnp
 
 from fmcache.heads import linear
 from fmcache.heads.types import (
+    SEARCH_GRID,
     Batch,
     HeadSpec,
-    SEARCH_GRID,
     HeadType,
     Hparams,
     Params,

@@ -20,17 +20,16 @@ the gaps of ``dp``, ``eqodd`` and ``eqopp`` on label 0, while ``eqopp`` on label
 Adversary. An MLP with one hidden ReLU layer as wide as the encoder (``HeadSpec.hidden``),
 as the original code's auditor (one hidden layer) and MEDFAIR's two-layer discriminator
 (width 128, the default ``hidden``; there with no activation between its layers), with
-softmax over the groups. Its error is the
-group-normalised L1 loss of the paper: 1 - P(true group) averaged within each cell, every
-cell weighing the same.
+softmax over the groups. Its error is the group-normalised L1 loss of the paper:
+1 - P(true group) averaged within each cell, every cell weighing the same.
 
 Variants. ``dp``: cells are groups; the adversary sees z. ``eqodd``: cells are (group,
 label); Madras et al. give the adversary the label as an input, but a linear layer fed
 [z, y] can only shift its output with y, and an MLP conditions on it only as far as its
 hidden layer learns to, so here each label value has an adversary of its own applied to
-its rows, which conditions exactly. ``eqopp``: one
-adversary on the rows of one label value, ``eqopp_label``: 0 by default, as the original
-code ("only using Y = 0 examples"; MEDFAIR's ``laftr-eqopp0``), or 1 (``laftr-eqopp1``).
+its rows, which conditions exactly. ``eqopp``: one adversary on the rows of one label
+value, ``eqopp_label``: 0 by default, as the original code ("only using Y = 0 examples";
+MEDFAIR's ``laftr-eqopp0``), or 1 (``laftr-eqopp1``).
 On label-0 rows the adversary equalises P(yhat = 1 | y = 0) between groups, the false
 positive rate; the result tables have no FPR-only gap, so the head's ``target_gap`` is
 ``eqodds``, whose paper form is the mean of the TPR and FPR gaps. With ``eqopp_label`` = 1

@@ -292,7 +292,7 @@ def _trainer(ht: HeadType, epochs: int, steps_per_epoch: int, batch_size: int, d
         known = vb & (y >= 0)
         gknown = (known & (g >= 0)).astype(jnp.float32)
         m = gknown if ht.uses_groups else known.astype(jnp.float32)
-        batch = Batch(x=xb, y=jnp.maximum(y, 0), g=jnp.maximum(g, 0), m=m, gm=gknown, step=t)
+        batch = Batch(x=xb, y=jnp.maximum(y, 0), g=jnp.maximum(g, 0), m=m, gm=gknown)
         (loss, s), grads = jax.value_and_grad(ht.loss, has_aux=True)(p, s, batch, h)
         updates, o = optimizer(h).update(grads, o, p)
         p = optax.apply_updates(p, updates)

@@ -31,7 +31,6 @@ class Batch(NamedTuple):
     g: jax.Array  # (B,) int32 group id; rows with unknown group hold 0
     m: jax.Array  # (B,) float32: 1 where the row counts for this head's loss
     gm: jax.Array  # (B,) float32: 1 where the row's group is known (and m == 1)
-    step: jax.Array  # () int32: optimiser step, for heads with alternating phases
 
 
 @dataclass(frozen=True)
