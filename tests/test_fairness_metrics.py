@@ -157,8 +157,56 @@ def test_every_gap_by_hand(convention, eqodds):
         assert _v(df, "ece") == pytest.approx(1.75 / 9)
     assert _v(df, "threshold") == 0.5
     gap_rows = df[df.group == "gap"]
-    assert set(gap_rows.metric) == {"auc_delta", "auc_min", "acc_delta", "ece_delta", "eqodds", "eqopp", "dp", "auc_es"}
+    assert _v(df, "auc_es_fairclip", "gap") == pytest.approx((16 / 18) / (1 + 1 / 18 + 1 / 9))
+    # group b is perfect (AUC 1, accuracy 1): no skewness, and the row says why
+    for skew in ("auc_skew", "acc_skew"):
+        row = df[(df.metric == skew) & (df.group == "gap")].iloc[0]
+        assert np.isnan(row.value) and "perfect score" in row.reason
+    gap_rows = df[df.group == "gap"]
+    assert set(gap_rows.metric) == {"auc_delta", "auc_min", "acc_delta", "ece_delta", "eqodds", "eqopp", "dp", "auc_es",
+                                    "auc_es_fairclip", "auc_skew", "acc_skew"}
     assert (gap_rows.n == 9).all() and (gap_rows.convention == convention).all()
+
+
+@pytest.mark.parametrize("convention", ["paper", "fairmedfm", "fairlearn"])
+def test_skewness_and_fairclip_equity_scaling_by_hand(convention):
+    # group a: y 0 0 1 1, AUC 3/4, accuracy 2/4; group b: y 0 0 0 1 1, AUC 5/6, accuracy 4/5
+    y = np.array([0, 0, 1, 1, 0, 0, 0, 1, 1])
+    s = np.array([0.1, 0.6, 0.4, 0.8, 0.2, 0.45, 0.7, 0.65, 0.9])
+    g = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1])
+    df = fairness.evaluate(y, s, g, group_names=["a", "b"], convention=convention)
+    assert (_v(df, "auc", "a"), _v(df, "auc", "b")) == pytest.approx((3 / 4, 5 / 6))
+    assert (_v(df, "acc", "a"), _v(df, "acc", "b")) == pytest.approx((1 / 2, 4 / 5))
+    assert _v(df, "auc") == pytest.approx(16 / 20) == roc_auc_score(y, s)
+    assert _v(df, "auc_skew", "gap") == pytest.approx((1 / 4) / (1 / 6))
+    assert _v(df, "acc_skew", "gap") == pytest.approx((1 / 2) / (1 / 5))
+    # FairCLIP: 0.8 / (1 + |3/4 - 0.8| + |5/6 - 0.8|); the paper's: 0.8 / (1 + std) with std = 1/24
+    assert _v(df, "auc_es_fairclip", "gap") == pytest.approx(48 / 65)
+    assert _v(df, "auc_es", "gap") == pytest.approx(0.8 / (25 / 24))
+    for name in ("auc_skew", "acc_skew", "auc_es_fairclip"):
+        info = fairness.metric_info(name, convention)
+        assert info.higher_is_better is (name == "auc_es_fairclip")
+
+
+def test_new_gaps_get_bootstrap_intervals_around_their_values():
+    y, s, g = _data(n=400, n_groups=3, seed=3)
+    df = fairness.evaluate(y, s, g, n_boot=200, seed=1)
+    for name in ("auc_skew", "acc_skew", "auc_es_fairclip"):
+        row = df[(df.metric == name) & (df.group == "gap")].iloc[0]
+        assert np.isfinite([row.value, row.ci_low, row.ci_high]).all(), name
+        assert row.ci_low <= row.value <= row.ci_high, name
+    # three groups: skew is the worst group's miss over the best group's
+    miss = 1 - np.array([_v(df, "auc", str(c)) for c in range(3)])
+    assert _v(df, "auc_skew", "gap") == pytest.approx(miss.max() / miss.min())
+
+
+def test_ranked_metrics_are_the_papers_rank_figure():
+    for conv in ("paper", "fairmedfm", "fairlearn"):
+        ranked = {(m.name, group) for m, group in fairness.ranked_metrics(conv)}
+        assert ranked == {("auc", "overall"), ("ece", "overall"), ("eqodds", "gap"), ("auc_es", "gap"),
+                          ("auc_delta", "gap"), ("ece_delta", "gap")}
+    directions = {m.name: m.higher_is_better for m, _ in fairness.ranked_metrics("fairmedfm")}
+    assert directions["eqodds"] is True and directions["ece"] is False
 
 
 # ------------------------------------------------------------------ fairmedfm quirks

@@ -16,7 +16,8 @@ from fmcache.errors import FmcacheError
 from fmcache.fairness import plots, statistics
 
 GROUP_METRICS = ("auc", "acc", "ece", "bce", "tpr", "fpr", "tnr", "selection_rate")
-GAP_METRICS = ("auc_delta", "auc_min", "acc_delta", "ece_delta", "eqodds", "eqopp", "dp", "auc_es")
+GAP_METRICS = ("auc_delta", "auc_min", "acc_delta", "ece_delta", "eqodds", "eqopp", "dp", "auc_es", "auc_es_fairclip",
+               "auc_skew", "acc_skew")
 
 
 def tidy_table(
@@ -57,7 +58,8 @@ def tidy_table(
             add(m, g, float(np.clip(base + gap * rng.normal(), 0.01, 0.99)), int(n))
         add(m, "overall", base, int(sizes.sum()))
     for m in GAP_METRICS:
-        v = {"auc_min": utility - gap, "auc_es": utility / (1 + gap)}.get(m, gap)
+        v = {"auc_min": utility - gap, "auc_es": utility / (1 + gap), "auc_es_fairclip": utility / (1 + 2 * gap),
+             "auc_skew": 1 + 4 * gap, "acc_skew": 1 + 4 * gap}.get(m, gap)
         add(m, "gap", float(v * (1 + 0.2 * rng.normal())), int(sizes.sum()))
     return pd.DataFrame(rows)
 
@@ -177,6 +179,31 @@ def test_tradeoff_other_axes_and_missing_metric():
         plots.tradeoff_scatter(table, y="dsc_delta")
     with pytest.raises(FmcacheError, match="method"):
         plots.tradeoff_scatter(table, by="method")
+
+
+def test_group_scatter_two_groups_then_worst_against_best(tmp_path):
+    table = many_models(4)
+    fig = plots.group_scatter(table, by="model")
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "AUC, sex = female" and ax.get_ylabel() == "AUC, sex = male"
+    assert ax.get_xlim() == ax.get_ylim()  # a square window: the dashed line is y = x
+    (xs, ys), = [line.get_data() for line in ax.get_lines() if line.get_linestyle() == "--"]
+    assert list(xs) == list(ys)
+    assert sorted(t.get_text() for t in ax.texts if t.get_text()) == sorted(pd.unique(table["model"]))
+    offsets = ax.collections[-1].get_offsets()
+    auc = table[table["metric"] == "auc"].pivot_table(index="model", columns="group", values="value")
+    np.testing.assert_allclose(sorted(map(tuple, offsets)), sorted(map(tuple, auc[["female", "male"]].to_numpy())))
+    assert_saved(fig, tmp_path, "groups")
+    three = pd.concat([tidy_table(seed=i, groups=("a", "b", "c")).assign(model=f"m{i}") for i in range(3)])
+    fig = plots.group_scatter(three, labels=False)
+    ax = fig.axes[0]
+    assert "worst" in ax.get_xlabel() and "best" in ax.get_ylabel() and not [t for t in ax.texts if t.get_text()]
+    wide = three[three["metric"] == "auc"].pivot_table(index="model", columns="group", values="value")
+    wide = wide[["a", "b", "c"]]
+    want = sorted(zip(wide.min(axis=1), wide.max(axis=1)))
+    np.testing.assert_allclose(sorted(map(tuple, ax.collections[-1].get_offsets())), want)
+    with pytest.raises(FmcacheError, match="one group|1 group"):
+        plots.group_scatter(tidy_table(groups=("only",)).assign(model="m"))
 
 
 def test_reliability_diagram(tmp_path):

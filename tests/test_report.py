@@ -85,6 +85,11 @@ def test_the_page_is_self_contained_with_every_section(probe):
         assert 'src="data:image/png;base64,' in img
         assert len(re.search(r'alt="([^"]*)"', img).group(1)) > 40
     assert "#0072B2" in page  # the Okabe-Ito blue in the page's own colours
+    # one dataset: no ranks, said so; the group-against-group scatter per attribute all the same
+    assert "Critical-difference diagrams need results on at least two datasets" in page
+    assert '<figure id="f-cd-' not in page
+    for attr in ("sex", "age"):
+        assert f'<figure id="f-synthetic-lesion-{attr}-group-auc"' in page
     groups = tables_on_page(page)["groups"]
     assert set(groups["group"]) == {"male", "female", "young", "old"} and (groups["source"] == "cache").all()
     assert groups[["train", "val", "test"]].to_numpy().min() > 0
@@ -130,6 +135,16 @@ def test_ranks_across_datasets_with_several_models(tmp_path):
     methods = tables["t-cd-lesion-sex-method-auc-delta"]  # methods ranked over (dataset, model) blocks
     assert set(methods["method"]) == {"linear", "resample"} and abs(methods["avg_rank"].sum() - 3) < 1e-9
     assert 'id="f-cd-lesion-sex-model-auc"' in page
+    # every metric of the paper's rank figure, for models and for methods
+    for by in ("model", "method"):
+        for metric in ("auc", "ece", "eqodds", "auc-es", "auc-delta", "ece-delta"):
+            assert f'id="f-cd-lesion-sex-{by}-{metric}"' in page, (by, metric)
+    assert page.count('<figure id="f-cd-') == 12
+    # one group's AUC against the other's: one labelled point per (model, method)
+    assert page.count('id="f-alpha-lesion-sex-group-auc"') == 1
+    fig = page.split('id="f-alpha-lesion-sex-group-auc"')[1].split("</figure>")[0]
+    assert "sex = male (horizontal) against sex = female (vertical)" in html.unescape(fig)
+    assert "y = x" in fig and "6 model and method combinations" in fig
     # several models: the summary names each model's baseline gap
     shown = " ".join(t for _, t in sentences_on_page(page))
     assert all(m in shown for m in ("m1", "m2", "m3"))

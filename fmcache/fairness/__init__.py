@@ -23,6 +23,7 @@ from fmcache.fairness._conventions import (
     get_convention,
     metric_info,
     paper,
+    ranked_metrics,
 )
 from fmcache.fairness._evaluate import COLUMNS, evaluate, evaluate_dice, evaluate_segmentation
 from fmcache.fairness._segmentation import dice_per_sample, iou_per_sample
@@ -43,6 +44,7 @@ __all__ = [
     "iou_per_sample",
     "metric_info",
     "paper",
+    "ranked_metrics",
 ]
 
 # statistical tests and representation fairness (scikit-learn loads inside the functions)
@@ -74,6 +76,7 @@ __all__ += [
 _LAZY: dict[str, str] = {
     "cd_diagram": "fmcache.fairness.plots",
     "group_bars": "fmcache.fairness.plots",
+    "group_scatter": "fmcache.fairness.plots",
     "reliability_diagram": "fmcache.fairness.plots",
     "tradeoff_scatter": "fmcache.fairness.plots",
     "tsne_scatter": "fmcache.fairness.plots",

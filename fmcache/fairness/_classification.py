@@ -242,7 +242,8 @@ def expected_calibration_error(y_true: np.ndarray, y_score: np.ndarray, *, conve
     """ECE = sum_b (n_b / n) |mean_b(s) - mean_b(y)| over 10 equal-width bins.
 
     Under ``paper`` / ``fairlearn`` the bins split [0, 1] (scikit-learn's calibration_curve,
-    uniform strategy); under ``fairmedfm`` they span [min(s), max(s)] as pandas.cut does.
+    uniform strategy): the paper's formula has no bins, so this binned reading is an
+    interpretation. Under ``fairmedfm`` they span [min(s), max(s)] as pandas.cut does.
     Empty bins contribute nothing.
     """
     conv = get_convention(convention)

@@ -51,7 +51,7 @@ AGGREGATES: dict[str, Aggregate] = {
     "es_std": lambda g, o: o[0] / (1.0 + g[0].std(axis=-1)),
     # overall / (1 + sum_g |m_g - overall|)  (FairCLIP's spread)
     "es_absdev": lambda g, o: o[0] / (1.0 + np.abs(g[0] - o[0][..., None]).sum(axis=-1)),
-    # max_g (1 - m_g) / min_g (1 - m_g)
+    # max_g (1 - m_g) / min_g (1 - m_g); NaN when a group scores 1 (a zero denominator)
     "skew": lambda g, o: _skew(g[0]),
 }
 
@@ -68,6 +68,8 @@ class Metric:
     short : a narrower title for table headings (default: ``title``).
     bounded : its values lie in [0, 1].
     fairness : it measures a difference between groups ("fairer", not "better").
+    ranked : the FairMedFM paper ranks methods on it across datasets (its
+        critical-difference figure: AUC, ECE, EqOdds, AUC_ES, AUC_delta, ECE_delta).
     """
 
     name: str
@@ -76,6 +78,7 @@ class Metric:
     short: str = ""
     bounded: bool = False
     fairness: bool = False
+    ranked: bool = False
 
     @property
     def heading(self) -> str:
@@ -115,9 +118,9 @@ class Convention:
 
 # per-group and overall metrics; every convention computes them under these names
 METRIC_SPECS: Mapping[str, Metric] = {m.name: m for m in (
-    Metric("auc", "AUC", True, bounded=True),
+    Metric("auc", "AUC", True, bounded=True, ranked=True),
     Metric("acc", "Accuracy", True, bounded=True),
-    Metric("ece", "ECE", False),
+    Metric("ece", "ECE", False, ranked=True),
     Metric("bce", "BCE", False),
     Metric("tpr", "TPR", None, bounded=True),
     Metric("fpr", "FPR", None, bounded=True),
@@ -137,25 +140,35 @@ _SEG_GAPS = (
 
 def _gaps(eqodds: Gap) -> tuple[Gap, ...]:
     return (
-        Gap("auc_delta", "AUC gap (max − min)", False, short="AUC gap", metrics=("auc",), aggregate="range"),
+        Gap("auc_delta", "AUC gap (max − min)", False, short="AUC gap", metrics=("auc",), aggregate="range",
+            ranked=True),
         Gap("auc_min", "Worst-group AUC", True, fairness=False, metrics=("auc",), aggregate="min"),
         Gap("acc_delta", "Accuracy gap (max − min)", False, metrics=("acc",), aggregate="range"),
-        Gap("ece_delta", "ECE gap (max − min)", False, metrics=("ece",), aggregate="range"),
+        Gap("ece_delta", "ECE gap (max − min)", False, metrics=("ece",), aggregate="range", ranked=True),
         eqodds,
         Gap("eqopp", "Equal-opportunity gap", False, metrics=("tpr",), aggregate="range"),
         Gap("dp", "Demographic-parity gap", False, short="DP gap", metrics=("selection_rate",), aggregate="range"),
         Gap("auc_es", "Equity-scaled AUC", True, short="ES-AUC (trade-off)", fairness=False, metrics=("auc",),
-            aggregate="es_std"),
+            aggregate="es_std", ranked=True),
+        Gap("auc_es_fairclip", "Equity-scaled AUC (FairCLIP: sum of |AUC_g − AUC|)", True, short="ES-AUC (FairCLIP)",
+            fairness=False, metrics=("auc",), aggregate="es_absdev"),
+        Gap("auc_skew", "AUC skewness, max(1 − AUC_g) / min(1 − AUC_g)", False, short="AUC skew", metrics=("auc",),
+            aggregate="skew"),
+        Gap("acc_skew", "Accuracy skewness, max(1 − Acc_g) / min(1 − Acc_g)", False, short="Acc. skew",
+            metrics=("acc",), aggregate="skew"),
     )
 
 
 def _eqodds(members: tuple[str, ...], aggregate: str) -> Gap:
-    return Gap("eqodds", "Equalized-odds gap", False, short="Eq.-odds gap", metrics=members, aggregate=aggregate)
+    return Gap("eqodds", "Equalized-odds gap", False, short="Eq.-odds gap", metrics=members, aggregate=aggregate,
+               ranked=True)
 
 
 def paper() -> Convention:
-    """The FairMedFM paper's appendix formulas (the default).
+    """The FairMedFM paper's definitions (the default), with the readings it leaves open named.
 
+    The appendix states each metric as a formula; where it fixes no computation (ECE's bins,
+    the skewness of AUC and accuracy) the choice below is this convention's interpretation.
     With s the predicted probability of the positive class, y the label, t the threshold,
     g a group and "range" = max over groups - min over groups:
 
@@ -165,7 +178,8 @@ def paper() -> Convention:
       ``selection_rate`` = mean(yhat)
     - ``ece`` = sum_b (n_b / n) |mean_b(s) - mean_b(y)| over 10 equal-width bins of [0, 1],
       right-closed with 0 in the first bin (scikit-learn calibration_curve, uniform); empty
-      bins contribute nothing
+      bins contribute nothing. The appendix formula has no bins: binning is an
+      interpretation, the usual one, and the bin layout changes the value.
     - ``bce`` = -mean(y log s + (1 - y) log(1 - s)), s clipped to [eps, 1 - eps] with eps the
       float64 machine epsilon (scikit-learn log_loss)
     - ``auc_delta`` = range(auc_g); ``auc_min`` = min_g auc_g; ``acc_delta`` = range(acc_g);
@@ -173,6 +187,14 @@ def paper() -> Convention:
     - ``eqodds`` = 1/2 range(tpr_g) + 1/2 range(fpr_g) (lower is fairer)
     - ``eqopp`` = range(tpr_g); ``dp`` = range(selection_rate_g)
     - ``auc_es`` = auc / (1 + std_g(auc_g)), population standard deviation (ddof = 0)
+    - ``auc_es_fairclip`` = auc / (1 + sum_g |auc_g - auc|), FairCLIP's equity scaling, with
+      auc the overall AUC (unknown-group samples included)
+    - ``auc_skew`` = max_g(1 - auc_g) / min_g(1 - auc_g); ``acc_skew`` = max_g(1 - acc_g) /
+      min_g(1 - acc_g) (lower is fairer, 1 = equal). An interpretation: the paper names
+      AUC_Skew and ACC_Skew but writes the ratio out for Dice only (``dsc_skew``); these
+      apply that ratio to the group AUCs and accuracies.
+      NaN when a group scores exactly 1 (a zero denominator); bootstrap intervals are over
+      the resamples where it is defined.
     - segmentation: ``dsc_delta`` = range(dsc_g); ``dsc_skew`` = max_g(1 - dsc_g) /
       min_g(1 - dsc_g); ``dsc_std`` = std_g(dsc_g) (ddof = 0); ``dsc_es`` = dsc / (1 + dsc_std)
     - thresholds: a number or "val:..." chosen on a validation set; never the test set.
@@ -202,7 +224,7 @@ def fairmedfm() -> Convention:
     """
     # a score, not a gap: higher is fairer
     eqodds = Gap("eqodds", "Equalized odds, 1 − (ΔTPR + ΔTNR)/2", True, short="Eq. odds (1 − gap)", metrics=("tpr", "tnr"),
-                 aggregate="one_minus_mean_range")
+                 aggregate="one_minus_mean_range", ranked=True)
     return Convention("fairmedfm", True, "range", "log_floor", _gaps(eqodds), _SEG_GAPS, True)
 
 
@@ -258,6 +280,17 @@ def metric_info(name: str, convention: str | Convention = "paper") -> Metric:
     except KeyError:
         known = [*METRIC_SPECS, *(g.name for g in conv.gaps + conv.segmentation_gaps)]
         raise UnknownNameError(f"unknown metric {name!r}{did_you_mean(name, known)}; known: {', '.join(known)}") from None
+
+
+def ranked_metrics(convention: str | Convention = "paper") -> tuple[tuple[Metric, str], ...]:
+    """The metrics the paper ranks methods on, each with its summary group ("overall" or "gap").
+
+    In table order: per-group metrics first, then gaps. ``higher_is_better`` of each gives the
+    rank direction under `convention`.
+    """
+    conv = get_convention(convention)
+    metrics = [(m, "overall") for m in METRIC_SPECS.values() if m.ranked]
+    return (*metrics, *((g, "gap") for g in conv.gaps if g.ranked))
 
 
 def apply_gaps(

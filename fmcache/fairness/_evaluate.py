@@ -333,7 +333,8 @@ def evaluate(
         Columns ``label, attribute, metric, group, value, ci_low, ci_high, n, convention,
         reason``. Metrics per group and "overall": ``auc, acc, ece, bce, tpr, fpr, tnr,
         selection_rate``; gaps (group "gap"): ``auc_delta, auc_min, acc_delta, ece_delta,
-        eqodds, eqopp, dp, auc_es``; plus ``threshold``, ``n_unknown`` and ``n_unlabelled``
+        eqodds, eqopp, dp, auc_es, auc_es_fairclip, auc_skew, acc_skew`` (formulas in
+        `paper`); plus ``threshold``, ``n_unknown`` and ``n_unlabelled``
         rows. ``n`` is the number of samples behind a value. A value that cannot be
         computed (a group with one class, an empty group, constant scores) is NaN and
         ``reason`` says why.

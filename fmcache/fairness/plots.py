@@ -1,5 +1,5 @@
-"""Figures for fairness results: per-group bars, fairness-utility trade-off, reliability
-diagrams, critical-difference diagram and t-SNE maps.
+"""Figures for fairness results: per-group bars, fairness-utility trade-off, one group's
+metric against another's, reliability diagrams, critical-difference diagram and t-SNE maps.
 
 Every function returns a ``matplotlib.figure.Figure`` drawn on the Agg canvas without
 touching pyplot's global state, so it is safe in scripts, servers and tests; `save`
@@ -33,6 +33,7 @@ __all__ = [
     "cd_diagram",
     "group_bars",
     "group_colors",
+    "group_scatter",
     "reliability_diagram",
     "save",
     "tradeoff_scatter",
@@ -388,6 +389,134 @@ def tradeoff_scatter(
     ax.set_title(title or ("Fairness–utility trade-off" + (f" — {ctx}" if ctx else "")),
                  fontsize=12)
     _place_labels(fig, ax, xs, ys, names, whiskers)
+    return fig
+
+
+def group_scatter(
+    table: pd.DataFrame,
+    *,
+    by: str = "model",
+    metric: str = "auc",
+    groups: tuple[str, str] | None = None,
+    label: str | None = None,
+    attribute: str | None = None,
+    convention: str | None = None,
+    labels: bool = True,
+    title: str | None = None,
+) -> Figure:
+    """One group's ``metric`` against another's, one point per value of ``by``, with y = x.
+
+    A point on the diagonal treats both groups alike; its distance from the diagonal is
+    the gap. With two groups (or ``groups`` given) x is the first and y the second, the
+    same two for every point. With more groups x is each point's worst group and y its
+    best (by the metric's direction), so the groups may differ between points and every
+    point lies on or above the diagonal for a higher-is-better metric.
+
+    Parameters
+    ----------
+    table
+        Several ``fairness.evaluate()`` tables concatenated, with a column `by` naming
+        the model (or model and method) of each row.
+    by
+        Column naming the points.
+    metric
+        A per-group metric (``auc``, ``acc``, ``ece``, ...).
+    groups
+        The (x, y) groups to compare; default the two groups, or worst vs best when
+        there are more.
+    label, attribute, convention
+        Which slice to draw when the table holds several.
+    labels
+        Name each point (set False when there are too many to read).
+    title
+        Figure title; default names the metric and the slice.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    _check_table(table, extra=(by,))
+    table, chosen = _select(table, label=label, attribute=attribute, convention=convention)
+    rows = table[(table["metric"].astype(str) == metric) & ~table["group"].astype(str).isin(_SUMMARY_GROUPS)]
+    rows = rows.assign(group=rows["group"].astype(str), point=rows[by].astype(str))
+    dup = rows.duplicated(["point", "group"])
+    if dup.any():
+        raise FmcacheError(
+            f"several {metric!r} rows for {by}={rows['point'][dup].iloc[0]!r}; narrow the table "
+            "(label=, attribute=, convention=) or aggregate seeds first"
+        )
+    names_g = list(pd.unique(rows["group"]))
+    if groups is not None:
+        missing = [g for g in groups if g not in names_g]
+        if missing:
+            raise FmcacheError(f"group(s) {missing} are not in the table; it holds {names_g}")
+    elif len(names_g) < 2:
+        raise FmcacheError(f"{metric!r} has {len(names_g)} group(s) in the table; the scatter needs two")
+    pairwise = groups is not None or len(names_g) == 2
+    title_m, better, bounded = _metric_info(metric, chosen.get("convention"))
+    by_point = {p: sub.set_index("group") for p, sub in rows.groupby("point", sort=False)}
+    names, xs, ys, xerr, yerr = [], [], [], [], []
+    for p, sub in by_point.items():
+        values = sub["value"].astype(float)
+        if pairwise:
+            gx, gy = groups or (names_g[0], names_g[1])
+        else:
+            finite = values[np.isfinite(values)]
+            if len(finite) < 2:
+                continue
+            low, high = finite.idxmin(), finite.idxmax()
+            gx, gy = (high, low) if better == "lower" else (low, high)
+        if gx not in sub.index or gy not in sub.index:
+            continue
+        x, y = float(sub.at[gx, "value"]), float(sub.at[gy, "value"])
+        if not (np.isfinite(x) and np.isfinite(y)):
+            continue
+        names.append(p)
+        xs.append(x)
+        ys.append(y)
+        xerr.append(_err(sub.loc[gx]) or [[0.0], [0.0]])
+        yerr.append(_err(sub.loc[gy]) or [[0.0], [0.0]])
+    if not names:
+        raise FmcacheError(f"no {by} has finite {metric!r} values for both groups")
+    xs_a, ys_a = np.array(xs), np.array(ys)
+
+    fig = _new_figure(6.4, 6.0)
+    ax = fig.add_subplot()
+    whiskers = []
+    for i in range(len(names)):
+        ex, ey = np.array(xerr[i]), np.array(yerr[i])
+        whiskers.append(((xs_a[i] - ex[0][0], ys_a[i]), (xs_a[i] + ex[1][0], ys_a[i])))
+        whiskers.append(((xs_a[i], ys_a[i] - ey[0][0]), (xs_a[i], ys_a[i] + ey[1][0])))
+        ax.errorbar(xs_a[i], ys_a[i], xerr=ex, yerr=ey, fmt="none", ecolor="#b0b0b0", elinewidth=1.0,
+                    capsize=3, zorder=2)
+    ax.scatter(xs_a, ys_a, s=46, color=OKABE_ITO[0], edgecolor="black", linewidth=0.6, zorder=3)
+    # one square window on both axes, so the diagonal is y = x at 45 degrees
+    ends = np.concatenate([xs_a, ys_a, [w[k][j] for w in whiskers for k in (0, 1) for j in (0, 1)]])
+    lo, hi = float(np.nanmin(ends)), float(np.nanmax(ends))
+    pad = max(0.15 * (hi - lo), 0.02)
+    lo, hi = lo - pad, hi + pad
+    if bounded:  # a sliver past the bounds keeps a point at 1 off the frame
+        lo, hi = max(lo, -0.02), min(hi, 1.02)
+    ax.plot([lo, hi], [lo, hi], linestyle="--", color="#888888", linewidth=1.0, zorder=1)
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_aspect("equal", adjustable="box")
+    attr = chosen.get("attribute")
+    who = f"{attr} = " if attr else "group "
+    if pairwise:
+        gx, gy = groups or (names_g[0], names_g[1])
+        ax.set_xlabel(f"{title_m}, {who}{gx}")
+        ax.set_ylabel(f"{title_m}, {who}{gy}")
+    else:
+        ax.set_xlabel(f"{title_m} of the worst {attr or ''} group".replace("  ", " "))
+        ax.set_ylabel(f"{title_m} of the best {attr or ''} group".replace("  ", " "))
+    ax.grid(color="#e5e5e5", linewidth=0.8, zorder=0)
+    ax.set_axisbelow(True)
+    ax.spines[["top", "right"]].set_visible(False)
+    ctx = _context(chosen)
+    ax.set_title(title or (f"{title_m} per group" + (f" — {ctx}" if ctx else "")), fontsize=12)
+    if labels:
+        _place_labels(fig, ax, xs_a, ys_a, names, whiskers)
     return fig
 
 

@@ -17,7 +17,7 @@ import pandas as pd
 from fmcache import __version__
 from fmcache.errors import FmcacheError
 from fmcache.report import figures, narrative, tables
-from fmcache.report.model import Note, Report, Section, Sentence, Subhead
+from fmcache.report.model import Figure, Note, Report, Section, Sentence, Subhead
 from fmcache.runs import BASELINE, Run, load_results
 
 MAX_REPRESENTATION = 6  # (dataset, model) pairs whose features are mapped; t-SNE is the slow part
@@ -133,6 +133,7 @@ def results_sections(runs, cls: pd.DataFrame) -> tuple[list[Section], list[tuple
             sl = cls[(cls["dataset"] == ds) & (cls["label"] == label) & (cls["attribute"] == attr)
                      & (cls["convention"] == conv)]
             sec.blocks.append(figures.tradeoff(sl, id=f"f-{sid}-tradeoff", where=where))
+            sec.blocks.append(_group_scatter(sl, sid, where))
             sec.blocks.append(figures.group_bars(sl, id=f"f-{sid}-groups", where=where))
             preds, names = [], None
             for model in pd.unique(sl["model"]):
@@ -154,6 +155,13 @@ def results_sections(runs, cls: pd.DataFrame) -> tuple[list[Section], list[tuple
     return sections, heads, mits
 
 
+def _group_scatter(sl: pd.DataFrame, sid: str, where: str) -> Figure | Note:
+    try:
+        return figures.group_scatter(sl, id=f"f-{sid}-group-auc", where=where)
+    except FmcacheError as e:
+        return Note(f"No group-against-group AUC figure for {where}: {e}")
+
+
 def _pooled_seeds(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Predictions of several seeds as one set (each sample once per seed): the calibration of
     the selected configuration, not of one lucky or unlucky initialisation."""
@@ -165,17 +173,19 @@ def _pooled_seeds(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def ranks_section(cls: pd.DataFrame) -> Section:
-    """Critical-difference diagrams across datasets: models (baseline head) and methods."""
-    from fmcache.fairness import metric_info, nemenyi
+    """Critical-difference diagrams across datasets, models (baseline head) and methods, on
+    each metric the paper ranks (`fairness.ranked_metrics`), in its direction."""
+    from fmcache.fairness import nemenyi, ranked_metrics
 
     sec = Section("ranks", "Ranks across datasets")
     if cls["dataset"].nunique() < 2:
         sec.blocks.append(Note("Critical-difference diagrams need results on at least two datasets; "
                                f"this report has one ({cls['dataset'].iloc[0]})."))
         return sec
-    for (label, attr), m in cls.groupby(["label", "attribute"], sort=False):
-        for metric, group in (("auc", "overall"), ("auc_delta", "gap")):
-            info = metric_info(metric)
+    several = cls["convention"].nunique() > 1
+    for (label, attr, conv), m in cls.groupby(["label", "attribute", "convention"], sort=False):
+        for info, group in ranked_metrics(conv):
+            metric = info.name
             rows = m[(m["metric"] == metric) & (m["group"] == group)]
             for by, block_of, sel in (("model", "dataset", rows["method"] == BASELINE),
                                       ("method", ["dataset", "model"], slice(None))):
@@ -183,8 +193,9 @@ def ranks_section(cls: pd.DataFrame) -> Section:
                 wide = r.pivot_table(index=block_of, columns=by, values="value").dropna(axis=1)
                 if wide.shape[0] < 2 or wide.shape[1] < 2:
                     continue
-                title = f"{by}s on {info.heading}, label {label}, by {attr}" + (f" ({BASELINE} probe)" if by == "model" else "")
-                tid = tables.slug("cd", label, attr, by, metric)
+                title = (f"{by}s on {info.heading}, label {label}, by {attr}" + (f", {conv} convention" if several else "")
+                         + (f" ({BASELINE} probe)" if by == "model" else ""))
+                tid = tables.slug("cd", label, attr, conv if several else "", by, metric)
                 try:
                     res = nemenyi(wide, higher_is_better=info.higher_is_better)
                 except FmcacheError as e:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from fmcache.fairness import plots
+from fmcache.fairness import metric_info, plots
 from fmcache.report.model import Figure
 
 LABELLED_POINTS = 12  # above this the trade-off scatter drops per-point labels
@@ -74,6 +74,32 @@ def tradeoff(table: pd.DataFrame, *, id: str, where: str, gap: str = "auc_delta"
     ax.set_title(title, fontsize=12)
     return render(fig, id, title, alt, "One point per model; colour and marker give the method. "
                   "Models are named in the headline table.")
+
+
+def group_scatter(table: pd.DataFrame, *, id: str, where: str, metric: str = "auc") -> Figure:
+    """One group's AUC against another's, one point per (model, method): the paper's utility-versus-fairness view."""
+    pts = table.assign(point=_point_names(table))
+    rows = pts[(pts["metric"] == metric) & ~pts["group"].isin(["overall", "gap"])]
+    groups = [str(g) for g in pd.unique(rows["group"])]
+    attr = str(table["attribute"].iloc[0])
+    n = pts["point"].nunique()
+    what = metric_info(metric).title
+    title = f"{what} of one group against another, {where}"
+    fig = plots.group_scatter(pts, by="point", metric=metric, labels=n <= LABELLED_POINTS, title=title)
+    if len(groups) == 2:
+        axes = f"{what} of {attr} = {groups[0]} (horizontal) against {attr} = {groups[1]} (vertical)"
+        caption = (f"x: {attr} = {groups[0]}, y: {attr} = {groups[1]}. Points on the dashed line y = x treat both "
+                   "groups alike; the farther from it, the larger the gap. Whiskers are bootstrap intervals.")
+    else:
+        axes = f"{what} of each point's worst {attr} group (horizontal) against its best (vertical)"
+        caption = (f"{attr} has {len(groups)} groups ({', '.join(groups)}): each point is its worst group (x) against "
+                   "its best (y), so the groups may differ between points. The dashed line y = x is no gap; the "
+                   "farther above it, the larger the gap. Whiskers are bootstrap intervals.")
+    if n > LABELLED_POINTS:
+        caption += " Points are unlabelled (too many to read); models are named in the headline table."
+    alt = (f"Scatter of {axes} for {n} model and method combinations on {where}, with the diagonal y = x. "
+           "Exact values are in the headline data.")
+    return render(fig, id, title, alt, caption)
 
 
 def _point_names(table: pd.DataFrame) -> pd.Series:
