@@ -140,6 +140,12 @@ def test_ranks_across_datasets_with_several_models(tmp_path):
         for metric in ("auc", "ece", "eqodds", "auc-es", "auc-delta", "ece-delta"):
             assert f'id="f-cd-lesion-sex-{by}-{metric}"' in page, (by, metric)
     assert page.count('<figure id="f-cd-') == 12
+    # ECE ranks lowest first: the ranks shown are those of the runs' own values
+    m = pd.concat([fmcache.load_results(p).metrics for p in paths])
+    ece = m[(m["metric"] == "ece") & (m["group"] == "overall") & (m["head"] == "linear") & (m["attribute"] == "sex")]
+    want = ece.pivot_table(index="dataset", columns="model", values="value").rank(axis=1).mean()
+    got = tables["t-cd-lesion-sex-model-ece"].set_index("method")["avg_rank"]
+    np.testing.assert_allclose(got[want.index], want)
     # one group's AUC against the other's: one labelled point per (model, method)
     assert page.count('id="f-alpha-lesion-sex-group-auc"') == 1
     fig = page.split('id="f-alpha-lesion-sex-group-auc"')[1].split("</figure>")[0]
