@@ -24,7 +24,7 @@ from fmcache.fairness._conventions import (
     metric_info,
     paper,
 )
-from fmcache.fairness._evaluate import COLUMNS, evaluate, evaluate_dice, evaluate_segmentation
+from fmcache.fairness._evaluate import COLUMNS, evaluate, evaluate_dice, evaluate_multiclass, evaluate_segmentation
 from fmcache.fairness._segmentation import dice_per_sample, iou_per_sample
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "dice_per_sample",
     "evaluate",
     "evaluate_dice",
+    "evaluate_multiclass",
     "evaluate_segmentation",
     "fairlearn",
     "fairmedfm",
