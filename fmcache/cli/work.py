@@ -146,7 +146,8 @@ def probe(
     criterion: Annotated[str, typer.Option("--criterion", metavar="NAME",
                                            help="Validation selection: auc | worst_group_auc | tradeoff (auc - auc_delta).")] = "auc",
     threshold: Annotated[str, typer.Option("--threshold", metavar="RULE",
-                                           help="A number, or val / val:f1 / val:sensitivity:0.9 (chosen on validation).")] = "val",
+                                           help="A number, or val / val:f1 / val:sensitivity:0.9 (chosen on validation); "
+                                                "multi-class labels use the argmax class.")] = "val",
     convention: Annotated[str, typer.Option("--convention", metavar="NAME", help="Metric convention: paper | fairmedfm | fairlearn.")] = "paper",
     n_boot: Annotated[int, typer.Option("--n-boot", min=0, metavar="N", help="Bootstrap resamples for the test intervals.")] = 1000,
     epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, metavar="N", show_default=False,
@@ -171,7 +172,9 @@ def probe(
     Every head of one type is trained at once (JAX, vmapped). Heads are chosen per label and
     attribute on the validation split by --criterion, then evaluated on the test split with
     bootstrap intervals. Each (dataset, model) writes a run directory under <root>/runs.
-    Multi-class labels are not supported yet (binary and multi-label are).
+    A multi-class label (e.g. ham10000's dx) trains softmax heads and skips binary-only head
+    types; its AUC is macro one-vs-rest and its accuracy that of the argmax class, so
+    --threshold does not apply to it.
 
     Example:
 

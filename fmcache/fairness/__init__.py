@@ -25,7 +25,7 @@ from fmcache.fairness._conventions import (
     paper,
     ranked_metrics,
 )
-from fmcache.fairness._evaluate import COLUMNS, evaluate, evaluate_dice, evaluate_segmentation
+from fmcache.fairness._evaluate import COLUMNS, evaluate, evaluate_dice, evaluate_multiclass, evaluate_segmentation
 from fmcache.fairness._segmentation import dice_per_sample, iou_per_sample
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "dice_per_sample",
     "evaluate",
     "evaluate_dice",
+    "evaluate_multiclass",
     "evaluate_segmentation",
     "fairlearn",
     "fairmedfm",

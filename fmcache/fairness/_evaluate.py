@@ -16,6 +16,7 @@ from fmcache.fairness._conventions import Convention, Gap, apply_gaps, get_conve
 from fmcache.fairness._groups import Grouping, GroupNames, as_groupings
 from fmcache.fairness._segmentation import EmptyRule, dice_per_sample, group_means, iou_per_sample
 from fmcache.fairness._thresholds import Threshold, ThresholdSpec, resolve_threshold
+from fmcache.fairness.representation import _ovr_auc as ovr_auc
 
 #: Columns of every result table, in order.
 COLUMNS = ("label", "attribute", "metric", "group", "value", "ci_low", "ci_high", "n", "convention", "reason")
@@ -431,6 +432,123 @@ def _classification_block(
         overall_reason,
         ci,
     )
+
+
+#: What a multi-class block reports per group and overall: macro one-vs-rest AUC and argmax accuracy.
+MULTICLASS_METRICS = ("auc", "acc")
+
+
+def evaluate_multiclass(
+    y_true: Any,
+    y_score: Any,
+    groups: Groups,
+    *,
+    convention: str | Sequence[str] = "paper",
+    n_boot: int = 0,
+    seed: int = 0,
+    ci: float = 0.95,
+    group_names: Mapping[str, GroupNames] | GroupNames | None = None,
+    label: str = "",
+) -> pd.DataFrame:
+    """Multi-class utility and fairness as one block: the class problem as a whole.
+
+    Per group and "overall": ``auc`` = macro one-vs-rest AUC, the mean over classes c of the
+    AUC of ``y_score[:, c]`` for class c against the rest (scikit-learn's
+    ``roc_auc_score(..., multi_class="ovr", average="macro")``), NaN where a class is absent;
+    ``acc`` = accuracy of the argmax class. Gaps (group "gap") are the convention's gaps
+    built on these two alone (``auc_delta``, ``auc_min``, ``acc_delta``, ``auc_es`` under
+    ``paper``). No threshold is involved: metric ``threshold`` is NaN with the reason. For
+    one-vs-rest blocks per class (thresholded rates, calibration) use `evaluate`.
+
+    Parameters
+    ----------
+    y_true : array (n,)
+        Class indices 0..K-1; -1 unknown (left out, counted as ``n_unlabelled``).
+    y_score : array (n, K)
+        Class probabilities in [0, 1] (rows of a softmax).
+    groups, convention, n_boot, seed, ci, group_names
+        As in `evaluate`; resampling is stratified by group x class.
+    label : str
+        The ``label`` column of the rows.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The columns of `evaluate`.
+    """
+    s = _scores(y_score, "y_score")
+    if s.ndim != 2 or s.shape[1] < 2:
+        raise MetricInputError(f"multi-class y_score must be (n, K) with K >= 2 classes; got shape {s.shape}")
+    y_arr = np.asarray(y_true)
+    if y_arr.ndim != 1 or y_arr.shape[0] != s.shape[0]:
+        raise MetricInputError(f"y_true must be (n,) class indices for {s.shape[0]} score rows; got shape {y_arr.shape}")
+    k = s.shape[1]
+    y = _labels(y_arr, "y_true", k - 1)
+    groupings = as_groupings(groups, y.size, group_names=group_names)
+    if n_boot < 0 or seed < 0:
+        raise MetricInputError("n_boot and seed must be non-negative")
+    known = y >= 0
+    y_k, s_k = y[known], s[known]
+    rows = _Rows()
+    for conv in _conventions(convention):
+        gaps = tuple(g for g in conv.gaps if set(g.metrics) <= set(MULTICLASS_METRICS))
+        for ai, grouping in enumerate(groupings):
+            names = grouping.names
+            G = len(names)
+            group = grouping.index[known]
+            # strata group x class, unknown groups last: group g owns columns bounds[g K]:bounds[(g + 1) K]
+            strata = np.where(group < 0, G, group) * k + y_k
+            order, bounds = strata_layout(strata, (G + 1) * k)
+            spans = [(int(bounds[g * k]), int(bounds[(g + 1) * k])) for g in range(G)]
+            stats = functools.partial(_multiclass_stats, y_k, s_k, spans)
+            point_per, point_all = stats(order[None, :])
+            boot_per = boot_all = boot_gaps = None
+            if n_boot:
+                boot_per, boot_all = _bootstrap(stats, strata, (G + 1) * k, n_boot, (seed, 0, ai))
+                boot_gaps = _gaps_or_nan(gaps, boot_per, boot_all, G)
+            point_gaps = _gaps_or_nan(gaps, point_per, point_all, G)
+            reasons = {m: [_multiclass_reason(m, y_k[group == g], k, f"group {name!r}") for g, name in enumerate(names)]
+                       for m in MULTICLASS_METRICS}
+            what = f"label {label!r}" if label else "the scored set"
+            overall_reason = {m: _multiclass_reason(m, y_k, k, what) for m in MULTICLASS_METRICS}
+            group_n = [b - a for a, b in spans]
+            _emit(rows, label, grouping.attribute, conv.name, MULTICLASS_METRICS, names, point_per, point_all,
+                  boot_per, boot_all, gaps, point_gaps, boot_gaps, group_n, y_k.size, reasons, overall_reason, ci)
+            rows.add(label, grouping.attribute, "threshold", "overall", np.nan, np.nan, np.nan, y_k.size, conv.name,
+                     "multi-class: the predicted class is the argmax of the scores, no threshold")
+            unknown = int(np.count_nonzero(group < 0))
+            rows.add(label, grouping.attribute, "n_unknown", "overall", unknown, np.nan, np.nan, unknown, conv.name, "")
+            unlabelled = int(np.count_nonzero(~known))
+            rows.add(label, grouping.attribute, "n_unlabelled", "overall", unlabelled, np.nan, np.nan, unlabelled, conv.name, "")
+    return rows.frame()
+
+
+def _multiclass_stats(
+    y: np.ndarray, s: np.ndarray, spans: Sequence[tuple[int, int]], idx: np.ndarray
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    def one(cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if cols.shape[1] == 0:
+            nan = np.full(cols.shape[0], np.nan)
+            return nan, nan
+        yy, ss = y[cols], s[cols]
+        return ovr_auc(yy, ss), (ss.argmax(axis=-1) == yy).mean(axis=1)
+
+    per = [one(idx[:, a:b]) for a, b in spans]
+    overall = one(idx)
+    return (
+        {m: np.stack([p[i] for p in per], axis=1) if per else np.empty((idx.shape[0], 0))
+         for i, m in enumerate(MULTICLASS_METRICS)},
+        {m: overall[i] for i, m in enumerate(MULTICLASS_METRICS)},
+    )
+
+
+def _multiclass_reason(metric: str, y: np.ndarray, k: int, what: str) -> str:
+    if y.size == 0:
+        return f"{what} is empty"
+    missing = np.setdiff1d(np.arange(k), y)
+    if metric == "auc" and missing.size:
+        return f"{what} has no sample of class {', '.join(str(int(c)) for c in missing[:5])}, so its one-vs-rest AUC is undefined"
+    return f"undefined for {what}"
 
 
 # ---------------------------------------------------------------- segmentation

@@ -22,7 +22,7 @@ class ProbeData:
     model: str
     kind: str
     X: dict[str, np.ndarray]
-    y: dict[str, np.ndarray]  # (n, L) int8 of the chosen labels, -1 unknown
+    y: dict[str, np.ndarray]  # (n, L) int8 of the chosen labels (multi-class: class ids), -1 unknown
     g: dict[str, np.ndarray]  # (n, A) int8 of the chosen attributes, -1 unknown
     labels: list[str]
     attributes: list[str]
@@ -35,6 +35,18 @@ class ProbeData:
     # volume's score is the max or mean of its slices' scores
     slices: int = 0
     pool: str = ""
+    # multi-class labels: their class names (one list shared by every label, as the cache
+    # records it); empty for binary and multi-label datasets
+    classes: list[str] = field(default_factory=list)
+
+    @property
+    def n_classes(self) -> int:
+        """Classes of every chosen label: 2 for binary labels."""
+        return len(self.classes) if self.classes else 2
+
+    @property
+    def multiclass(self) -> bool:
+        return bool(self.classes)
 
     def training_set(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Features, labels and groups of the training rows (each slice carries its volume's)."""
@@ -48,11 +60,15 @@ class ProbeData:
         return np.repeat(self.g[split], self.slices, axis=0) if self.slices else self.g[split]
 
     def pool_scores(self, scores: np.ndarray) -> np.ndarray:
-        """(K, rows) scores to (K, samples): volumes take the max or mean over their slices."""
+        """(K, rows[, C]) scores to (K, samples[, C]): volumes take the max or mean over their slices."""
         if not self.slices:
             return scores
-        per_slice = scores.reshape(scores.shape[0], -1, self.slices)
-        return per_slice.max(axis=2) if self.pool == "max" else per_slice.mean(axis=2)
+        per_slice = scores.reshape(scores.shape[0], -1, self.slices, *scores.shape[2:])
+        pooled = per_slice.max(axis=2) if self.pool == "max" else per_slice.mean(axis=2)
+        if pooled.ndim == 3 and self.pool == "max":
+            # per-class maxima come from different slices: renormalise to class probabilities
+            pooled = pooled / pooled.sum(axis=-1, keepdims=True)
+        return pooled
 
 
 def load_probe_data(
@@ -63,7 +79,8 @@ def load_probe_data(
     kind: str = "auto",
     volume: str = "max",
 ) -> ProbeData:
-    """Read and check an entry: names exist, features are finite, each split has both classes.
+    """Read and check an entry: names exist, features are finite, each split has both classes
+    (every class of a multi-class label, whose class names ``ProbeData.classes`` holds).
 
     ``kind="auto"`` takes the post-projection feature where the model has one (as the
     benchmark's probes do), else the image feature. For a 2.5D entry, ``volume`` says how a
@@ -72,12 +89,8 @@ def load_probe_data(
     """
     if volume not in VOLUME_MODES:
         raise HeadInputError(f"unknown volume mode {volume!r}: use one of {', '.join(VOLUME_MODES)}")
-    if emb.dataset_info.get("task") == "multiclass":
-        raise HeadInputError(
-            f"{emb.dataset}: multi-class labels are not supported by `fmcache probe` yet; "
-            "use a binary or multi-label version of the dataset (see `fmcache datasets`)"
-        )
     labels = _choose(labels, emb.label_names, "label", emb.dataset)
+    classes = _classes(emb) if emb.dataset_info.get("task") == "multiclass" else []
     attributes = _choose(attributes, emb.attributes, "sensitive attribute", emb.dataset)
     if not attributes:
         raise HeadInputError(f"{emb.dataset} has no sensitive attribute: a fairness sweep needs at least one (csv: -o attributes=...)")
@@ -103,6 +116,8 @@ def load_probe_data(
         g[split] = np.stack([emb.groups(a, split=split) for a in attributes], axis=1)
         for j, name in enumerate(labels):
             present = set(np.unique(y[split][:, j]).tolist()) - {-1}
+            if classes:
+                _check_classes(emb.dataset, name, split, present, classes)
             if len(present) < 2:
                 raise HeadInputError(
                     f"{emb.dataset}: label {name!r} has only class {sorted(present) or 'none'} in the {split} split; "
@@ -116,8 +131,32 @@ def load_probe_data(
         dataset=emb.dataset, model=emb.model, kind=kind, X=X, y=y, g=g, labels=labels, attributes=attributes,
         group_names={a: emb.group_names(a) for a in attributes}, test_ids=test["id"].to_numpy(dtype=str),
         test_rows=test.index.to_numpy(), provenance=emb.provenance, text=text, slices=slices,
-        pool=volume if slices else "",
+        pool=volume if slices else "", classes=classes,
     )
+
+
+def _classes(emb: Embeddings) -> list[str]:
+    """Class names of a multi-class entry: as the adapter recorded them, else the class ids."""
+    named = emb.dataset_info.get("classes")
+    if named:
+        return [str(c) for c in named]
+    top = int(emb.labels().max(initial=-1))
+    if top < 1:
+        raise HeadInputError(f"{emb.dataset}: a multi-class entry whose labels hold fewer than two classes")
+    return [str(c) for c in range(top + 1)]
+
+
+def _check_classes(dataset: str, label: str, split: str, present: set[int], classes: list[str]) -> None:
+    # macro one-vs-rest AUC (selection and evaluation) is undefined when a class is absent
+    odd = sorted(c for c in present if c >= len(classes))
+    if odd:
+        raise HeadInputError(f"{dataset}: label {label!r} holds class id(s) {odd} but the entry names {len(classes)} classes")
+    missing = [classes[c] for c in range(len(classes)) if c not in present]
+    if missing:
+        raise HeadInputError(
+            f"{dataset}: label {label!r} has no {split} sample of class(es) {', '.join(missing)}; macro one-vs-rest "
+            "AUC needs every class in every split (re-split with another --seed, or merge rare classes)"
+        )
 
 
 def _choose(wanted: list[str] | None, available: list[str], what: str, dataset: str) -> list[str]:

@@ -5,6 +5,8 @@ point is judged by its mean criterion over them (:func:`select_point`).
 
 Criteria (higher is better):
 
+AUC is macro one-vs-rest AUC for a multi-class label (scores (K, n, C)).
+
 ``auc``              overall validation AUC
 ``worst_group_auc``  the lowest validation AUC among the attribute's groups
 ``tradeoff``         overall AUC minus the AUC gap between groups (max - min)
@@ -17,12 +19,14 @@ import pandas as pd
 
 from fmcache.errors import FmcacheError
 from fmcache.fairness._classification import roc_auc
+from fmcache.fairness.representation import _ovr_auc
 
 CRITERIA = ("auc", "worst_group_auc", "tradeoff")
 
 
 def validation_scores(y: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> pd.DataFrame:
-    """Per head (rows of ``scores``, (K, n)): val AUC, worst-group AUC and AUC gap.
+    """Per head (rows of ``scores``, (K, n), or (K, n, C) for a multi-class label): val AUC,
+    worst-group AUC and AUC gap.
 
     Unknown labels (-1) and, for the group figures, unknown groups are left out. A group
     with one class has no AUC and makes the group figures NaN.
@@ -83,4 +87,6 @@ def select_point(criterion: pd.Series, points: pd.DataFrame) -> tuple[pd.Series,
 def _auc(y: np.ndarray, s: np.ndarray) -> float:
     if len(np.unique(y)) < 2:
         return np.nan
+    if s.ndim == 2:
+        return float(_ovr_auc(y, s))  # NaN when a class is absent
     return float(roc_auc(y, s))

@@ -5,6 +5,11 @@ Init seeds (``SweepConfig.seeds``) are repeats, not grid points: a grid point is
 its mean validation criterion over its seeds, and every seed of it is evaluated. The run's
 ``metrics`` hold the mean over seeds (with ``sd`` and ``n_seeds``), ``seed_metrics`` each
 seed's rows.
+
+A multi-class label (HAM10000's ``dx``, ...) trains softmax heads; head types that handle
+binary labels only are skipped. Selection and the AUC figures use macro one-vs-rest AUC, and
+accuracy is that of the argmax class: ``threshold`` does not apply
+(:func:`fmcache.fairness.evaluate_multiclass`). Saved scores gain a trailing class axis.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import pandas as pd
 from fmcache import __version__
 from fmcache.cache.reader import open_cache
 from fmcache.errors import FmcacheError
-from fmcache.fairness import evaluate
+from fmcache.fairness import evaluate, evaluate_multiclass
 from fmcache.heads.domain_ind import RULES as DOMAIN_INFERENCE
 from fmcache.heads.registry import get_head
 from fmcache.heads.train import fit_stack
@@ -60,8 +65,8 @@ class SweepConfig:
 class _Trained:
     head: str
     hparams: pd.DataFrame  # one row per head in the stack
-    val: np.ndarray  # (K, n_val)
-    test: np.ndarray  # (K, n_test)
+    val: np.ndarray  # (K, n_val), or (K, n_val, C) for a multi-class label
+    test: np.ndarray  # (K, n_test), or (K, n_test, C)
 
 
 def run_sweep(cfg: SweepConfig, *, root: str | os.PathLike[str] | None = None, runs: str | os.PathLike[str] | None = None,
@@ -130,6 +135,8 @@ def _sweep_into(path, cfg: SweepConfig, data: ProbeData, root, on_head) -> None:
 
 
 def _not_applicable(head: str, data: ProbeData) -> str:
+    if data.multiclass and not get_head(head).multiclass:
+        return f"handles binary labels only; the labels are multi-class ({data.n_classes} classes)"
     if get_head(head).needs_text:
         if not data.text:
             return "the model has no text tower (no text prototypes in the cache)"
@@ -137,6 +144,9 @@ def _not_applicable(head: str, data: ProbeData) -> str:
             return "text prototypes live in the projected space: use --feature-kind image_proj"
         if _prompt_label(data) is None:
             return f"the prompts are for label {data.text['prompts'].get('label')!r}, which this sweep does not include"
+        n_proto = len(data.text["prototypes"])
+        if n_proto != data.n_classes:
+            return f"the prompts name {n_proto} classes but the label has {data.n_classes}"
     return ""
 
 
@@ -172,7 +182,7 @@ def _train(head: str, stack: pd.DataFrame, data: ProbeData, cfg: SweepConfig) ->
     X, y, g = data.training_set()
     text = data.text if get_head(head).needs_text else {}
     fit = fit_stack(
-        head, X, y, g, hp, epochs=cfg.epochs, batch_size=cfg.batch_size,
+        head, X, y, g, hp, n_classes=data.n_classes, epochs=cfg.epochs, batch_size=cfg.batch_size,
         seed=cfg.seed, solver=solver, prototypes=text.get("prototypes"),
         logit_scale=float(text.get("logit_scale", 100.0)),
     )
@@ -207,6 +217,11 @@ def _selections(t: _Trained, data: ProbeData, criterion: str):
 def _evaluate(t: _Trained, k: int, li: int, ai: int, data: ProbeData, cfg: SweepConfig) -> pd.DataFrame:
     attr = data.attributes[ai]
     names = data.group_names.get(attr) or None
+    if data.multiclass:
+        return evaluate_multiclass(
+            data.y["test"][:, li], t.test[k], {attr: data.g["test"][:, ai]}, convention=cfg.convention,
+            n_boot=cfg.n_boot, seed=cfg.seed, group_names={attr: names} if names else None, label=data.labels[li],
+        )
     return evaluate(
         data.y["test"][:, li], t.test[k], {attr: data.g["test"][:, ai]}, threshold=cfg.threshold, convention=cfg.convention,
         n_boot=cfg.n_boot, seed=cfg.seed, y_val=data.y["val"][:, li], score_val=t.val[k],
@@ -248,6 +263,7 @@ def _config(cfg: SweepConfig, data: ProbeData, trained: list[_Trained], skipped:
         "attributes": data.attributes,
         "group_names": data.group_names,
         "feature_kind": data.kind,
+        "classes": data.classes,  # class names of multi-class labels (their ids index them); [] otherwise
         "heads_trained": {t.head: len(t.hparams) for t in trained},
         "skipped": skipped,
         "cache": {k: data.provenance.get(k) for k in ("weights_id", "weights_sha256", "preprocess", "row_fingerprint", "created")},

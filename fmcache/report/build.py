@@ -135,21 +135,28 @@ def results_sections(runs, cls: pd.DataFrame) -> tuple[list[Section], list[tuple
             sec.blocks.append(figures.tradeoff(sl, id=f"f-{sid}-tradeoff", where=where))
             sec.blocks.append(_group_scatter(sl, sid, where))
             sec.blocks.append(figures.group_bars(sl, id=f"f-{sid}-groups", where=where))
-            preds, names = [], None
+            preds, names, multiclass = [], None, []
             for model in pd.unique(sl["model"]):
                 run = by_run.get((ds, model))
                 if run is None:
+                    continue
+                if run.config.get("classes"):
+                    # a reliability diagram reads one probability of one positive class
+                    multiclass.append(str(model))
                     continue
                 arrays = run.prediction(BASELINE, label, attr)
                 if arrays is None:
                     continue
                 preds.append((model, _pooled_seeds(arrays)))
                 names = names or (run.config.get("group_names") or {}).get(attr)
+            if multiclass:
+                sec.blocks.append(Note(f"{label} is multi-class ({', '.join(multiclass)}): no reliability diagram, "
+                                       "which needs binary scores; AUC is macro one-vs-rest, accuracy that of the argmax class."))
             if preds:
                 names = names or [str(c) for c in range(int(max(p["group"].max() for _, p in preds)) + 1)]
                 sec.blocks.append(figures.reliability(preds, names, id=f"f-{sid}-reliability",
                                                       where=f"{where}, {BASELINE} probe"))
-            else:
+            elif not multiclass:
                 sec.blocks.append(Note(f"No saved {BASELINE} predictions for {where}: no reliability diagram."))
         sections.append(sec)
     return sections, heads, mits
