@@ -24,7 +24,7 @@ def test_rank_auc_matches_sklearn():
     y = rng.integers(0, 3, 300)
     p = rng.dirichlet([1, 1, 1], 300)
     p[:40] = p[0]  # ties
-    assert rep._ovr_auc(y, p) == pytest.approx(roc_auc_score(y, p, multi_class="ovr"))
+    assert rep.ovr_auc(y, p) == pytest.approx(roc_auc_score(y, p, multi_class="ovr"))
     s = np.round(rng.random(300), 1)
     assert rep._binary_auc(y == 1, s) == pytest.approx(roc_auc_score(y == 1, s))
 

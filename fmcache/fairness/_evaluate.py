@@ -16,7 +16,7 @@ from fmcache.fairness._conventions import Convention, Gap, apply_gaps, get_conve
 from fmcache.fairness._groups import Grouping, GroupNames, as_groupings
 from fmcache.fairness._segmentation import EmptyRule, dice_per_sample, group_means, iou_per_sample
 from fmcache.fairness._thresholds import Threshold, ThresholdSpec, resolve_threshold
-from fmcache.fairness.representation import _ovr_auc as ovr_auc
+from fmcache.fairness.representation import ovr_auc
 
 #: Columns of every result table, in order.
 COLUMNS = ("label", "attribute", "metric", "group", "value", "ci_low", "ci_high", "n", "convention", "reason")

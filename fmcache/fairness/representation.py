@@ -83,7 +83,7 @@ def _binary_auc(y: np.ndarray, score: np.ndarray) -> np.ndarray:
         return ((ranks * y).sum(axis=-1) - n1 * (n1 + 1) / 2.0) / (n1 * n0)
 
 
-def _ovr_auc(y: np.ndarray, proba: np.ndarray) -> np.ndarray:
+def ovr_auc(y: np.ndarray, proba: np.ndarray) -> np.ndarray:
     """Macro one-vs-rest AUC over the classes 0..K-1; binary AUC of class 1 when K = 2.
 
     `y` is ``(..., n)`` class codes, `proba` is ``(..., n, K)``.
@@ -261,7 +261,7 @@ def attribute_predictability(
         model = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000))
         model.fit(x[train], y[train])
         held.append((y[test], model.predict_proba(x[test])))
-    fold_aucs = np.array([float(_ovr_auc(yt, p)) for yt, p in held])
+    fold_aucs = np.array([float(ovr_auc(yt, p)) for yt, p in held])
     auc = float(np.mean(fold_aucs))
     alpha = 1.0 - level
 
@@ -279,7 +279,7 @@ def attribute_predictability(
         boot = np.zeros(n_boot)
         for yt, p in held:
             idx = _stratified_resample(yt, n_boot, rng)  # (n_boot, n_test)
-            boot += _ovr_auc(yt[idx], p[idx]) / len(held)
+            boot += ovr_auc(yt[idx], p[idx]) / len(held)
         lo, hi = np.quantile(boot, [alpha / 2.0, 1.0 - alpha / 2.0])
         # a percentile interval may miss a point estimate that sits at a boundary
         lo, hi = min(float(lo), auc), max(float(hi), auc)

@@ -5,11 +5,11 @@ point is judged by its mean criterion over them (:func:`select_point`).
 
 Criteria (higher is better):
 
-AUC is macro one-vs-rest AUC for a multi-class label (scores (K, n, C)).
-
 ``auc``              overall validation AUC
 ``worst_group_auc``  the lowest validation AUC among the attribute's groups
 ``tradeoff``         overall AUC minus the AUC gap between groups (max - min)
+
+For a multi-class label (scores (K, n, C)) AUC is the macro one-vs-rest AUC.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pandas as pd
 
 from fmcache.errors import FmcacheError
 from fmcache.fairness._classification import roc_auc
-from fmcache.fairness.representation import _ovr_auc
+from fmcache.fairness.representation import ovr_auc
 
 CRITERIA = ("auc", "worst_group_auc", "tradeoff")
 
@@ -88,5 +88,5 @@ def _auc(y: np.ndarray, s: np.ndarray) -> float:
     if len(np.unique(y)) < 2:
         return np.nan
     if s.ndim == 2:
-        return float(_ovr_auc(y, s))  # NaN when a class is absent
+        return float(ovr_auc(y, s))  # NaN when a class is absent
     return float(roc_auc(y, s))
