@@ -164,6 +164,10 @@ def probe(
     domain_inference: Annotated[str, typer.Option("--domain-inference", metavar="sum|known",
                                                   help="domain_ind scoring of val and test: sum (mean of the group outputs' "
                                                   "probabilities, no group needed) | known (each row's own group, an oracle).")] = "sum",
+    templates: Annotated[str, typer.Option("--templates", metavar="mean|first",
+                                           help="Text prototype of a class for zeroshot and clip_adapt: mean (average of "
+                                           "all templates) | first (the reference code's rule, the first prompt template "
+                                           "only).")] = "mean",
     root: RootOpt = None,
     runs: RunsOpt = None,
 ) -> None:
@@ -199,7 +203,7 @@ def probe(
             criterion=criterion, threshold=float(threshold) if _is_number(threshold) else threshold,
             convention=convention, n_boot=n_boot, epochs=epochs or settings.get("epochs", 100),
             batch_size=batch_size or settings.get("batch_size", 128), kind=feature_kind, volume=volume, seed=seed,
-            domain_inference=domain_inference,
+            domain_inference=domain_inference, templates=templates,
         )
         try:
             with console.status(f"{dataset}/{m}: loading") as status:

@@ -35,6 +35,10 @@ from fmcache.probe.grids import Grid, points
 from fmcache.probe.selection import criterion_value, select_point, validation_scores
 from fmcache.runs import Run, cache_root, discard_run, load_results, new_run_dir, prediction_key, write_run
 
+# how text heads (zeroshot, clip_adapt) turn a class's per-template prototypes into one:
+# "mean" averages every template; "first" keeps the first template only, as FairMedFM's code does
+TEMPLATES = ("mean", "first")
+
 
 @dataclass
 class SweepConfig:
@@ -58,6 +62,7 @@ class SweepConfig:
     # how group-aware heads that can use the row's group at inference (domain_ind) score val
     # and test: "sum" needs no group (as deployed), "known" reads each row's group (oracle)
     domain_inference: str = "sum"
+    templates: str = "mean"  # a rule of TEMPLATES
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -79,6 +84,8 @@ def run_sweep(cfg: SweepConfig, *, root: str | os.PathLike[str] | None = None, r
     """
     if cfg.domain_inference not in DOMAIN_INFERENCE:
         raise FmcacheError(f"domain inference {cfg.domain_inference!r}: choose one of {', '.join(DOMAIN_INFERENCE)}")
+    if cfg.templates not in TEMPLATES:
+        raise FmcacheError(f"template rule {cfg.templates!r}: choose one of {', '.join(TEMPLATES)}")
     emb = open_cache(root).embeddings(cfg.dataset, cfg.model)
     data = load_probe_data(emb, labels=cfg.labels, attributes=cfg.attributes, kind=cfg.kind, volume=cfg.volume)
     path = new_run_dir(f"{cfg.dataset}-{cfg.model}", root, runs)
@@ -181,9 +188,13 @@ def _train(head: str, stack: pd.DataFrame, data: ProbeData, cfg: SweepConfig) ->
         solver = "adamw"
     X, y, g = data.training_set()
     text = data.text if get_head(head).needs_text else {}
+    prototypes = text.get("prototypes")
+    if prototypes is not None and cfg.templates == "first":
+        # one template left: the heads' template mean is then that template itself
+        prototypes = prototypes[:, :1]
     fit = fit_stack(
         head, X, y, g, hp, n_classes=data.n_classes, epochs=cfg.epochs, batch_size=cfg.batch_size,
-        seed=cfg.seed, solver=solver, prototypes=text.get("prototypes"),
+        seed=cfg.seed, solver=solver, prototypes=prototypes,
         logit_scale=float(text.get("logit_scale", 100.0)),
     )
     # val (selection) and test (evaluation) are scored under the same rule

@@ -136,7 +136,7 @@ def runs_table(runs: Sequence[tuple[Run, str]]) -> Table:
             "labels": ", ".join(c.get("labels") or []), "attributes": ", ".join(c.get("attributes") or []),
             "features": c.get("feature_kind", ""), "convention": c.get("convention", ""),
             "threshold": str(c.get("threshold", "")), "selection": c.get("criterion", ""),
-            "domain_inference": c.get("domain_inference", ""),
+            "domain_inference": c.get("domain_inference", ""), "templates": c.get("templates", ""),
             "bootstrap": c.get("n_boot", ""), "seed": c.get("seed", ""), "init_seeds": c.get("seeds", ""),
             "epochs": c.get("epochs", ""), "fmcache": (c.get("versions") or {}).get("fmcache", ""),
             "created": c.get("created", ""),
@@ -146,7 +146,7 @@ def runs_table(runs: Sequence[tuple[Run, str]]) -> Table:
         ("run", "Run"), ("kind", "Kind"), ("dataset", "Dataset"), ("model", "Model"), ("methods", "Methods"),
         ("labels", "Labels"), ("attributes", "Attributes"), ("features", "Features"), ("convention", "Convention"),
         ("threshold", "Threshold"), ("selection", "Selected on val by"),
-        ("domain_inference", "domain_ind inference"), ("bootstrap", "Bootstrap resamples"),
+        ("domain_inference", "domain_ind inference"), ("templates", "Text templates"), ("bootstrap", "Bootstrap resamples"),
         ("seed", "Seed"), ("init_seeds", "Init seeds"), ("epochs", "Epochs"), ("fmcache", "fmcache"),
         ("created", "Created"))]
     return Table("t-runs", "Runs", frame, cols, caption="Every run the report reads.", csv_name="runs.csv")

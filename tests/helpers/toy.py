@@ -14,11 +14,11 @@ from fmcache.probe import SweepConfig, load_sweep, run_sweep
 D = 16
 
 
-def write_cache(root, *, n=300, chunk_rows=64, finish=True, poison=False, vlm=False) -> None:
+def write_cache(root, *, n=300, chunk_rows=64, finish=True, poison=False, vlm=False, protos=None) -> None:
     """The synthetic samples table with features that carry the label, more weakly for sex 1.
 
     ``vlm``: also projected features and text prototypes, the class-1 prototype pointing
-    where positive images lie.
+    where positive images lie; ``protos`` replaces those (2 classes, T templates, 8).
     """
     ds = load_dataset("synthetic", options={"size": str(n), "image_size": "32"})
     t = ds.table
@@ -38,9 +38,11 @@ def write_cache(root, *, n=300, chunk_rows=64, finish=True, poison=False, vlm=Fa
     w = open_entry(group, "toy", {"model": "toy", "weights_id": "toy", "weights_sha256": None, "preprocess": {},
                                   "dims": dims, "row_fingerprint": ds.fingerprint, "logit_scale": 10.0}, chunk_rows=chunk_rows)
     if vlm:
-        protos = np.zeros((2, 2, 8), np.float32)
-        protos[1, :, 0] = protos[0, :, 1] = 1.0
-        w.write_text("default", protos, {"templates": ["a {}", "an image of a {}"], "classes": ["normal", "lesion"], "label": None})
+        if protos is None:
+            protos = np.zeros((2, 2, 8), np.float32)
+            protos[1, :, 0] = protos[0, :, 1] = 1.0
+        templates = ["a {}", "an image of a {}", "a scan of a {}", "a photo of a {}"][:protos.shape[1]]
+        w.write_text("default", protos, {"templates": templates, "classes": ["normal", "lesion"], "label": None})
     for c in w.pending_chunks() if finish else [0]:
         a, b = w.rows(c)
         w.write_chunk(c, {"image": X[a:b], "image_proj": proj[a:b]})
