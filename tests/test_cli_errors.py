@@ -123,8 +123,12 @@ SLOW_ENCODER = textwrap.dedent("""
     import sys, time
     import fmcache.embed.encode as encode
     plain = encode._encode_batch
+    calls = [0]
     def slow(*args, **kwargs):
-        time.sleep(0.4)  # long enough for the test to interrupt it between chunks
+        # two chunks go through, then the encoder stalls until Ctrl-C: however slow the
+        # machine, the test cannot miss the moment between chunks
+        calls[0] += 1
+        time.sleep(0.2 if calls[0] <= 2 else 600)
         return plain(*args, **kwargs)
     encode._encode_batch = slow
     from fmcache.cli import main
