@@ -137,6 +137,13 @@ def test_adv_steps_must_be_a_whole_non_negative_number():
             fit_stack("laftr", X, y, g, hparams={"adv_steps": bad}, epochs=1)
 
 
+def test_eqopp_label_must_be_a_class_of_the_label():
+    X = np.random.default_rng(0).normal(size=(40, 3)).astype(np.float32)
+    y, g = np.arange(40) % 2, (np.arange(40) // 2) % 2
+    with pytest.raises(HeadInputError, match="eqopp_label 2 is not a class of a 2-class label"):
+        fit_stack("laftr_eqopp", X, y, g, hparams={"eqopp_label": [1, 2]}, epochs=1)
+
+
 # --- the methods on planted bias, at the benchmark's protocol --------------------------------
 
 

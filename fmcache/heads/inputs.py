@@ -105,6 +105,10 @@ def check_trainable(head: HeadType, hp: Mapping[str, np.ndarray], Y: np.ndarray,
         raise HeadInputError(f"head {head.name!r} needs the sensitive attribute: pass groups=")
     if n_classes > 2 and not head.multiclass:
         raise HeadInputError(f"head {head.name!r} handles binary labels only, got n_classes={n_classes}")
+    # an adversary conditioned on a class with no rows would have nothing to learn from, and
+    # the head would train as a plain classifier under a mitigation's name
+    if "eqopp_label" in hp and np.any(hp["eqopp_label"] >= n_classes):
+        raise HeadInputError(f"eqopp_label {int(hp['eqopp_label'].max())} is not a class of a {n_classes}-class label: choose 0..{n_classes - 1}")
     seen: set[tuple[int, int]] = set()
     for label, attr in zip(hp["label"].tolist(), hp["attribute"].tolist()):
         if (label, attr) in seen:
