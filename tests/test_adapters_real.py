@@ -187,6 +187,22 @@ def test_mimic_frontal_only(mimic_root):
     assert ds.name == "mimic_cxr_views-frontal"
 
 
+
+def test_mimic_demographics_cohort_drops_subjects_missing_from_patients(mimic_root):
+    meta = pd.read_csv(mimic_root / "mimic-cxr-2.0.0-metadata.csv.gz", dtype=str)
+    patients = pd.read_csv(mimic_root / "mimic-iv" / "hosp" / "patients.csv.gz", dtype=str)
+    absent = ~meta["subject_id"].isin(patients["subject_id"])
+    assert absent.any()  # else the cohort would have nothing to drop
+    ds = load_dataset("mimic_cxr", data=mimic_root, options={"cohort": "demographics"}, seed=0)
+    t = ds.table
+    assert len(t) == int((~absent).sum())
+    assert not t["subject"].isin(meta.loc[absent, "subject_id"]).any()
+    assert (t["sa/sex"] != -1).all() and (t["sa/age"] != -1).all()
+    assert ds.name == "mimic_cxr_cohort-demographics"
+    assert load_dataset("mimic_cxr", data=mimic_root, options={"cohort": "all"}, seed=0).name == "mimic_cxr"
+    with pytest.raises(DatasetError, match=r"^mimic_cxr: option cohort='paper' is not one of all, demographics$"):
+        load_dataset("mimic_cxr", data=mimic_root, options={"cohort": "paper"})
+
 @pytest.mark.parametrize(
     "uncertain, edema",
     [("zero", {"neg": 14, "pos": 1, "unknown": 0}), ("one", {"neg": 12, "pos": 3, "unknown": 0}),

@@ -10,7 +10,7 @@ import pandas as pd
 
 from fmcache.datasets.adapters._common import blank_to_none, cache_name, option, read_csv, require_columns
 from fmcache.datasets.adapters.chexpert import CXR_PROMPTS, OBSERVATIONS, UNCERTAIN, label_columns
-from fmcache.datasets.attributes import categorical, keyword, threshold
+from fmcache.datasets.attributes import categorical, is_blank, keyword, threshold
 from fmcache.datasets.spec import DatasetSpec, RawTable
 from fmcache.errors import DatasetError
 
@@ -118,7 +118,7 @@ def read(root: Path, options: Mapping[str, str]) -> RawTable:
         the layout) or in the folder given by the ``mimic_iv`` option.
     options
         ``labels`` (no_finding | all), ``uncertain`` (zero | one | unknown),
-        ``views`` (all | frontal), ``mimic_iv`` (folder).
+        ``views`` (all | frontal), ``cohort`` (all | demographics), ``mimic_iv`` (folder).
 
     Returns
     -------
@@ -129,6 +129,7 @@ def read(root: Path, options: Mapping[str, str]) -> RawTable:
     labels_opt = option(options, KEY, "labels", ("no_finding", "all"), "no_finding")
     uncertain = option(options, KEY, "uncertain", tuple(UNCERTAIN), "zero")
     views = option(options, KEY, "views", ("all", "frontal"), "all")
+    cohort = option(options, KEY, "cohort", ("all", "demographics"), "all")
     labels = OBSERVATIONS if labels_opt == "all" else ("No Finding",)
     if not (root / "files").is_dir():
         raise DatasetError(
@@ -143,20 +144,26 @@ def read(root: Path, options: Mapping[str, str]) -> RawTable:
         meta = meta[meta["ViewPosition"].isin(FRONTAL)].reset_index(drop=True)
     iv_dir = _mimic_iv_dir(root, options)
     patients = _patients(iv_dir)
+    if cohort == "demographics":
+        # FairMedFM's pre-processing notebook keeps only rows with a gender after its join
+        # with patients (its anchor_age and race filters are commented out); every
+        # MIMIC-IV patient has both gender and anchor_age, so this also removes unknown ages
+        meta = meta[~meta["subject_id"].map(patients["gender"]).map(is_blank)].reset_index(drop=True)
 
     raw = pd.DataFrame({"id": meta["dicom_id"], "subject": meta["subject_id"], "path": _image_paths(meta)})
     raw = pd.concat([raw, _labels(root, meta, labels, uncertain)], axis=1)
-    # subjects absent from this MIMIC-IV version stay in, with unknown sex and age
+    # with cohort=all, subjects absent from this MIMIC-IV version stay in, with unknown sex and age
     raw["raw/sex"] = blank_to_none(meta["subject_id"].map(patients["gender"]))
     raw["raw/age"] = blank_to_none(meta["subject_id"].map(patients["anchor_age"]))
     race = _race(iv_dir)
     if race is not None:
         raw["raw/race"] = blank_to_none(meta["subject_id"].map(race))
 
-    chosen = {"labels": labels_opt, "uncertain": uncertain, "views": views}
+    chosen = {"labels": labels_opt, "uncertain": uncertain, "views": views, "cohort": cohort}
+    defaults = {"labels": "no_finding", "uncertain": "zero", "views": "all", "cohort": "all"}
     return RawTable(
         raw,
-        name=cache_name(KEY, chosen, {"labels": "no_finding", "uncertain": "zero", "views": "all"}),
+        name=cache_name(KEY, chosen, defaults),
         task="multilabel" if labels_opt == "all" else None,
         group_attrs={"metadata_file": meta_name},
     )
@@ -188,10 +195,12 @@ cells and studies without a row -> 0 as in the benchmark; -1.0 follows the
 them. Subject: subject_id (splits by patient).
 Sex: patients.gender M/F. Age: patients.anchor_age (age in the anchor year,
 not at the X-ray; 91 means over 89, so old). Subjects absent from patients.csv
-are kept with unknown sex and age. Race: admissions.race (v1.0: ethnicity) -
-the most frequent known value over the subject's admissions, ties to the
-earliest admission; white if it contains "WHITE"; UNKNOWN, UNABLE TO OBTAIN,
-PATIENT DECLINED TO ANSWER and blanks -> unknown.
+are kept with unknown sex and age (option cohort=demographics: their images
+are dropped, as FairMedFM's MIMIC_CXR.ipynb drops rows without a gender).
+Race: admissions.race (v1.0: ethnicity) - the most frequent known value over
+the subject's admissions, ties to the earliest admission; white if it contains
+"WHITE"; UNKNOWN, UNABLE TO OBTAIN, PATIENT DECLINED TO ANSWER and blanks ->
+unknown.
 """
 
 SPEC = DatasetSpec(
@@ -225,6 +234,9 @@ SPEC = DatasetSpec(
         "labels": "no_finding (default): the `No Finding` label; all: the 14 CheXpert observations (multi-label)",
         "uncertain": "what -1.0 (uncertain) becomes: zero (default), one, or unknown (-1, masked)",
         "views": "all (default, as the benchmark): every image; frontal: ViewPosition PA or AP only",
+        "cohort": "all (default): every image, unknown sex and age where the subject is not in patients; "
+        "demographics: only images whose subject has a gender in patients, as FairMedFM's "
+        "pre-processing/classification/MIMIC_CXR.ipynb keeps",
         "mimic_iv": "folder with MIMIC-IV patients.csv(.gz) and admissions.csv(.gz) (default: searched below --data)",
     },
 )
