@@ -99,6 +99,19 @@ def test_covid_options(covid_root):
         load_dataset("covid_ct_md", data=covid_root, options={"window": "bone"})
 
 
+def test_covid_fairmedfm_window(covid_root):
+    ds = load_dataset("covid_ct_md", data=covid_root, options={"window": "fairmedfm"}, seed=0)
+    assert ds.name == "covid_ct_md_window-fairmedfm"
+    vol = image_of(ds, "P003")
+    # the reference's own arithmetic: clip HU to [-1250, 250], then scale by the width
+    expected = np.stack([(np.clip(ol.covid_hu(k), -1250, 250) + 1250) / 1500 for k in range(6)])
+    np.testing.assert_allclose(vol, expected, atol=1e-6)
+    assert not np.allclose(vol, image_of(load_dataset("covid_ct_md", data=covid_root, seed=0), "P003"))
+    with pytest.raises(DatasetError, match=r"^covid_ct_md: option window='minmax' is not one of lung, percentile, "
+                       r"fairmedfm$"):
+        load_dataset("covid_ct_md", data=covid_root, options={"window": "minmax"})
+
+
 def test_covid_readme_folder_spelling(tmp_path):
     root = ol.write_covid_ct_md(tmp_path, case_dirs=("COVID-19 subjects", "CAP subjects", "Normal subjects"))
     ds = load_dataset("covid_ct_md", data=root, seed=0)

@@ -14,6 +14,7 @@ from fmcache.datasets.adapters._common import blank_to_none, cache_name, option,
 from fmcache.datasets.attributes import categorical, is_blank, threshold
 from fmcache.datasets.spec import AttributeRule, DatasetSpec, PromptSet, RawTable
 from fmcache.datasets.volumes import (
+    FAIRMEDFM_CT_WINDOW,
     LUNG_WINDOW,
     load_dicom_series,
     percentile_normalise,
@@ -34,7 +35,7 @@ CASE_DIRS = {
     "CAP": ("Cap Cases", "CAP subjects"),
     "Normal": ("Normal Cases", "Normal subjects"),
 }
-WINDOWS = ("lung", "percentile")
+WINDOWS = ("lung", "percentile", "fairmedfm")
 # DICOM age strings (AS): nnnD / nnnW / nnnM / nnnY
 _AGE = re.compile(r"^(\d{1,3})\s*([DWMY]?)$", re.IGNORECASE)
 _AGE_UNIT_YEARS = {"": 1.0, "Y": 1.0, "M": 1 / 12, "W": 7 / 365.25, "D": 1 / 365.25}
@@ -121,7 +122,7 @@ def read(root: Path, options: Mapping[str, str]) -> RawTable:
     root
         ``--data``: the folder with ``Clinical-data.csv`` and the three case folders.
     options
-        ``labels`` (not_normal | diagnosis), ``window`` (lung | percentile).
+        ``labels`` (not_normal | diagnosis), ``window`` (lung | percentile | fairmedfm).
 
     Returns
     -------
@@ -151,13 +152,14 @@ def load(root: Path, row: pd.Series) -> np.ndarray:
     """The patient's CT as float32 ``(slices, H, W)`` in [0, 1], inferior -> superior.
 
     ``lung`` window: HU clipped to [-1350, 150] (level -600, width 1500) and scaled to
-    [0, 1], the same mapping for every patient; ``percentile``: per-volume 0.5 - 99.5
-    percentile min-max. Not yet resampled to 32 slices.
+    [0, 1], the same mapping for every patient; ``fairmedfm``: likewise with [-1250, 250];
+    ``percentile``: per-volume 0.5 - 99.5 percentile min-max. Not yet resampled to 32 slices.
     """
     hu = load_dicom_series(Path(root) / str(row["path"]))
-    if str(row.get("meta/window", "lung")) == "percentile":
+    chosen = str(row.get("meta/window", "lung"))
+    if chosen == "percentile":
         return percentile_normalise(hu)
-    return window(hu, *LUNG_WINDOW)
+    return window(hu, *(FAIRMEDFM_CT_WINDOW if chosen == "fairmedfm" else LUNG_WINDOW))
 
 
 LAYOUT = """\
@@ -182,7 +184,8 @@ read, so '105Y' is 105), old if >= 50.
 Volume: the folder's slices sorted by ImagePositionPatient (SliceLocation,
 InstanceNumber as fallbacks), axial, inferior -> superior; HU through the lung
 window [-1350, 150] -> [0, 1] (option window=percentile: 0.5-99.5 percentile
-min-max per volume).
+min-max per volume; window=fairmedfm: the window [-1250, 250] that FairMedFM's
+datasets/COVID_CT_MD.py clips to, the same for every volume).
 """
 
 SPEC = DatasetSpec(
@@ -223,6 +226,8 @@ SPEC = DatasetSpec(
     options={
         "labels": "not_normal (default): COVID-19 or CAP vs Normal; diagnosis: the 3 classes "
         "(multi-class, index order Normal, COVID-19, CAP)",
-        "window": "lung (default): HU window level -600 width 1500; percentile: 0.5-99.5 percentile min-max per volume",
+        "window": "lung (default): HU window level -600 width 1500; percentile: 0.5-99.5 percentile min-max per "
+        "volume; fairmedfm: HU window [-1250, 250] (level -500 width 1500), as FairMedFM's "
+        "datasets/COVID_CT_MD.py get_img clips",
     },
 )
