@@ -202,6 +202,25 @@ def test_adni_volume_is_axial_inferior_to_superior(adni_root):
     assert sag.name == "adni_plane-sagittal" and image_of(sag, "I45117").shape == (r, s, p)
 
 
+def test_adni_slice_minmax_intensity(adni_root):
+    nib = pytest.importorskip("nibabel")
+    ds = load_dataset("adni", data=adni_root, options={"intensity": "slice_minmax"}, seed=0)
+    assert ds.name == "adni_intensity-slice_minmax"
+    vol = image_of(ds, "I45117")
+    data = np.asarray(nib.load(adni_root / row(ds, "I45117")["path"]).get_fdata())  # (P, S, R) in the file
+    assert vol.shape[0] == data.shape[1]
+    for s in range(data.shape[1]):
+        v = data[:, s, :]
+        # in-plane order is the reorientation's business (tested above); compare the values
+        np.testing.assert_allclose(np.sort(vol[s].ravel()), np.sort(((v - v.min()) / (v.max() - v.min())).ravel()),
+                                   atol=1e-6)
+    both = load_dataset("adni", data=adni_root, options={"intensity": "slice_minmax", "plane": "sagittal"}, seed=0)
+    assert both.name == "adni_intensity-slice_minmax_plane-sagittal"
+    assert load_dataset("adni", data=adni_root, options={"intensity": "percentile"}, seed=0).name == "adni"
+    with pytest.raises(DatasetError, match=r"^adni: option intensity='minmax' is not one of percentile, slice_minmax$"):
+        load_dataset("adni", data=adni_root, options={"intensity": "minmax"})
+
+
 def test_adni_subjects_never_straddle_splits(adni_root):
     for seed in range(5):
         t = load_dataset("adni", data=adni_root, seed=seed).table

@@ -13,6 +13,7 @@ from fmcache.datasets.volumes import (
     load_nifti,
     percentile_normalise,
     resample_slices,
+    slice_minmax_normalise,
     slices_to_images,
     window,
 )
@@ -218,6 +219,23 @@ def test_percentile_normalise_bounds():
     assert out.min() == 0.0 and out.max() == 1.0
     assert 0.3 < float(np.median(out)) < 0.7
     assert not percentile_normalise(np.full((2, 3, 3), 7.0)).any()
+
+
+def test_slice_minmax_normalise_scales_each_slice_on_its_own():
+    rng = np.random.default_rng(0)
+    scale, offset = np.array([1.0, 40.0, 900.0]), np.array([-7.0, 0.0, 3e3])
+    vol = rng.normal(0, 1, (3, 5, 6)) * scale[:, None, None] + offset[:, None, None]
+    out = slice_minmax_normalise(vol)
+    assert out.dtype == np.float32
+    for s, v in enumerate(vol):
+        np.testing.assert_allclose(out[s], (v - v.min()) / (v.max() - v.min()), atol=1e-6)
+    vol[1, 0, 0], vol[1, 0, 1] = np.nan, np.inf  # neither sets the scale; both come back as 0
+    out = slice_minmax_normalise(vol)
+    v = vol[1][np.isfinite(vol[1])]
+    assert out[1].max() == 1.0 and out[1, 0, 0] == 0.0 and out[1, 0, 1] == 0.0
+    np.testing.assert_allclose(out[1, 1], (vol[1, 1] - v.min()) / (v.max() - v.min()), atol=1e-6)
+    const = np.stack([np.full((2, 2), 7.0), np.full((2, 2), np.nan), np.arange(4.0).reshape(2, 2)])
+    np.testing.assert_array_equal(slice_minmax_normalise(const)[:2], 0.0)
 
 
 # ---------------------------------------------------------------------------- resampling

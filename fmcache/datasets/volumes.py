@@ -20,7 +20,8 @@ in which order, is fixed here so that every dataset means the same thing by "sli
   pixel data is meant to be shown as stored).
 
 Intensities come back in the file's units (HU for CT, after RescaleSlope / Intercept);
-:func:`window` and :func:`percentile_normalise` map them to [0, 1].
+:func:`window`, :func:`percentile_normalise` and :func:`slice_minmax_normalise` map them
+to [0, 1].
 """
 
 from __future__ import annotations
@@ -243,6 +244,25 @@ def percentile_normalise(volume: np.ndarray, low: float = MRI_PERCENTILES[0], hi
     if not hi > lo:
         return np.zeros(v.shape, np.float32)
     return window(np.where(np.isfinite(v), v, lo), float(lo), float(hi))
+
+
+def slice_minmax_normalise(volume: np.ndarray) -> np.ndarray:
+    """Min-max scale each slice (axis 0) to [0, 1] between its own minimum and maximum.
+
+    The scaling FairMedFM's ADNI reader (datasets/ADNI.py) applies; unlike
+    :func:`percentile_normalise`, a single hot voxel sets its slice's scale. Non-finite
+    voxels do not set the scale and come back as 0; a constant slice gives zeros.
+    """
+    v = np.asarray(volume, dtype=np.float32)
+    finite = np.isfinite(v)
+    lo = np.where(finite, v, np.inf).min(axis=(1, 2), keepdims=True)
+    hi = np.where(finite, v, -np.inf).max(axis=(1, 2), keepdims=True)
+    scaled = hi > lo  # False for a constant slice and for one without a finite voxel
+    lo = np.where(scaled, lo, np.float32(0))
+    span = np.where(scaled, hi - lo, np.float32(1))
+    out = np.where(finite & scaled, (np.where(finite, v, lo) - lo) / span, np.float32(0))
+    # float32 rounding can overshoot by one ulp; the bounds must hold exactly
+    return np.clip(out, 0.0, 1.0).astype(np.float32, copy=False)
 
 
 # ---------------------------------------------------------------------------- slices

@@ -12,7 +12,7 @@ import pandas as pd
 from fmcache.datasets.adapters._common import blank_to_none, cache_name, option, read_csv, require_columns
 from fmcache.datasets.attributes import categorical, threshold
 from fmcache.datasets.spec import DatasetSpec, PromptSet, RawTable
-from fmcache.datasets.volumes import is_nifti, load_nifti, percentile_normalise
+from fmcache.datasets.volumes import is_nifti, load_nifti, percentile_normalise, slice_minmax_normalise
 from fmcache.errors import DatasetError
 
 KEY = "adni"
@@ -23,6 +23,7 @@ HEADER = ("Image Data ID", "Subject", "Group", "Sex", "Age", "Visit", "Modality"
 LABEL = {"CN": 0, "AD": 1}
 EXCLUDED = ("MCI",)  # neither class of the AD-vs-CN task
 PLANES = ("axial", "coronal", "sagittal")
+INTENSITIES = ("percentile", "slice_minmax")
 _IMAGE_DIR = re.compile(r"^I\d+$")
 _IMAGE_FILE = re.compile(r"_(I\d+)\.nii(\.gz)?$", re.IGNORECASE)
 
@@ -123,15 +124,17 @@ def read(root: Path, options: Mapping[str, str]) -> RawTable:
         ``--data``: the folder holding the collection CSV and the unpacked ``ADNI/`` tree.
     options
         ``collection`` (the CSV's file name, needed only when several are present),
-        ``plane`` (axial | coronal | sagittal).
+        ``plane`` (axial | coronal | sagittal), ``intensity`` (percentile | slice_minmax).
 
     Returns
     -------
     RawTable
         id (Image Data ID), subject (Subject, never the image id: a subject has several
-        images), path (the .nii file), label/AD, raw/sex, raw/age, meta/plane.
+        images), path (the .nii file), label/AD, raw/sex, raw/age, meta/plane,
+        meta/intensity.
     """
     plane = option(options, KEY, "plane", PLANES, "axial")
+    intensity = option(options, KEY, "intensity", INTENSITIES, "percentile")
     df, file = _collection(root, str(options.get("collection", "")).strip())
     keep, codes = _labels(df["Group"], file)
     df = df[keep].reset_index(drop=True)
@@ -142,8 +145,12 @@ def read(root: Path, options: Mapping[str, str]) -> RawTable:
     raw["label/AD"] = codes
     raw["raw/sex"] = blank_to_none(df["Sex"])
     raw["raw/age"] = blank_to_none(df["Age"])
-    raw["meta/plane"] = plane  # the slicing plane changes the pixels, so `load` must see it
-    return RawTable(raw, name=cache_name(KEY, {"plane": plane}, {"plane": "axial"}), group_attrs={"collection_file": file})
+    # the slicing plane and the intensity scaling change the pixels, so `load` must see them
+    raw["meta/plane"] = plane
+    raw["meta/intensity"] = intensity
+    chosen = {"plane": plane, "intensity": intensity}
+    name = cache_name(KEY, chosen, {"plane": "axial", "intensity": "percentile"})
+    return RawTable(raw, name=name, group_attrs={"collection_file": file})
 
 
 def load(root: Path, row: pd.Series) -> np.ndarray:
@@ -151,10 +158,14 @@ def load(root: Path, row: pd.Series) -> np.ndarray:
 
     Reoriented to RAS+ and cut in the ``plane`` option's plane (axial by default: inferior
     -> superior, anterior at the top), then min-max scaled between the volume's 0.5th and
-    99.5th percentiles. Not yet resampled to 32 slices.
+    99.5th percentiles (``intensity`` slice_minmax: each slice between its own minimum and
+    maximum). Not yet resampled to 32 slices.
     """
     plane = str(row.get("meta/plane", "axial"))
-    return percentile_normalise(load_nifti(Path(root) / str(row["path"]), plane=plane))  # type: ignore[arg-type]
+    volume = load_nifti(Path(root) / str(row["path"]), plane=plane)  # type: ignore[arg-type]
+    if str(row.get("meta/intensity", "percentile")) == "slice_minmax":
+        return slice_minmax_normalise(volume)
+    return percentile_normalise(volume)
 
 
 LAYOUT = """\
@@ -178,7 +189,8 @@ MPR / MPR-R repeats) stay on one side of the split. Sex: M / F. Age: old if
 >= 75.
 Volume: reoriented to RAS+, axial slices inferior -> superior (option plane),
 intensities min-max scaled between the 0.5th and 99.5th percentiles of the
-volume.
+volume (option intensity=slice_minmax: each slice between its own minimum and
+maximum, as FairMedFM's datasets/ADNI.py does).
 """
 
 SPEC = DatasetSpec(
@@ -216,5 +228,7 @@ SPEC = DatasetSpec(
         "collection": "the collection CSV's file name; needed only when --data holds several",
         "plane": "axial (default): slices inferior -> superior; coronal: posterior -> anterior; "
         "sagittal: left -> right",
+        "intensity": "percentile (default): min-max between the volume's 0.5th and 99.5th percentiles; "
+        "slice_minmax: each slice min-max scaled on its own, as FairMedFM's datasets/ADNI.py get_img does",
     },
 )
