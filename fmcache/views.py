@@ -344,3 +344,27 @@ def _plain(v: Any) -> str:
     if isinstance(v, (list, tuple)):
         return ", ".join(_plain(x) for x in v)
     return v if isinstance(v, str) else json.dumps(v, default=str)
+
+
+def protocols_view() -> Group:
+    """Every switch's value under each protocol side by side, then where each value comes from."""
+    from fmcache.protocols import NOT_REPRODUCED, PROTOCOLS, REFERENCE_COMMIT, SWITCHES
+
+    t = table("fmcache protocols", caption="--protocol NAME on `embed` and `probe`; each switch is also an option of "
+              "its own\nstage: embed = part of the cache entry; data = a dataset option (-o); probe = recorded in the run")
+    t.add_column("switch", no_wrap=True)
+    t.add_column("stage")
+    for p in PROTOCOLS:
+        t.add_column(p)
+    for s in SWITCHES.values():
+        t.add_row(s.name, s.stage, *(s.value[p] for p in PROTOCOLS))
+    cites = {s.name: f"{s.meaning}.\n" + "\n".join(f"{p}: {s.value[p]} - {s.cite[p]}" for p in PROTOCOLS)
+             for s in SWITCHES.values()}
+    return Group(
+        t,
+        Text("\nWhat each switch does, and where each value comes from", style="bold")
+        + Text(f" (code cited as paths in {REFERENCE_COMMIT})"),
+        _hanging(cites),
+        Text("\nWhat no switch reproduces", style="bold"),
+        _hanging({"-": line for line in NOT_REPRODUCED}),
+    )

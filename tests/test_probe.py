@@ -13,6 +13,7 @@ from sklearn.metrics import roc_auc_score
 from fmcache.cache.store import open_root
 from fmcache.errors import FmcacheError, HeadInputError
 from fmcache.fairness import evaluate
+from fmcache.runs import prediction_key
 from fmcache.probe import load_sweep, run_sweep
 
 
@@ -134,9 +135,13 @@ def test_zero_shot_and_clip_adapt_run_from_text_prototypes(tmp_path):
     auc = r.metrics.query("metric == 'auc' and group == 'overall' and attribute == 'sex'").set_index("head")["value"]
     assert auc["zeroshot"] > 0.9 and auc["clip_adapt"] > 0.9
     assert r.config["heads_trained"]["zeroshot"] == 1
-    # without the projected features the text heads are skipped, with the reason
+    # the text heads score the projected features whatever the other heads train on
     r2 = run_sweep(toy.config(heads=grids, kind="image"), root=tmp_path)
-    assert set(r2.config["skipped"]) == {"zeroshot", "clip_adapt"} and "image_proj" in r2.config["skipped"]["zeroshot"]
+    assert r2.config["feature_kind"] == "image" and r2.config["skipped"] == {}
+    key = prediction_key("zeroshot", "lesion", "sex")
+    np.testing.assert_array_equal(r2.predictions[key]["score"], r.predictions[key]["score"])
+    assert not np.allclose(r2.predictions[prediction_key("linear", "lesion", "sex")]["score"],
+                           r.predictions[prediction_key("linear", "lesion", "sex")]["score"])
 
 
 def _squared_hinge(name: str):

@@ -68,11 +68,11 @@ def test_the_run_records_the_rule(runs, vlm_root):
 
 def test_an_unknown_rule_is_refused(vlm_root, run_cli):
     grids, _ = load_sweep("default", ["zeroshot"])
-    with pytest.raises(FmcacheError, match="template rule 'bogus': choose one of mean, first"):
+    with pytest.raises(FmcacheError, match="templates 'bogus': choose one of mean, first"):
         run_sweep(toy.config(heads=grids, templates="bogus"), root=vlm_root)
     code, _, err = run_cli("probe", "-d", "synthetic", "-m", "toy", "--heads", "zeroshot", "--templates", "bogus",
                            "--root", str(vlm_root))
-    assert code in (1, 2) and "template rule 'bogus'" in err and len(err.strip().splitlines()) == 1, err
+    assert code in (1, 2) and "templates 'bogus'" in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_the_report_shows_the_rule(runs):

@@ -13,6 +13,7 @@ IDENTITY_KEYS = (
     "weights_id",
     "weights_sha256",
     "preprocess",
+    "variant",  # a protocol's embed switches away from fmcache's defaults (None: none)
     "feature_kinds",
     "dims",
     "dtype",

@@ -1,5 +1,5 @@
-"""What exists: `fmcache models` and `fmcache datasets` (listings, one entry's detail, and
-checking a copy of a dataset)."""
+"""What exists: `fmcache models`, `fmcache datasets` (listings, one entry's detail, and
+checking a copy of a dataset) and `fmcache protocols`."""
 
 from __future__ import annotations
 
@@ -26,6 +26,19 @@ def models(
         return
     for line in model_detail(get_model(name), str(weights_dir())):
         console.print(line, markup=False, highlight=False)
+
+
+@command(app)
+def protocols() -> None:
+    """List the protocols' switches side by side: fmcache's defaults, the FairMedFM reference
+    code's values and the paper's, each with where it is stated.
+
+    `embed` and `probe` take --protocol NAME and an option per switch; a run records every
+    switch's value and how it differs from the reference code.
+    """
+    from fmcache.views import make_console, protocols_view
+
+    make_console().print(protocols_view(), highlight=False)
 
 
 @command(app)

@@ -10,6 +10,12 @@ import typer
 
 from fmcache.cli.app import Interrupted, RootOpt, RunsOpt, app, command, dataset_options, say
 
+ProtocolOpt = Annotated[
+    str, typer.Option("--protocol", metavar="fmcache|fairmedfm|paper",
+                      help="A named bundle of switches (`fmcache protocols` lists them side by side); each switch "
+                      "option given here overrides the bundle's value.")
+]
+
 
 @command(app)
 def embed(
@@ -60,6 +66,18 @@ def embed(
                      "archives, e.g. OpenAI's CLIP .pt; the clip model's default hub safetensors need no flag). Refused "
                      "by default, as such a file can run anything: only for files from a source you trust."),
     ] = False,
+    protocol: ProtocolOpt = "fmcache",
+    preprocess: Annotated[
+        Optional[str], typer.Option("--preprocess", metavar="model|paper|reference", show_default=False,
+                                    help="Switch: the model's own preprocessing (fmcache), the paper's (resize 256, "
+                                    "crop 224, ImageNet statistics) or the reference code's (resize 224, crop 224, "
+                                    "per-dataset statistics).")
+    ] = None,
+    queries: Annotated[
+        Optional[str], typer.Option("--queries", metavar="mean|reference", show_default=False,
+                                    help="Switch, BLIP-2 only: cache the mean of the Q-Former queries (fmcache), or "
+                                    "query 0 and every query's projection (reference).")
+    ] = None,
 ) -> None:
     """Encode every image of a dataset with a frozen model into the cache (resumable).
 
@@ -69,33 +87,44 @@ def embed(
     process writes an entry at a time: a second one waits for the first (or, with --no-wait,
     stops), and --overwrite never deletes an entry that another process is writing.
 
+    --protocol fairmedfm (or paper) reproduces the FairMedFM benchmark's inputs: its
+    preprocessing and BLIP-2 features make an entry of their own (e.g. clip+pre-reference),
+    and its dataset options (balanced test split, MIMIC-CXR cohort, volume intensities,
+    HAM10000 label) are added unless -o sets them. `fmcache protocols` lists every switch.
+
     Examples:
 
       fmcache embed -m dinov2 -d ham10000 --data ~/data/HAM10000
       fmcache embed -m medclip -d csv --data study.csv \\
           -o subject_column=patient -o labels=pneumonia
+      fmcache embed -m clip -d mimic_cxr --protocol fairmedfm
     """
     from fmcache.embed.registry import get_model
+    from fmcache.protocols import dataset_options as protocol_options
+    from fmcache.protocols import resolve
 
     get_model(model)  # a misspelt model is named before the data is read or torch is imported
-    from fmcache.datasets import load_dataset
+    resolve(protocol, "embed", {"preprocess": preprocess, "queries": queries})  # and a misspelt switch
+    from fmcache.datasets import get_dataset, load_dataset
 
     opts = dataset_options(option)
     if dataset_config is not None:
         opts["config"] = str(dataset_config)
+    opts = protocol_options(protocol, dataset, list(get_dataset(dataset).attributes), opts)
     ds = load_dataset(dataset, data, options=opts, seed=seed)
     from fmcache.embed.encode import embed as run_embed
 
     try:
         summary = run_embed(ds, model, root=root, weights=weights, batch_size=batch_size, device=device,
                             num_workers=num_workers, overwrite=overwrite, chunk_rows=chunk_rows, slices=slices, pool=pool,
-                            wait=not no_wait, on_wait=say, on_repair=say, trust_code=trust_code)
+                            wait=not no_wait, on_wait=say, on_repair=say, trust_code=trust_code, protocol=protocol,
+                            preprocess=preprocess, queries=queries)
     except KeyboardInterrupt:
         raise Interrupted(_kept(root, ds.name, model)) from None
     typer.echo(summary.line())
-    if ds.name != dataset:
-        typer.echo(f"cached as dataset {ds.name!r}: name it so from now on, e.g. "
-                   f"`fmcache probe -d {ds.name} -m {model}`, `fmcache cache info {ds.name}`")
+    if ds.name != dataset or summary.model != model:
+        typer.echo(f"cached as dataset {ds.name!r}, model {summary.model!r}: name them so from now on, e.g. "
+                   f"`fmcache probe -d {ds.name} -m {summary.model}`, `fmcache cache info {ds.name}`")
 
 
 def _kept(root: str | None, dataset: str, model: str) -> str:
@@ -145,17 +174,22 @@ def probe(
                                        "seeds; results show mean ± sd across them and each seed's row.")] = 1,
     criterion: Annotated[str, typer.Option("--criterion", metavar="NAME",
                                            help="Validation selection: auc | worst_group_auc | tradeoff (auc - auc_delta).")] = "auc",
-    threshold: Annotated[str, typer.Option("--threshold", metavar="RULE",
-                                           help="A number, or val / val:f1 / val:sensitivity:0.9 (chosen on validation); "
-                                                "multi-class labels use the argmax class.")] = "val",
-    convention: Annotated[str, typer.Option("--convention", metavar="NAME", help="Metric convention: paper | fairmedfm | fairlearn.")] = "paper",
+    threshold: Annotated[Optional[str], typer.Option("--threshold", metavar="RULE", show_default=False,
+                                                     help="Switch: a number, or val / val:f1 / val:sensitivity:0.9 "
+                                                     "(chosen on validation; fmcache's is val), or best_f1_on_test "
+                                                     "(fairmedfm); multi-class labels use the argmax class.")] = None,
+    convention: Annotated[Optional[str], typer.Option("--convention", metavar="NAME", show_default=False,
+                                                      help="Switch: metric convention paper (fmcache's) | fairmedfm | "
+                                                      "fairlearn.")] = None,
     n_boot: Annotated[int, typer.Option("--n-boot", min=0, metavar="N", help="Bootstrap resamples for the test intervals.")] = 1000,
     epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, metavar="N", show_default=False,
                                                   help="Training epochs (default 100, or the sweep file's).")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, metavar="N", show_default=False,
                                                       help="Minibatch size (default 128).")] = None,
-    feature_kind: Annotated[str, typer.Option("--feature-kind", metavar="KIND",
-                                              help="auto (projected if the model has it) | image | image_proj.")] = "auto",
+    feature_kind: Annotated[Optional[str], typer.Option("--feature-kind", metavar="KIND", show_default=False,
+                                                        help="Switch: the feature trained heads learn from: auto (the "
+                                                        "projected one if the model has it; fmcache's) | reference "
+                                                        "(the reference code's per model) | image | image_proj.")] = None,
     volume: Annotated[
         str, typer.Option("--volume", metavar="MODE", help="3D datasets: max | mean of per-slice predictions (heads trained on "
                           "slices), or features: heads trained on the pooled volume feature.")
@@ -164,10 +198,19 @@ def probe(
     domain_inference: Annotated[str, typer.Option("--domain-inference", metavar="sum|known",
                                                   help="domain_ind scoring of val and test: sum (mean of the group outputs' "
                                                   "probabilities, no group needed) | known (each row's own group, an oracle).")] = "sum",
-    templates: Annotated[str, typer.Option("--templates", metavar="mean|first",
-                                           help="Text prototype of a class for zeroshot and clip_adapt: mean (average of "
-                                           "all templates) | first (the reference code's rule, the first prompt template "
-                                           "only).")] = "mean",
+    templates: Annotated[Optional[str], typer.Option("--templates", metavar="mean|first", show_default=False,
+                                                     help="Switch: text prototype of a class for zeroshot and "
+                                                     "clip_adapt: mean of all templates (fmcache's) | first (the "
+                                                     "reference code's one template).")] = None,
+    query_pool: Annotated[Optional[str], typer.Option("--query-pool", metavar="mean|max", show_default=False,
+                                                      help="Switch, BLIP-2: text heads score the mean query (fmcache's) "
+                                                      "| each class's best query (max; needs an entry embedded with "
+                                                      "--queries reference).")] = None,
+    logit_scale: Annotated[Optional[str], typer.Option("--logit-scale", metavar="model|reference", show_default=False,
+                                                       help="Switch: zero-shot logit scale as the model stores it "
+                                                       "(fmcache's) | with the reference code's factors (PubMedCLIP "
+                                                       "x 0.942).")] = None,
+    protocol: ProtocolOpt = "fmcache",
     root: RootOpt = None,
     runs: RunsOpt = None,
 ) -> None:
@@ -180,17 +223,28 @@ def probe(
     types; its AUC is macro one-vs-rest and its accuracy that of the argmax class, so
     --threshold does not apply to it.
 
-    Example:
+    --protocol fairmedfm (or paper) sets every switch left unset to the FairMedFM
+    reference's value and probes the entry its embed switches made (-m clip reads
+    clip+pre-reference); the run records each switch and how it differs from the reference.
+
+    Examples:
 
       fmcache probe -d chexpert -m medclip --sweep all --attributes sex,age
+      fmcache probe -d mimic_cxr_cohort-demographics_split-balanced-test-sex -m clip \\
+          --protocol fairmedfm --heads linear,zeroshot
     """
     import fmcache
+    from fmcache.probe.data import entry_name
+    from fmcache.protocols import resolve
 
     cache = fmcache.open_cache(root)
     models = _csv(model) or []
     models = cache.models(dataset) if models == ["all"] else models
+    models = [entry_name(cache, dataset, m, protocol) for m in models]
     for m in models:  # named before JAX is imported
         cache.embeddings(dataset, m)
+    resolve(protocol, "probe", {"feature": feature_kind, "templates": templates, "query_pool": query_pool,
+                                "logit_scale": logit_scale, "threshold": threshold, "convention": convention})
     from fmcache.probe import SweepConfig, load_sweep, run_sweep
     from fmcache.views import headline_table, make_console
 
@@ -200,10 +254,11 @@ def probe(
     for m in models:
         cfg = SweepConfig(
             dataset=dataset, model=m, heads=grids, labels=_csv(labels), attributes=_csv(attributes), seeds=seeds,
-            criterion=criterion, threshold=float(threshold) if _is_number(threshold) else threshold,
+            criterion=criterion, threshold=float(threshold) if threshold and _is_number(threshold) else threshold,
             convention=convention, n_boot=n_boot, epochs=epochs or settings.get("epochs", 100),
             batch_size=batch_size or settings.get("batch_size", 128), kind=feature_kind, volume=volume, seed=seed,
-            domain_inference=domain_inference, templates=templates,
+            domain_inference=domain_inference, templates=templates, query_pool=query_pool, logit_scale=logit_scale,
+            protocol=protocol,
         )
         try:
             with console.status(f"{dataset}/{m}: loading") as status:

@@ -24,11 +24,13 @@ from fmcache.cache.store import resolve_root
 from fmcache.cache.writer import EntryWriter
 from fmcache.datasets.image_headers import check_command, check_image_headers
 from fmcache.datasets.samples import Dataset
+from fmcache.embed import variants
 from fmcache.embed.preprocess import build_transform
 from fmcache.embed.registry import load_model
-from fmcache.embed.spec import Encoder
+from fmcache.embed.spec import Encoder, Preprocess
 from fmcache.embed.text import encode_prompt_sets
 from fmcache.errors import DatasetError, FmcacheError
+from fmcache.protocols import resolve
 
 
 @dataclass
@@ -139,6 +141,9 @@ def embed(
     on_wait: Callable[[str], None] | None = None,
     on_repair: Callable[[str], None] | None = None,
     trust_code: bool = False,
+    protocol: str = "fmcache",
+    preprocess: str | None = None,
+    queries: str | None = None,
 ) -> EmbedSummary:
     """Encode every image of ``dataset`` with ``model`` into the cache; resume if partial.
 
@@ -172,23 +177,33 @@ def embed(
         another process holds.
     on_repair
         Told (one line) when chunks of an entry marked complete are missing and are encoded again.
+    protocol, preprocess, queries
+        The embed switches (:mod:`fmcache.protocols`): ``protocol``'s values, unless
+        ``preprocess`` (model | paper | reference) or ``queries`` (mean | reference) is given.
+        Away from fmcache's defaults the entry is named ``<model>+<switch>-<value>...``
+        (``EmbedSummary.model``), so it never mixes with the default entry.
     """
     if pool not in POOLS:
         raise FmcacheError(f"unknown volume pool {pool!r}: use one of {', '.join(POOLS)}")
+    switches = resolve(protocol, "embed", {"preprocess": preprocess, "queries": queries})
     device = resolve_device(device)
     check_images_exist(dataset)
     volume = {"slices": int(slices), "pool": pool} if dataset.spec.dim == "3d" else None
     root_s = resolve_root(root)
+    variant = variants.apply(encoder or load_model(model, weights=weights, device=device, trust_code=trust_code),
+                             model, switches, dataset.spec.key)
+    enc, entry = variant.encoder, variant.entry
     if batch_size is None:
-        batch_size = recorded_batch_size(root_s, dataset.name, model) or DEFAULT_BATCH_SIZE
-    enc = encoder or load_model(model, weights=weights, device=device, trust_code=trust_code)
+        batch_size = recorded_batch_size(root_s, dataset.name, entry) or DEFAULT_BATCH_SIZE
     provenance = {
         "model": model,
         "model_title": enc.spec.title,
         "family": enc.spec.family,
         "weights_id": enc.weights_id,
         "weights_sha256": enc.weights_sha256,
-        "preprocess": enc.spec.preprocess.to_attrs(),
+        "preprocess": variant.preprocess.to_attrs(),
+        "variant": variant.recorded,
+        "embed_switches": variant.switches,
         "dims": dict(enc.dims),
         "row_fingerprint": dataset.fingerprint,
         "volume": volume,
@@ -197,23 +212,24 @@ def embed(
         "compute_dtype": "autocast-" + str(_amp_dtype()).removeprefix("torch.") if device.startswith("cuda") else "float32",
         "batch_size": int(batch_size),
     }
-    if not overwrite and is_intact(root_s, dataset.name, dataset.fingerprint, model, provenance):
+    if not overwrite and is_intact(root_s, dataset.name, dataset.fingerprint, entry, provenance):
         # nothing to write, so nothing is written: this works on a read-only cache
-        return EmbedSummary(dataset.name, model, root_s, len(dataset.table), 0, 0.0, device, dict(enc.dims))
+        return EmbedSummary(dataset.name, entry, root_s, len(dataset.table), 0, 0.0, device, dict(enc.dims))
     # before the entry exists: a file that is not an image must not leave half an entry behind
     check_image_headers(dataset)
-    with writing(root_s, dataset.name, dataset.table, dataset.group_attrs(), model, provenance, chunk_rows=chunk_rows,
+    with writing(root_s, dataset.name, dataset.table, dataset.group_attrs(), entry, provenance, chunk_rows=chunk_rows,
                  overwrite=overwrite, wait=wait, on_wait=on_wait, on_repair=on_repair) as writer:
         if writer.complete:
-            return EmbedSummary(dataset.name, model, root_s, writer.n, 0, 0.0, device, dict(enc.dims))
+            return EmbedSummary(dataset.name, entry, root_s, writer.n, 0, 0.0, device, dict(enc.dims))
         if enc.encode_text is not None and dataset.spec.prompts:
             for name, (protos, prompts) in encode_prompt_sets(enc, dataset.spec.prompts).items():
                 writer.write_text(name, protos, prompts)
         start = time.perf_counter()
-        encoded = _encode_pending(dataset, enc, writer, batch_size, device, num_workers, progress, on_chunk)
+        encoded = _encode_pending(dataset, enc, variant.preprocess, writer, batch_size, device, num_workers, progress,
+                                  on_chunk)
         seconds = time.perf_counter() - start
         writer.finish(last_run={"encoded": encoded, "seconds": round(seconds, 3), "device": device})
-    return EmbedSummary(dataset.name, model, root_s, writer.n, encoded, seconds, device, dict(enc.dims))
+    return EmbedSummary(dataset.name, entry, root_s, writer.n, encoded, seconds, device, dict(enc.dims))
 
 
 DEFAULT_BATCH_SIZE = 64
@@ -227,6 +243,7 @@ def _amp_dtype() -> torch.dtype:
 def _encode_pending(
     dataset: Dataset,
     enc: Encoder,
+    preprocess: Preprocess,
     writer: EntryWriter,
     batch_size: int,
     device: str,
@@ -240,7 +257,7 @@ def _encode_pending(
     rows = np.concatenate([np.arange(*writer.rows(c)) for c in pending])
     workers = default_workers() if num_workers is None else num_workers
     loader = DataLoader(
-        _Rows(dataset, rows, build_transform(enc.spec.preprocess), writer.slices),
+        _Rows(dataset, rows, build_transform(preprocess), writer.slices),
         batch_sampler=_chunk_batches(writer, pending, max(1, batch_size // writer.slices) if writer.slices else batch_size),
         num_workers=workers,
         collate_fn=_collate,

@@ -67,7 +67,9 @@ class Encoder:
     ``image_proj``. ``weights_id`` names the weights that were loaded (hub id + revision,
     or file name) and ``weights_sha256`` is the hash of the weights file where there is one.
     ``dims`` / ``text_dim`` are the widths of what was actually loaded (a small local
-    checkpoint may differ from the entry's nominal dims).
+    checkpoint may differ from the entry's nominal dims). A model whose image is a set of
+    query outputs (BLIP-2) also has ``encode_queries``: the same batch's per-query
+    ``image`` (B, Q, D) and unit-norm ``image_proj`` (B, Q, D') before they are pooled.
     """
 
     spec: ModelSpec
@@ -79,3 +81,5 @@ class Encoder:
     encode_text: Callable[[list[str]], Any] | None = None
     text_dim: int | None = None
     logit_scale: float | None = None
+    encode_queries: Callable[[Any], dict[str, Any]] | None = None
+    n_queries: int = 0

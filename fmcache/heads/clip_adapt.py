@@ -27,8 +27,7 @@ def init(key: jax.Array, spec: HeadSpec, hp: Hparams) -> Params:
 
 
 def logits(params: Params, x: jax.Array, g: jax.Array | None = None) -> jax.Array:
-    scale = jax.lax.stop_gradient(params["frozen"]["scale"])
-    return scale * zeroshot.normalize(x) @ zeroshot.normalize(params["prototypes"]).T
+    return jax.lax.stop_gradient(params["frozen"]["scale"]) * zeroshot.similarity(x, params["prototypes"])
 
 
 loss = erm_loss(logits)
@@ -40,7 +39,8 @@ def init_bias(key: jax.Array, spec: HeadSpec, hp: Hparams) -> Params:
 
 
 def logits_bias(params: Params, x: jax.Array, g: jax.Array | None = None) -> jax.Array:
-    return jax.lax.stop_gradient(params["frozen"]["scale"]) * zeroshot.normalize(x) @ params["prototypes"].T + params["b"]
+    scale = jax.lax.stop_gradient(params["frozen"]["scale"])
+    return scale * zeroshot.similarity(x, params["prototypes"], unit_prototypes=False) + params["b"]
 
 
 loss_bias = erm_loss(logits_bias)

@@ -45,9 +45,23 @@ def init(key: jax.Array, spec: HeadSpec, hp: Hparams) -> Params:
     return {"prototypes": jnp.asarray(class_prototypes(spec.prototypes)), "scale": jnp.float32(spec.logit_scale)}
 
 
+def similarity(x: jax.Array, prototypes: jax.Array, unit_prototypes: bool = True) -> jax.Array:
+    """(n, C) similarity of each unit-normalised row to each prototype (unit-normalised too
+    unless ``unit_prototypes`` is False).
+
+    A row that holds Q vectors of the prototypes' width (Q x D, flattened: BLIP-2's queries)
+    scores each class by its best vector, as BLIP-2's image-text similarity does.
+    """
+    d = prototypes.shape[-1]
+    if x.shape[-1] % d:
+        raise HeadInputError(f"features of width {x.shape[-1]} are not whole vectors of the prototypes' width {d}")
+    per_vector = normalize(x.reshape(*x.shape[:-1], x.shape[-1] // d, d))
+    return (per_vector @ (normalize(prototypes) if unit_prototypes else prototypes).T).max(axis=-2)
+
+
 def logits(params: Params, x: jax.Array, g: jax.Array | None = None) -> jax.Array:
     """(n, C) logits: logit scale times the cosine similarity to each class prototype."""
-    return params["scale"] * normalize(x) @ normalize(params["prototypes"]).T
+    return params["scale"] * similarity(x, params["prototypes"])
 
 
 def _no_loss(params: Params, state: State, batch: Batch, hp: Hparams) -> tuple[jax.Array, State]:

@@ -7,11 +7,13 @@ from typing import Any
 
 import numpy as np
 
-from fmcache.cache.reader import Embeddings
+from fmcache.cache.reader import Cache, Embeddings
 from fmcache.errors import HeadInputError, UnknownNameError, did_you_mean
+from fmcache.protocols import QUERIES_KIND, REFERENCE_FEATURE, REFERENCE_LOGIT_FACTOR, entry_suffix, resolve
 
 SPLITS = ("train", "val", "test")
 VOLUME_MODES = ("max", "mean", "features")
+QUERY_POOLS = ("mean", "max")
 
 
 @dataclass
@@ -30,7 +32,9 @@ class ProbeData:
     test_ids: np.ndarray
     test_rows: np.ndarray
     provenance: dict[str, Any]
-    text: dict[str, Any] = field(default_factory=dict)  # prototypes + logit scale, for VLM heads
+    # for VLM heads: prototypes, prompts, logit scale, and "X", the projected features they
+    # score per split (whatever ``kind`` the other heads train on)
+    text: dict[str, Any] = field(default_factory=dict)
     # 2.5D scored slice by slice: X rows are (volume, slice) pairs, S per volume, and a
     # volume's score is the max or mean of its slices' scores
     slices: int = 0
@@ -38,6 +42,7 @@ class ProbeData:
     # multi-class labels: their class names (one list shared by every label, as the cache
     # records it); empty for binary and multi-label datasets
     classes: list[str] = field(default_factory=list)
+    dataset_info: dict[str, Any] = field(default_factory=dict)  # the dataset group's attributes
 
     @property
     def n_classes(self) -> int:
@@ -48,9 +53,13 @@ class ProbeData:
     def multiclass(self) -> bool:
         return bool(self.classes)
 
-    def training_set(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def inputs(self, text: bool = False) -> dict[str, np.ndarray]:
+        """Features per split: those of the text heads (``text``), else ``X``."""
+        return self.text["X"] if text else self.X
+
+    def training_set(self, text: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Features, labels and groups of the training rows (each slice carries its volume's)."""
-        X, y, g = self.X["train"], self.y["train"], self.g["train"]
+        X, y, g = self.inputs(text)["train"], self.y["train"], self.g["train"]
         if self.slices:
             y, g = np.repeat(y, self.slices, axis=0), np.repeat(g, self.slices, axis=0)
         return X, y, g
@@ -78,14 +87,23 @@ def load_probe_data(
     attributes: list[str] | None = None,
     kind: str = "auto",
     volume: str = "max",
+    query_pool: str = "mean",
+    logit_scale: str = "model",
 ) -> ProbeData:
     """Read and check an entry: names exist, features are finite, each split has both classes
     (every class of a multi-class label, whose class names ``ProbeData.classes`` holds).
 
-    ``kind="auto"`` takes the post-projection feature where the model has one (as the
-    benchmark's probes do), else the image feature. For a 2.5D entry, ``volume`` says how a
-    volume is scored: ``max`` (the benchmark's rule) or ``mean`` of per-slice predictions
-    from heads trained on slices, or ``features``: heads trained on the pooled volume feature.
+    ``kind="auto"`` takes the post-projection feature where the model has one, else the image
+    feature; ``"reference"`` the feature FairMedFM's probe takes for the model
+    (:data:`fmcache.protocols.REFERENCE_FEATURE`; C2L's is L2-normalised), else as auto. For
+    a 2.5D entry, ``volume`` says how a volume is scored: ``max`` (the benchmark's rule) or
+    ``mean`` of per-slice predictions from heads trained on slices, or ``features``: heads
+    trained on the pooled volume feature.
+
+    The text heads always score the projected feature: ``query_pool="max"`` gives them every
+    query's projection (an entry embedded with ``queries=reference``) to take the maximum
+    over. ``logit_scale="reference"`` multiplies the model's logit scale by the reference
+    code's factor (:data:`fmcache.protocols.REFERENCE_LOGIT_FACTOR`).
     """
     if volume not in VOLUME_MODES:
         raise HeadInputError(f"unknown volume mode {volume!r}: use one of {', '.join(VOLUME_MODES)}")
@@ -94,23 +112,19 @@ def load_probe_data(
     attributes = _choose(attributes, emb.attributes, "sensitive attribute", emb.dataset)
     if not attributes:
         raise HeadInputError(f"{emb.dataset} has no sensitive attribute: a fairness sweep needs at least one (csv: -o attributes=...)")
+    base = str(emb.provenance.get("model", emb.model))
+    l2 = False
+    if kind == "reference":
+        kind, l2 = REFERENCE_FEATURE.get(base, ("auto", False))
     if kind == "auto":
         kind = "image_proj" if "image_proj" in emb.kinds else "image"
     samples = emb.samples()
     slices = int(emb.provenance["volume"]["slices"]) if emb.provenance.get("volume") and volume != "features" else 0
     X, y, g = {}, {}, {}
     for split in SPLITS:
-        if slices:
-            per_slice = emb.slice_features(split=split, kind=kind)
-            X[split] = per_slice.reshape(-1, per_slice.shape[-1])
-        else:
-            X[split] = emb.features(split=split, kind=kind)
-        bad = ~np.isfinite(X[split]).all(axis=1)
-        if bad.any():
-            raise HeadInputError(
-                f"{emb.dataset}/{emb.model}: {int(bad.sum())} {split} row(s) have NaN or inf features; "
-                f"re-embed with `fmcache embed --overwrite`"
-            )
+        X[split] = _read(emb, kind, split, slices)
+        if l2:
+            X[split] /= np.maximum(np.linalg.norm(X[split], axis=1, keepdims=True), 1e-12)
         all_y = emb.labels(split=split)
         y[split] = all_y[:, [emb.label_names.index(name) for name in labels]]
         g[split] = np.stack([emb.groups(a, split=split) for a in attributes], axis=1)
@@ -126,13 +140,66 @@ def load_probe_data(
     test = samples[samples["split"] == "test"]
     text = {}
     if emb.prompt_sets():
-        text = {"prototypes": emb.text_prototypes(), "prompts": emb.prompts(), "logit_scale": emb.provenance.get("logit_scale") or 100.0}
+        factor = REFERENCE_LOGIT_FACTOR.get(base, 1.0) if logit_scale == "reference" else 1.0
+        text_kind = _text_kind(emb, query_pool)
+        same = text_kind == kind and not l2  # no second copy of the features the other heads read
+        text = {"prototypes": emb.text_prototypes(), "prompts": emb.prompts(),
+                "logit_scale": (emb.provenance.get("logit_scale") or 100.0) * factor,
+                "X": X if same else {split: _read(emb, text_kind, split, slices) for split in SPLITS}}
     return ProbeData(
         dataset=emb.dataset, model=emb.model, kind=kind, X=X, y=y, g=g, labels=labels, attributes=attributes,
         group_names={a: emb.group_names(a) for a in attributes}, test_ids=test["id"].to_numpy(dtype=str),
         test_rows=test.index.to_numpy(), provenance=emb.provenance, text=text, slices=slices,
-        pool=volume if slices else "", classes=classes,
+        pool=volume if slices else "", classes=classes, dataset_info=emb.dataset_info,
     )
+
+
+def entry_name(cache: Cache, dataset: str, model: str, protocol: str = "fmcache") -> str:
+    """The cache entry a probe of ``model`` reads under ``protocol``: ``model`` itself when it
+    names an entry with switches (``clip+pre-reference``) or the protocol's embed switches are
+    fmcache's, else the entry those switches made. Missing: an error with the embed command."""
+    embed = resolve(protocol, "embed")
+    if "+" in model or not entry_suffix(embed, True):
+        return model
+    have = set(cache.models(dataset))
+    names = dict.fromkeys(model + entry_suffix(embed, multi) for multi in (True, False))
+    found = [n for n in names if n in have]
+    if found:
+        return found[0]
+    raise UnknownNameError(
+        f"{dataset} has no {' or '.join(map(repr, names))} entry: the {protocol} protocol probes the features its embed switches "
+        f"make; run `fmcache embed --protocol {protocol} --model {model} ...` with the options that made {dataset!r}, "
+        f"or name the entry to probe (cached: {', '.join(sorted(have))})"
+    )
+
+
+def _read(emb: Embeddings, kind: str, split: str, slices: int) -> np.ndarray:
+    """One split's features (per slice for a 2.5D entry scored by slices), checked finite."""
+    if slices:
+        per_slice = emb.slice_features(split=split, kind=kind)
+        X = per_slice.reshape(-1, per_slice.shape[-1])
+    else:
+        X = emb.features(split=split, kind=kind)
+    bad = ~np.isfinite(X).all(axis=1)
+    if bad.any():
+        raise HeadInputError(
+            f"{emb.dataset}/{emb.model}: {int(bad.sum())} {split} row(s) have NaN or inf {kind} features; "
+            f"re-embed with `fmcache embed --overwrite`"
+        )
+    return X
+
+
+def _text_kind(emb: Embeddings, query_pool: str) -> str:
+    if query_pool not in QUERY_POOLS:
+        raise HeadInputError(f"unknown query pool {query_pool!r}: use one of {', '.join(QUERY_POOLS)}")
+    if query_pool == "max" and QUERIES_KIND in emb.kinds:
+        return QUERIES_KIND
+    if query_pool == "max" and emb.provenance.get("family") == "hf_blip2":
+        raise HeadInputError(
+            f"{emb.dataset}/{emb.model}: --query-pool max scores each BLIP-2 query, but this entry caches their "
+            f"mean only; embed it with `--queries reference` (or `--protocol fairmedfm`) first"
+        )
+    return "image_proj"
 
 
 def _classes(emb: Embeddings) -> list[str]:

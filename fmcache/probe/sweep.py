@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Callable
 
@@ -30,19 +30,23 @@ from fmcache.fairness import evaluate, evaluate_multiclass
 from fmcache.heads.domain_ind import RULES as DOMAIN_INFERENCE
 from fmcache.heads.registry import get_head
 from fmcache.heads.train import fit_stack
-from fmcache.probe.data import ProbeData, load_probe_data
+from fmcache.probe.data import ProbeData, entry_name, load_probe_data
 from fmcache.probe.grids import Grid, points
 from fmcache.probe.selection import criterion_value, select_point, validation_scores
+from fmcache.protocols import NOT_REPRODUCED, SWITCHES, data_switches, differences, resolve
 from fmcache.runs import Run, cache_root, discard_run, load_results, new_run_dir, prediction_key, write_run
-
-# how text heads (zeroshot, clip_adapt) turn a class's per-template prototypes into one:
-# "mean" averages every template; "first" keeps the first template only, as FairMedFM's code does
-TEMPLATES = ("mean", "first")
 
 
 @dataclass
 class SweepConfig:
-    """What a sweep trains and how it selects and evaluates (recorded in the run)."""
+    """What a sweep trains and how it selects and evaluates (recorded in the run).
+
+    ``protocol`` (:mod:`fmcache.protocols`) gives every probe switch left at None: ``kind``
+    (the ``feature`` switch: auto | reference, or a cached kind), ``templates``,
+    ``query_pool``, ``logit_scale``, ``threshold`` and ``convention``. ``model`` may be a
+    model key, which names the entry the protocol's embed switches made (``clip`` is
+    ``clip+pre-reference`` under ``fairmedfm``), or an entry name.
+    """
 
     dataset: str
     model: str
@@ -51,19 +55,32 @@ class SweepConfig:
     attributes: list[str] | None = None
     seeds: int = 1  # init seeds per grid point: repeats, averaged in selection and results
     criterion: str = "auc"
-    threshold: str | float = "val"
-    convention: str = "paper"
+    threshold: str | float | None = None
+    convention: str | None = None
     n_boot: int = 1000
     epochs: int = 100
     batch_size: int = 128
-    kind: str = "auto"
+    kind: str | None = None
     volume: str = "max"  # 2.5D: max / mean of slice predictions, or "features" (pooled volume feature)
     seed: int = 0  # minibatch order and bootstrap resamples
     # how group-aware heads that can use the row's group at inference (domain_ind) score val
     # and test: "sum" needs no group (as deployed), "known" reads each row's group (oracle)
     domain_inference: str = "sum"
-    templates: str = "mean"  # a rule of TEMPLATES
+    templates: str | None = None  # mean | first: a class's prototype from its templates
+    query_pool: str | None = None  # mean | max: text heads on BLIP-2's queries
+    logit_scale: str | None = None  # model | reference: the reference code's factors
+    protocol: str = "fmcache"
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def resolved(cfg: SweepConfig) -> SweepConfig:
+    """``cfg`` with every probe switch left at None taken from its protocol."""
+    given = {"feature": cfg.kind, "templates": cfg.templates, "query_pool": cfg.query_pool,
+             "logit_scale": cfg.logit_scale, "threshold": cfg.threshold, "convention": cfg.convention}
+    sw = resolve(cfg.protocol, "probe", given)
+    threshold = cfg.threshold if cfg.threshold is not None else sw["threshold"]
+    return replace(cfg, kind=sw["feature"], templates=sw["templates"], query_pool=sw["query_pool"],
+                   logit_scale=sw["logit_scale"], threshold=threshold, convention=sw["convention"])
 
 
 @dataclass
@@ -82,12 +99,14 @@ def run_sweep(cfg: SweepConfig, *, root: str | os.PathLike[str] | None = None, r
     Its directory is claimed before training; a sweep that fails removes it again.
     ``on_head(name, n_heads)`` is called before each head type trains (progress display).
     """
+    cfg = resolved(cfg)
     if cfg.domain_inference not in DOMAIN_INFERENCE:
         raise FmcacheError(f"domain inference {cfg.domain_inference!r}: choose one of {', '.join(DOMAIN_INFERENCE)}")
-    if cfg.templates not in TEMPLATES:
-        raise FmcacheError(f"template rule {cfg.templates!r}: choose one of {', '.join(TEMPLATES)}")
-    emb = open_cache(root).embeddings(cfg.dataset, cfg.model)
-    data = load_probe_data(emb, labels=cfg.labels, attributes=cfg.attributes, kind=cfg.kind, volume=cfg.volume)
+    cache = open_cache(root)
+    cfg = replace(cfg, model=entry_name(cache, cfg.dataset, cfg.model, cfg.protocol))
+    emb = cache.embeddings(cfg.dataset, cfg.model)
+    data = load_probe_data(emb, labels=cfg.labels, attributes=cfg.attributes, kind=cfg.kind, volume=cfg.volume,
+                           query_pool=cfg.query_pool, logit_scale=cfg.logit_scale)
     path = new_run_dir(f"{cfg.dataset}-{cfg.model}", root, runs)
     try:
         _sweep_into(path, cfg, data, root, on_head)
@@ -147,8 +166,6 @@ def _not_applicable(head: str, data: ProbeData) -> str:
     if get_head(head).needs_text:
         if not data.text:
             return "the model has no text tower (no text prototypes in the cache)"
-        if data.kind != "image_proj":
-            return "text prototypes live in the projected space: use --feature-kind image_proj"
         if _prompt_label(data) is None:
             return f"the prompts are for label {data.text['prompts'].get('label')!r}, which this sweep does not include"
         n_proto = len(data.text["prototypes"])
@@ -186,8 +203,9 @@ def _train(head: str, stack: pd.DataFrame, data: ProbeData, cfg: SweepConfig) ->
         solver = "lbfgs"
     else:
         solver = "adamw"
-    X, y, g = data.training_set()
-    text = data.text if get_head(head).needs_text else {}
+    needs_text = get_head(head).needs_text
+    X, y, g = data.training_set(text=needs_text)
+    text = data.text if needs_text else {}
     prototypes = text.get("prototypes")
     if prototypes is not None and cfg.templates == "first":
         # one template left: the heads' template mean is then that template itself
@@ -199,7 +217,8 @@ def _train(head: str, stack: pd.DataFrame, data: ProbeData, cfg: SweepConfig) ->
     )
     # val (selection) and test (evaluation) are scored under the same rule
     known = cfg.domain_inference == "known"
-    scores = {split: data.pool_scores(fit.predict(data.X[split], data.row_groups(split) if known else None))
+    inputs = data.inputs(text=needs_text)
+    scores = {split: data.pool_scores(fit.predict(inputs[split], data.row_groups(split) if known else None))
               for split in ("val", "test")}
     return _Trained(head, stack, scores["val"], scores["test"])
 
@@ -257,6 +276,19 @@ def _over_seeds(per_seed: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()[[c for c in per_seed.columns if c != "seed"] + ["sd", "n_seeds"]]
 
 
+def _protocol(cfg: SweepConfig, data: ProbeData) -> dict[str, Any]:
+    """Every switch's value in this run (embed and data ones as the entry was made), and how
+    the run differs from the reference code's protocol."""
+    info = data.dataset_info
+    embed = {"preprocess": "model", "queries": "mean", **(data.provenance.get("embed_switches") or {})}
+    text = {k: str(getattr(cfg, k)) if data.text else "n/a" for k in ("templates", "query_pool", "logit_scale")}
+    probe = {"feature": str(cfg.kind), **text,
+             "threshold": str(cfg.threshold), "convention": str(cfg.convention)}
+    switches = {**embed, **data_switches(str(info.get("adapter", "")), info.get("options") or {}), **probe}
+    return {"name": cfg.protocol, "switches": switches, "reference": {k: SWITCHES[k].value["fairmedfm"] for k in switches},
+            "differs": differences(switches), "not_reproduced": list(NOT_REPRODUCED)}
+
+
 def _hp(row: pd.Series) -> dict[str, float]:
     return {k: (int(v) if k in ("seed", "label", "attribute") else float(v)) for k, v in row.items()}
 
@@ -274,6 +306,7 @@ def _config(cfg: SweepConfig, data: ProbeData, trained: list[_Trained], skipped:
         "attributes": data.attributes,
         "group_names": data.group_names,
         "feature_kind": data.kind,
+        "protocol": _protocol(cfg, data),
         "classes": data.classes,  # class names of multi-class labels (their ids index them); [] otherwise
         "heads_trained": {t.head: len(t.hparams) for t in trained},
         "skipped": skipped,

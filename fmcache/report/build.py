@@ -298,7 +298,9 @@ def build(runs: Sequence[str | os.PathLike[str] | Run], *, representation: bool 
     loaded = load(runs)
     cls, dup_notes = classification_metrics(loaded)
     setup = Section("setup", "Setup", intro="What was measured, on which samples, and how.")
-    setup.blocks += [tables.runs_table(loaded), tables.groups_table(group_sizes(loaded, cls)),
+    protocol = tables.protocol_table(loaded)
+    setup.blocks += [tables.runs_table(loaded), *([protocol] if protocol else []),
+                     *[Note(n) for n in tables.protocol_notes(loaded)], tables.groups_table(group_sizes(loaded, cls)),
                      tables.provenance_table(loaded), *[Note(n) for n in dup_notes]]
     sections = [setup]
     heads, mits = [], []

@@ -169,6 +169,35 @@ def provenance_table(runs: Sequence[tuple[Run, str]]) -> Table:
     return Table("t-provenance", "Cache provenance", frame, cols, csv_name="provenance.csv")
 
 
+def protocol_table(runs: Sequence[tuple[Run, str]]) -> Table | None:
+    """Each switch of the protocol: the reference code's value and each run's (None when no
+    run records its switches)."""
+    recorded = [(run, run.config["protocol"]) for run, _ in runs if run.config.get("protocol")]
+    if not recorded:
+        return None
+    names = list(dict.fromkeys(k for _, p in recorded for k in p["switches"]))
+    frame = pd.DataFrame({"switch": names, "reference": [recorded[0][1]["reference"].get(n, "") for n in names]})
+    cols = [Column("switch", "Switch"), Column("reference", "Reference code")]
+    for i, (run, p) in enumerate(recorded):
+        frame[f"run{i}"] = [p["switches"].get(n, "") for n in names]
+        cols.append(Column(f"run{i}", f"{run.config.get('model')} on {run.config.get('dataset')} ({p['name']})"))
+    return Table("t-protocol", "Protocol switches", frame.astype(str), cols,
+                 caption="Every switch of each run beside the FairMedFM reference code's value (`fmcache protocols` "
+                 "says what each does and where it is stated); n/a: the switch does not touch this model or "
+                 "dataset.", csv_name="protocol.csv")
+
+
+def protocol_notes(runs: Sequence[tuple[Run, str]]) -> list[str]:
+    """Per run, how it differs from the reference protocol; then what no switch reproduces."""
+    recorded = [(run, run.config["protocol"]) for run, _ in runs if run.config.get("protocol")]
+    notes = [f"{run.path.name} differs from the reference code's protocol in: " + "; ".join(p["differs"])
+             if p["differs"] else f"{run.path.name} sets every switch as the reference code does."
+             for run, p in recorded]
+    if recorded:
+        notes.append("No switch reproduces: " + "; ".join(recorded[0][1].get("not_reproduced") or []) + ".")
+    return notes
+
+
 def groups_table(frame: pd.DataFrame) -> Table:
     """Group sizes per split; ``frame`` has dataset, attribute, group, train, val, test, source."""
     cols = [Column("dataset", "Dataset"), Column("attribute", "Attribute"), Column("group", "Group"),

@@ -14,11 +14,13 @@ from fmcache.probe import SweepConfig, load_sweep, run_sweep
 D = 16
 
 
-def write_cache(root, *, n=300, chunk_rows=64, finish=True, poison=False, vlm=False, protos=None) -> None:
+def write_cache(root, *, n=300, chunk_rows=64, finish=True, poison=False, vlm=False, protos=None, model="toy",
+                family=None) -> None:
     """The synthetic samples table with features that carry the label, more weakly for sex 1.
 
     ``vlm``: also projected features and text prototypes, the class-1 prototype pointing
     where positive images lie; ``protos`` replaces those (2 classes, T templates, 8).
+    ``model`` (and ``family``) name the entry as a registered model's would be.
     """
     ds = load_dataset("synthetic", options={"size": str(n), "image_size": "32"})
     t = ds.table
@@ -35,8 +37,9 @@ def write_cache(root, *, n=300, chunk_rows=64, finish=True, poison=False, vlm=Fa
     proj[:, 0] += 2.0 * (y == 1)
     proj[:, 1] += 2.0 * (y == 0)
     group = write_samples(open_root(str(root), mode="a"), ds.name, t, ds.group_attrs())
-    w = open_entry(group, "toy", {"model": "toy", "weights_id": "toy", "weights_sha256": None, "preprocess": {},
-                                  "dims": dims, "row_fingerprint": ds.fingerprint, "logit_scale": 10.0}, chunk_rows=chunk_rows)
+    w = open_entry(group, model, {"model": model, "family": family, "weights_id": "toy", "weights_sha256": None,
+                                  "preprocess": {}, "dims": dims, "row_fingerprint": ds.fingerprint, "logit_scale": 10.0},
+                   chunk_rows=chunk_rows)
     if vlm:
         if protos is None:
             protos = np.zeros((2, 2, 8), np.float32)

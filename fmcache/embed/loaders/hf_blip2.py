@@ -3,8 +3,9 @@
 
 The image passes the ViT (its output after the final LayerNorm is LAVIS's ``ln_vision``
 output), then the Q-Former's learned query tokens cross-attend to it: one 768-wide output
-per query (32 in the release) and their L2-normalised 256-wide projections. The cache holds
-one vector per image, so the queries are pooled by their mean, for both kinds:
+per query (32 in the release) and their L2-normalised 256-wide projections. By default the
+cache holds one vector per image, so the queries are pooled by their mean, for both kinds
+(``--queries reference`` keeps query 0 and every projection instead, as FairMedFM does):
 
 - ``image``: mean of the Q-Former query outputs. LAVIS / FairMedFM took query 0 alone, but the
   queries are an unordered set of learned slots with no CLS role, so any single one is an
@@ -46,6 +47,8 @@ def load(spec: ModelSpec, weights: str | None, device: str, *, trust_code: bool 
         spec=spec,
         module=model,
         encode_image=_image_encoder(model),
+        encode_queries=_query_encoder(model),
+        n_queries=int(model.query_tokens.shape[1]),
         dims={"image": int(cfg.qformer_config.hidden_size), "image_proj": proj_dim},
         weights_id=weights_id,
         weights_sha256=sha256_file(ckpt),
@@ -85,12 +88,21 @@ def query_outputs(model: Any, x: torch.Tensor) -> torch.Tensor:
     return out.last_hidden_state
 
 
-def _image_encoder(model: Any) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
+def _query_encoder(model: Any) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
     @torch.inference_mode()
-    def encode_image(x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def encode_queries(x: torch.Tensor) -> dict[str, torch.Tensor]:
         q = query_outputs(model, x)
         proj = torch.nn.functional.normalize(model.vision_projection(q.to(model.vision_projection.weight.dtype)), dim=-1)
-        return {"image": q.mean(dim=1), "image_proj": proj.mean(dim=1)}
+        return {"image": q, "image_proj": proj}
+
+    return encode_queries
+
+
+def _image_encoder(model: Any) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
+    per_query = _query_encoder(model)
+
+    def encode_image(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {k: v.mean(dim=1) for k, v in per_query(x).items()}
 
     return encode_image
 
