@@ -119,14 +119,20 @@ def test_ctrl_c_in_probe_says_the_unfinished_run_is_discarded(run_cli, monkeypat
                            "rerun the command to train it again")
 
 
-SLOW_ENCODER = textwrap.dedent("""
-    import sys, time
+STALLING_ENCODER = textwrap.dedent("""
+    import os, pathlib, sys, time
     import fmcache.embed.encode as encode
     plain = encode._encode_batch
-    def slow(*args, **kwargs):
-        time.sleep(0.4)  # long enough for the test to interrupt it between chunks
+    calls = [0]
+    def stalling(*args, **kwargs):
+        # one batch is one chunk: at the third batch two chunks are written; say so and wait for
+        # Ctrl-C, so that the test interrupts between chunks however slow the machine is
+        calls[0] += 1
+        if calls[0] == 3:
+            pathlib.Path(os.environ["STALLED_MARKER"]).touch()
+            time.sleep(600)
         return plain(*args, **kwargs)
-    encode._encode_batch = slow
+    encode._encode_batch = stalling
     from fmcache.cli import main
     sys.argv = ["fmcache", *sys.argv[1:]]
     main()
@@ -145,22 +151,20 @@ def _chunks_done(root) -> int:
 
 
 def test_sigint_to_a_running_embed_says_what_is_kept_and_a_rerun_resumes(tmp_path):
-    env = {**os.environ, "FMCACHE_HOME": str(tmp_path)}
-    # the first look at the cache imports its readers (seconds on a busy machine): done before
-    # the embed starts, so the polls below are quick enough to land between chunks
-    assert _chunks_done(tmp_path) == 0
+    marker = tmp_path / "stalled"
+    env = {**os.environ, "FMCACHE_HOME": str(tmp_path), "STALLED_MARKER": str(marker)}
     # its own process group, as a terminal's: Ctrl-C reaches the decoding worker too
-    p = subprocess.Popen([sys.executable, "-c", SLOW_ENCODER, *EMBED], env=env, start_new_session=True,
+    p = subprocess.Popen([sys.executable, "-c", STALLING_ENCODER, *EMBED], env=env, start_new_session=True,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while _chunks_done(tmp_path) < 2 and p.poll() is None and time.monotonic() < deadline:
+    while not marker.exists() and p.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
     os.killpg(p.pid, signal.SIGINT)
     out, err = p.communicate(timeout=60)
     assert p.returncode == 130, (out, err)
     assert "Traceback" not in err, err
     kept = _chunks_done(tmp_path)
-    assert 2 <= kept < 10
+    assert kept == 2
     assert err.strip().splitlines()[-1] == (f"interrupted: {kept}/10 chunks of synthetic/efficientnet_lite0 are in the cache "
                                             "and stay there; rerun the same command to encode only the rest")
     rerun = subprocess.run([sys.executable, "-m", "fmcache.cli", *EMBED], env=env, capture_output=True, text=True)
