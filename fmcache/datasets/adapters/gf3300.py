@@ -164,12 +164,13 @@ SPEC = DatasetSpec(
     ),
     prompts={
         "default": PromptSet(
+            # FairMedFM's one template first (configs/datasets/GF3300.json), for --templates first
             templates=(
+                "a photo of a {}",
                 "a retinal nerve fiber layer thickness map of a {} eye",
                 "an OCT RNFL thickness map of a {} eye",
-                "an optical coherence tomography thickness map showing a {} optic nerve",
             ),
-            classes=("normal", "glaucomatous"),
+            classes=("normal", "glaucoma"),
             label="glaucoma",
         )
     },
