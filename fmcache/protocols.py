@@ -48,6 +48,7 @@ class Switch:
     meaning: str
     cite: Mapping[str, str]
     options: Mapping[str, tuple[str, Mapping[str, str]]] = field(default_factory=dict)
+    open: bool = False  # other values too (a number, a rule), which the stage itself checks
 
     def option_for(self, dataset: str, value: str) -> tuple[str, str] | None:
         """The dataset option (name, value) this switch's ``value`` sets on ``dataset``."""
@@ -90,6 +91,20 @@ SWITCHES: dict[str, Switch] = {
             cite={"fmcache": "the queries are an unordered set of slots: query 0 is an arbitrary pick",
                   "fairmedfm": "models/blip2.py:32 (image_embeds[:, 0, :])",
                   "paper": _SILENT},
+        ),
+        Switch(
+            name="slices",
+            stage="embed",
+            values=("32", "reference"),
+            value={"fmcache": "32", "fairmedfm": "reference", "paper": "32"},
+            meaning="3D volumes: slices each volume is resampled to before its slices go through the 2D model: a "
+            "number, or reference = the reference code's per dataset (COVID-CT-MD 34, ADNI 24); part of the "
+            "entry's identity (another count is refused unless --overwrite)",
+            cite={"fmcache": "the paper's count",
+                  "fairmedfm": "pre-processing/classification/CovidCT.ipynb:306-309 (34), "
+                  "ADIN_1.5T.ipynb:692-700 (24)",
+                  "paper": "the paper's text: 32 slices per volume"},
+            open=True,
         ),
         Switch(
             name="split",
@@ -193,6 +208,7 @@ SWITCHES: dict[str, Switch] = {
         Switch(
             name="threshold",
             stage="probe",
+            open=True,
             values=("val", "best_f1_on_test"),
             value={"fmcache": "val", "fairmedfm": "best_f1_on_test", "paper": "best_f1_on_test"},
             meaning="decision threshold of the thresholded metrics: val = Youden's J on the validation split (or "
@@ -223,8 +239,8 @@ NOT_REPRODUCED = (
     "selects on validation",
     "splits by image or scan id, age / race test sets subsampled without a seed (main.py:44-45, "
     "MIMIC_CXR.ipynb:3035-3036); fmcache's are patient-level and seeded",
-    "volumes resampled to 34 (COVID-CT-MD) or 24 (ADNI) slices (CovidCT.ipynb:306-309, "
-    "ADIN_1.5T.ipynb:692-700); fmcache uses --slices (32 by default)",
+    "COVID-CT-MD's age groups split at > 60 (CovidCT.ipynb:1456-1460) where fmcache's threshold is 50, and "
+    "age test sets balanced at > 60 but scored at >= 60 (MIMIC_CXR.ipynb:3027-3030)",
     "unknown sex or race counted in a group (anything not 'M' is female; 'UNKNOWN' race is non-white); "
     "fmcache keeps them unknown",
 )
@@ -248,6 +264,9 @@ REFERENCE_FEATURE: dict[str, tuple[str, bool]] = {
     "c2l": ("image_proj", True),
 }
 
+# slices=reference: the reference code's slice count per 3D dataset
+REFERENCE_SLICES: dict[str, int] = {"covid_ct_md": 34, "adni": 24}
+
 # logit_scale=reference: factors the reference code multiplies the model's logit scale by
 REFERENCE_LOGIT_FACTOR: dict[str, float] = {"pubmedclip": math.exp(0.01) / math.exp(0.07)}
 
@@ -268,8 +287,7 @@ def resolve(protocol: str, stage: str, chosen: Mapping[str, str | None] | None =
         if s.stage != stage:
             continue
         value = str(chosen.pop(name, s.value[protocol]))
-        # a threshold may also be a number or a val: rule, which the sweep checks
-        if value not in s.values and name != "threshold":
+        if value not in s.values and not s.open:
             raise FmcacheError(f"{name} {value!r}: choose one of {', '.join(s.values)}")
         out[name] = value
     if chosen:
@@ -325,15 +343,22 @@ def data_switches(dataset: str, options: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
-def differences(values: Mapping[str, str]) -> list[str]:
-    """How a run whose switches are ``values`` differs from the reference code's protocol,
-    one line per switch (n/a switches do not count)."""
+def reference_values(dataset: str) -> dict[str, str]:
+    """The reference code's value of every switch for a dataset (by adapter key): as in the
+    table, with the slice count spelt out."""
+    out = {name: s.value["fairmedfm"] for name, s in SWITCHES.items()}
+    out["slices"] = str(REFERENCE_SLICES.get(dataset, 32))
+    return out
+
+
+def differences(values: Mapping[str, str], reference: Mapping[str, str]) -> list[str]:
+    """How a run whose switches are ``values`` differs from the ``reference`` values
+    (:func:`reference_values`), one line per switch; n/a switches do not count."""
     lines = []
     for name, value in values.items():
-        s = SWITCHES.get(name)
-        if s is None or value == "n/a":
+        ref = reference.get(name)
+        if name not in SWITCHES or value == "n/a" or value == ref:
             continue
-        ref = s.value["fairmedfm"]
-        if value != ref:
-            lines.append(f"{name}: {value} (reference code: {ref}; {s.cite['fmcache'] if value == s.value['fmcache'] else 'chosen'})")
+        why = SWITCHES[name].cite["fmcache"] if value == SWITCHES[name].value["fmcache"] else "chosen"
+        lines.append(f"{name}: {value} (reference code: {ref}; {why})")
     return lines

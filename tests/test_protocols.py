@@ -17,7 +17,15 @@ from fmcache.embed.spec import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
 from fmcache.embed.variants import PAPER_PREPROCESS, reference_preprocess
 from fmcache.errors import FmcacheError, HeadInputError
 from fmcache.probe.data import load_probe_data
-from fmcache.protocols import PROTOCOLS, SWITCHES, dataset_options, differences, resolve
+from fmcache.protocols import (
+    PROTOCOLS,
+    SWITCHES,
+    dataset_options,
+    differences,
+    entry_suffix,
+    reference_values,
+    resolve,
+)
 
 from test_report import tables_on_page
 
@@ -31,8 +39,11 @@ def test_every_switch_has_a_value_and_a_source_under_every_protocol():
     # fmcache's protocol is what the commands did before protocols existed
     assert resolve("fmcache", "probe") == {"feature": "auto", "templates": "mean", "query_pool": "mean",
                                            "logit_scale": "model", "threshold": "val", "convention": "paper"}
-    assert resolve("fmcache", "embed") == {"preprocess": "model", "queries": "mean"}
+    assert resolve("fmcache", "embed") == {"preprocess": "model", "slices": "32", "queries": "mean"}
     assert resolve("fairmedfm", "probe", {"templates": "mean"})["templates"] == "mean"  # a switch beats the bundle
+    assert entry_suffix(resolve("paper", "embed"), multi_query=True) == "+pre-paper+queries-reference"
+    assert entry_suffix(resolve("fairmedfm", "embed"), multi_query=False) == "+pre-reference"
+    assert entry_suffix(resolve("fmcache", "embed"), multi_query=True) == ""
     with pytest.raises(FmcacheError, match="preprocess 'squash': choose one of model, paper, reference"):
         resolve("fairmedfm", "embed", {"preprocess": "squash"})
     with pytest.raises(FmcacheError, match=r"unknown protocol 'fairmed' \(did you mean 'fairmedfm'\?\)"):
@@ -96,8 +107,9 @@ def test_pubmedclip_reference_logit_scale_carries_the_reference_factor(tmp_path)
 def test_query_pool_max_on_a_mean_only_blip2_entry_says_how_to_embed(tmp_path):
     toy.write_cache(tmp_path, vlm=True, model="blip2", family="hf_blip2")
     emb = fmcache.open_cache(tmp_path).embeddings("synthetic", "blip2")
-    with pytest.raises(HeadInputError, match="embed it with `--queries reference`"):
-        load_probe_data(emb, query_pool="max")
+    for switch in ({"query_pool": "max"}, {"kind": "reference"}):
+        with pytest.raises(HeadInputError, match="caches the mean of the queries; embed it with `--queries reference`"):
+            load_probe_data(emb, **switch)
 
 
 @pytest.fixture(scope="module")
@@ -165,9 +177,11 @@ def test_query_max_zero_shot_equals_the_blip2_rule_by_hand(blip2_entries):
 
 
 def test_differences_name_each_switch_away_from_the_reference():
-    lines = differences({**resolve("fmcache", "probe"), "cohort": "n/a"})
-    assert len(lines) == 6 and lines[0].startswith("feature: auto (reference code: reference;")
-    assert differences(resolve("fairmedfm", "probe")) == []
+    ref = reference_values("covid_ct_md")
+    lines = differences({**resolve("fmcache", "probe"), "cohort": "n/a", "slices": "32"}, ref)
+    assert len(lines) == 7 and lines[0].startswith("feature: auto (reference code: reference;")
+    assert lines[-1] == "slices: 32 (reference code: 34; the paper's count)"
+    assert differences({**resolve("fairmedfm", "probe"), "slices": "34"}, ref) == []
 
 
 def test_fairmedfm_protocol_end_to_end_on_the_command_line(tiny_checkpoints, run_cli, tmp_path):
@@ -215,3 +229,47 @@ def test_the_readme_table_is_the_switch_table():
     for s in SWITCHES.values():
         row = "| " + " | ".join([f"`{s.name}`", s.stage, *(f"`{s.value[p]}`: {s.cite[p]}" for p in PROTOCOLS)]) + " |"
         assert row in readme, s.name
+
+
+def test_reference_volumes_have_the_reference_slice_count_window_option_and_statistics(tmp_path):
+    from helpers import fake_encoder
+    from helpers import official_layouts as ol
+
+    from fmcache.embed.encode import embed
+
+    root = ol.write_covid_ct_md(tmp_path / "covid")
+    # the fixture's six patients are too few to balance a test split by sex: the user's option wins
+    opts = dataset_options("fairmedfm", "covid_ct_md", ["sex", "age"], {"split": "patient"})
+    ds = load_dataset("covid_ct_md", data=root, options=opts)
+    assert ds.name == "covid_ct_md_window-fairmedfm"
+    out = embed(ds, fake_encoder.MODEL, root=tmp_path / "cache", encoder=fake_encoder.encoder(), protocol="fairmedfm",
+                **fake_encoder.embed_kwargs())
+    assert out.model == "tinyconv+pre-reference"
+    emb = fmcache.open_cache(tmp_path / "cache").embeddings(ds.name, out.model)
+    assert emb.provenance["volume"]["slices"] == 34 and emb.provenance["embed_switches"]["slices"] == "34"
+    assert emb.provenance["preprocess"]["mean"] == [0.5056] * 3 and emb.provenance["preprocess"]["size"] == 224
+    # an explicit count beats the protocol's
+    again = embed(ds, fake_encoder.MODEL, root=tmp_path / "other", encoder=fake_encoder.encoder(), protocol="fairmedfm",
+                  slices=5, **fake_encoder.embed_kwargs())
+    assert fmcache.open_cache(tmp_path / "other").embeddings(ds.name, again.model).provenance["volume"]["slices"] == 5
+
+
+def test_each_datasets_first_template_is_the_reference_codes_one():
+    """templates=first reproduces the reference's zero-shot only if its one template and class names
+    come first (configs/datasets/<name>.json of the reference code)."""
+    from fmcache.datasets import get_dataset
+
+    reference = {
+        "chexpert": ("a chest X-ray of a {}", ("diseased", "normal")),
+        "mimic_cxr": ("a chest X-ray of a {}", ("diseased", "normal")),
+        "ham10000": ("a photo of a {}", ("benign lesion", "malignant lesion")),
+        "fairvlmed10k": ("a scanning laser ophthalmoscope fundus image of a {}", ("normal", "glaucoma")),
+        "gf3300": ("a photo of a {}", ("normal", "glaucoma")),
+        "papila": ("a fundus image of a {}", ("normal", "glaucoma")),
+        "brset": ("a fundus image of a {}", ("normal", "retinopathy")),
+        "covid_ct_md": ("a computed tomography of a {}", ("normal", "pneumonia")),
+        "adni": ("a brain MRI of {}", ("normal", "Alzheimer's disease")),
+    }
+    for key, (template, classes) in reference.items():
+        prompts = get_dataset(key).prompts["default"]
+        assert (prompts.templates[0], prompts.classes) == (template, classes), key

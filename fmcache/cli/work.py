@@ -54,7 +54,9 @@ def embed(
     seed: Annotated[int, typer.Option("--seed", metavar="N", help="Seed of the patient-level train/val/test split.")] = 0,
     chunk_rows: Annotated[int, typer.Option("--chunk-rows", min=1, metavar="N",
                                             help="Rows per cache chunk: the unit that is written, marked done and resumed.")] = 256,
-    slices: Annotated[int, typer.Option("--slices", min=1, metavar="N", help="3D datasets: slices each volume is resampled to (2.5D).")] = 32,
+    slices: Annotated[Optional[int], typer.Option("--slices", min=1, metavar="N", show_default=False,
+                                                  help="Switch, 3D datasets: slices each volume is resampled to (2.5D; "
+                                                  "32 under fmcache's protocol).")] = None,
     pool: Annotated[str, typer.Option("--pool", metavar="max|mean", help="3D datasets: volume feature from its slices' features.")] = "max",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a cache entry made with other weights, preprocessing or data.")] = False,
     no_wait: Annotated[
@@ -89,8 +91,9 @@ def embed(
 
     --protocol fairmedfm (or paper) reproduces the FairMedFM benchmark's inputs: its
     preprocessing and BLIP-2 features make an entry of their own (e.g. clip+pre-reference),
-    and its dataset options (balanced test split, MIMIC-CXR cohort, volume intensities,
-    HAM10000 label) are added unless -o sets them. `fmcache protocols` lists every switch.
+    volumes get its slice count, and its dataset options (balanced test split, MIMIC-CXR
+    cohort, volume intensities, HAM10000 label) are added unless -o sets them.
+    `fmcache protocols` lists every switch.
 
     Examples:
 
@@ -230,8 +233,8 @@ def probe(
     Examples:
 
       fmcache probe -d chexpert -m medclip --sweep all --attributes sex,age
-      fmcache probe -d mimic_cxr_cohort-demographics_split-balanced-test-sex -m clip \\
-          --protocol fairmedfm --heads linear,zeroshot
+      fmcache probe -m clip --protocol fairmedfm --heads linear,zeroshot \\
+          -d mimic_cxr_cohort-demographics_split-balanced-test-sex
     """
     import fmcache
     from fmcache.probe.data import entry_name

@@ -135,7 +135,7 @@ def embed(
     progress: bool = True,
     encoder: Encoder | None = None,
     on_chunk: Callable[[int], None] | None = None,
-    slices: int = 32,
+    slices: int | None = None,
     pool: str = "max",
     wait: bool = True,
     on_wait: Callable[[str], None] | None = None,
@@ -167,8 +167,9 @@ def embed(
         It is part of the entry's identity (it can change the last bits of a feature); None
         means the batch size of the entry being resumed, else 64.
     slices, pool
-        Volumes (2.5D): each is resampled to ``slices`` slices, every slice is encoded and
-        cached (``slices/<kind>``), and the volume feature is their ``max`` or ``mean``.
+        Volumes (2.5D): each is resampled to ``slices`` slices (None: the protocol's, 32 under
+        fmcache's), every slice is encoded and cached (``slices/<kind>``), and the volume
+        feature is their ``max`` or ``mean``.
     on_chunk
         Called with each chunk index after it is written (progress hooks, tests).
     wait, on_wait
@@ -185,13 +186,14 @@ def embed(
     """
     if pool not in POOLS:
         raise FmcacheError(f"unknown volume pool {pool!r}: use one of {', '.join(POOLS)}")
-    switches = resolve(protocol, "embed", {"preprocess": preprocess, "queries": queries})
+    switches = resolve(protocol, "embed", {"preprocess": preprocess, "queries": queries,
+                                           "slices": None if slices is None else str(slices)})
     device = resolve_device(device)
     check_images_exist(dataset)
-    volume = {"slices": int(slices), "pool": pool} if dataset.spec.dim == "3d" else None
     root_s = resolve_root(root)
     variant = variants.apply(encoder or load_model(model, weights=weights, device=device, trust_code=trust_code),
-                             model, switches, dataset.spec.key)
+                             model, switches, dataset.spec.key, dataset.spec.dim == "3d")
+    volume = {"slices": variant.slices, "pool": pool} if variant.slices else None
     enc, entry = variant.encoder, variant.entry
     if batch_size is None:
         batch_size = recorded_batch_size(root_s, dataset.name, entry) or DEFAULT_BATCH_SIZE

@@ -7,7 +7,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from fmcache.embed.spec import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, Encoder, Preprocess
-from fmcache.protocols import QUERIES_KIND, REFERENCE_STATS, entry_suffix
+from fmcache.errors import FmcacheError
+from fmcache.protocols import QUERIES_KIND, REFERENCE_SLICES, REFERENCE_STATS, entry_suffix
 
 # the paper's text: resize 256, centre-crop 224, ImageNet statistics
 PAPER_PREPROCESS = Preprocess(size=224, resize=256, interpolation="bilinear", mean=IMAGENET_MEAN, std=IMAGENET_STD)
@@ -20,16 +21,18 @@ class Variant:
     encoder: Encoder
     preprocess: Preprocess
     entry: str  # the cache entry's name: the model key plus a suffix for non-default switches
-    switches: dict[str, str]  # every embed switch; "n/a" where it does not touch this model
+    switches: dict[str, str]  # every embed switch; "n/a" where it does not touch this model or dataset
+    slices: int  # slices per volume (0: a 2D dataset)
 
     @property
     def recorded(self) -> dict[str, str] | None:
         """The switches an entry records: None when every one is at fmcache's default, so an entry
         made before the switches existed keeps its identity."""
-        chosen = {k: v for k, v in self.switches.items() if v not in ("n/a", _DEFAULTS[k])}
+        chosen = {k: v for k, v in self.switches.items() if k in _DEFAULTS and v not in ("n/a", _DEFAULTS[k])}
         return chosen or None
 
 
+# the switches an entry's "variant" records; the slice count is in its "volume" already
 _DEFAULTS = {"preprocess": "model", "queries": "mean"}
 
 
@@ -41,15 +44,26 @@ def reference_preprocess(dataset: str) -> Preprocess:
     return Preprocess(size=224, resize=224, interpolation="bicubic", mean=mean, std=std)
 
 
-def apply(enc: Encoder, model: str, switches: dict[str, str], dataset: str) -> Variant:
+def apply(enc: Encoder, model: str, switches: dict[str, str], dataset: str, volumes: bool) -> Variant:
     """``enc``, registered as ``model``, under the embed ``switches`` (from
-    :func:`fmcache.protocols.resolve`) for the dataset whose adapter key is ``dataset``."""
+    :func:`fmcache.protocols.resolve`) for the dataset whose adapter key is ``dataset``
+    (of volumes, or not)."""
     pre = {"model": enc.spec.preprocess, "paper": PAPER_PREPROCESS}.get(switches["preprocess"]) or reference_preprocess(dataset)
     multi = enc.encode_queries is not None
-    out = dict(switches, queries=switches["queries"] if multi else "n/a")
+    slices = slice_count(switches["slices"], dataset) if volumes else 0
+    out = dict(switches, queries=switches["queries"] if multi else "n/a", slices=str(slices) if volumes else "n/a")
     if multi and switches["queries"] == "reference":
         enc = _first_query(enc)
-    return Variant(enc, pre, model + entry_suffix(switches, multi), out)
+    return Variant(enc, pre, model + entry_suffix(switches, multi), out, slices)
+
+
+def slice_count(value: str, dataset: str) -> int:
+    """The slices switch's count for a dataset: a number, or the reference code's (default 32)."""
+    if value == "reference":
+        return REFERENCE_SLICES.get(dataset, 32)
+    if not value.isdigit() or int(value) < 1:
+        raise FmcacheError(f"slices {value!r}: a positive number of slices, or reference")
+    return int(value)
 
 
 def _first_query(enc: Encoder) -> Encoder:

@@ -116,6 +116,7 @@ def load_probe_data(
     l2 = False
     if kind == "reference":
         kind, l2 = REFERENCE_FEATURE.get(base, ("auto", False))
+        _check_queries(emb, "--feature-kind reference takes BLIP-2's query 0")
     if kind == "auto":
         kind = "image_proj" if "image_proj" in emb.kinds else "image"
     samples = emb.samples()
@@ -192,14 +193,19 @@ def _read(emb: Embeddings, kind: str, split: str, slices: int) -> np.ndarray:
 def _text_kind(emb: Embeddings, query_pool: str) -> str:
     if query_pool not in QUERY_POOLS:
         raise HeadInputError(f"unknown query pool {query_pool!r}: use one of {', '.join(QUERY_POOLS)}")
-    if query_pool == "max" and QUERIES_KIND in emb.kinds:
-        return QUERIES_KIND
-    if query_pool == "max" and emb.provenance.get("family") == "hf_blip2":
+    if query_pool == "mean":
+        return "image_proj"
+    _check_queries(emb, "--query-pool max scores each BLIP-2 query")
+    return QUERIES_KIND if QUERIES_KIND in emb.kinds else "image_proj"
+
+
+def _check_queries(emb: Embeddings, what: str) -> None:
+    """A BLIP-2 entry of query means cannot stand in for the reference's per-query features."""
+    if emb.provenance.get("family") == "hf_blip2" and QUERIES_KIND not in emb.kinds:
         raise HeadInputError(
-            f"{emb.dataset}/{emb.model}: --query-pool max scores each BLIP-2 query, but this entry caches their "
-            f"mean only; embed it with `--queries reference` (or `--protocol fairmedfm`) first"
+            f"{emb.dataset}/{emb.model}: {what}, but this entry caches the mean of the queries; embed it with "
+            "`--queries reference` (or `--protocol fairmedfm`) first"
         )
-    return "image_proj"
 
 
 def _classes(emb: Embeddings) -> list[str]:

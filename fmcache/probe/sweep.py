@@ -33,7 +33,7 @@ from fmcache.heads.train import fit_stack
 from fmcache.probe.data import ProbeData, entry_name, load_probe_data
 from fmcache.probe.grids import Grid, points
 from fmcache.probe.selection import criterion_value, select_point, validation_scores
-from fmcache.protocols import NOT_REPRODUCED, SWITCHES, data_switches, differences, resolve
+from fmcache.protocols import NOT_REPRODUCED, data_switches, differences, reference_values, resolve
 from fmcache.runs import Run, cache_root, discard_run, load_results, new_run_dir, prediction_key, write_run
 
 
@@ -280,13 +280,18 @@ def _protocol(cfg: SweepConfig, data: ProbeData) -> dict[str, Any]:
     """Every switch's value in this run (embed and data ones as the entry was made), and how
     the run differs from the reference code's protocol."""
     info = data.dataset_info
-    embed = {"preprocess": "model", "queries": "mean", **(data.provenance.get("embed_switches") or {})}
+    adapter = str(info.get("adapter", ""))
+    volume = data.provenance.get("volume")
+    embed = {"preprocess": "model", "queries": "mean", **(data.provenance.get("embed_switches") or {}),
+             "slices": str(volume["slices"]) if volume else "n/a"}
     text = {k: str(getattr(cfg, k)) if data.text else "n/a" for k in ("templates", "query_pool", "logit_scale")}
-    probe = {"feature": str(cfg.kind), **text,
-             "threshold": str(cfg.threshold), "convention": str(cfg.convention)}
-    switches = {**embed, **data_switches(str(info.get("adapter", "")), info.get("options") or {}), **probe}
-    return {"name": cfg.protocol, "switches": switches, "reference": {k: SWITCHES[k].value["fairmedfm"] for k in switches},
-            "differs": differences(switches), "not_reproduced": list(NOT_REPRODUCED)}
+    if embed["queries"] == "n/a":  # a model without queries
+        text["query_pool"] = "n/a"
+    probe = {"feature": str(cfg.kind), **text, "threshold": str(cfg.threshold), "convention": str(cfg.convention)}
+    switches = {**embed, **data_switches(adapter, info.get("options") or {}), **probe}
+    reference = reference_values(adapter)
+    return {"name": cfg.protocol, "switches": switches, "reference": {k: reference[k] for k in switches},
+            "differs": differences(switches, reference), "not_reproduced": list(NOT_REPRODUCED)}
 
 
 def _hp(row: pd.Series) -> dict[str, float]:
