@@ -1,0 +1,27 @@
+"""The segmentation stage: SAM-family promptable segmentation decoded from cached image features.
+
+Prompts come from the ground-truth masks (``fmcache.segment.prompts``): the same item, class
+and prompt type get the same prompt in every run, whatever else the run holds.
+
+    from fmcache.segment import build_prompts
+    arrays = build_prompts(masks, ids, ["center", "bbox"], seed=0)
+
+Nothing heavy loads at import: the prompt builders need only NumPy and SciPy.
+"""
+
+from __future__ import annotations
+
+from fmcache._lazy import lazy_exports
+
+_LAZY = {
+    "N_POINTS": "fmcache.segment.prompts",
+    "PROMPT_TYPES": "fmcache.segment.prompts",
+    "Prompt": "fmcache.segment.prompts",
+    "build_prompts": "fmcache.segment.prompts",
+    "class_prompts": "fmcache.segment.prompts",
+    "make_prompt": "fmcache.segment.prompts",
+    "prompt_at": "fmcache.segment.prompts",
+}
+__all__ = sorted(_LAZY)
+
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
