@@ -91,6 +91,12 @@ def _violations(package: str, forbidden: tuple[str, ...]) -> list[str]:
     ("fmcache.fairness", ("jax", "torch", "fmcache.heads", "fmcache.embed", "fmcache.runs", "fmcache.report")),
     ("fmcache.embed", ("jax", "fmcache.heads", "fmcache.probe")),
     ("fmcache.cache", ("jax", "torch", "fmcache.heads", "fmcache.embed")),
+    # the protocols are a table every stage reads: data only
+    ("fmcache.protocols", ("jax", "torch", "fmcache.heads", "fmcache.embed", "fmcache.probe", "fmcache.cache",
+                           "fmcache.runs", "fmcache.report", "fmcache.datasets")),
+    # segmentation decodes in torch; its prompts need neither framework
+    ("fmcache.segment", ("jax", "fmcache.heads", "fmcache.probe")),
+    ("fmcache.segment.prompts", ("torch", "jax")),
 ])
 def test_layers_import_only_what_lies_below(package, forbidden):
     assert any(_in(m, package) for m in GRAPH), f"no modules found for {package}"
