@@ -53,6 +53,10 @@ class HeadInputError(FmcacheError):
     """Features, labels, groups or hyperparameters that a head cannot be trained or evaluated on."""
 
 
+class SegmentInputError(FmcacheError, ValueError):
+    """Images, image features or prompts that a segmentation model cannot take (shape, type, count)."""
+
+
 def did_you_mean(name: str, choices: list[str] | tuple[str, ...]) -> str:
     """A ' (did you mean ...?)' hint for a misspelt name, or an empty string."""
     import difflib

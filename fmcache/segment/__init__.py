@@ -1,0 +1,1 @@
+"""Promptable segmentation (torch): SAM-family image features, prompts and mask decoding."""
