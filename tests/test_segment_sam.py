@@ -17,6 +17,7 @@ from segment_anything import SamPredictor
 from fmcache.errors import ModelError, SegmentInputError
 from fmcache.segment.sam import (
     SAM_MODELS,
+    build_sam_for,
     decode,
     encode,
     load_sam,
@@ -199,3 +200,22 @@ def test_the_registry_and_bad_inputs(model, encoded, sam_file):
     small = dataclasses.replace(SAM_MODELS["sam"], input=dataclasses.replace(SAM_MODELS["sam"].input, size=512))
     with pytest.raises(ModelError, match="1024 px"):
         load_sam(small, weights=str(sam_file))
+
+
+@pytest.mark.parametrize("key", ["sam", "sam_vit_l", "sam_vit_h", "medsam"])
+def test_the_official_architectures_are_rebuilt_from_their_keys(key):
+    # segment_anything's builder on the meta device: the official files' keys and shapes, no memory
+    from segment_anything import sam_model_registry
+
+    spec = SAM_MODELS[key]
+    with torch.device("meta"):
+        official = sam_model_registry[spec.arch]()
+        sd = official.state_dict()
+        ours, img_size = build_sam_for(sd, spec)
+    assert img_size == 1024
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in sd.items()}
+    assert ours.image_encoder.blocks[0].attn.num_heads == official.image_encoder.blocks[0].attn.num_heads
+    assert [b.window_size for b in ours.image_encoder.blocks] == [b.window_size for b in official.image_encoder.blocks]
+    heads = [(a.self_attn.num_heads, a.cross_attn_token_to_image.num_heads) for a in ours.mask_decoder.transformer.layers]
+    assert heads == [(a.self_attn.num_heads, a.cross_attn_token_to_image.num_heads)
+                     for a in official.mask_decoder.transformer.layers]

@@ -211,6 +211,28 @@ def load_sam(key: str | SamSpec, weights: str | None = None, device: str = "cpu"
         misshapen keys, or was built for another input size than the entry's rule.
     """
     spec = key if isinstance(key, SamSpec) else get_sam_model(key)
+    path = local_path(weights or spec.weights, spec.key)
+    sd = read_state_dict(path, spec.key)
+    if not isinstance(sd, Mapping) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        held = ", ".join(sorted(map(str, sd))[:8]) if isinstance(sd, Mapping) else type(sd).__name__
+        raise ModelError(f"weights file {path} for {spec.key!r} is not a flat SAM state dict (it holds: {held})")
+
+    sam, img_size = build_sam_for(sd, spec)
+    _load_strict(sam, sd, spec.key, path)
+    if img_size != spec.input.size:
+        raise ModelError(
+            f"weights {path} were built for {img_size} px inputs but {spec.key!r} feeds {spec.input.size} px"
+        )
+    return SamModel(spec=spec, sam=sam.to(device).eval(), weights_id=path.name,
+                    weights_sha256=sha256_file(path) if path.is_file() else None, device=device)
+
+
+def build_sam_for(sd: Mapping[str, torch.Tensor], spec: SamSpec) -> tuple[Any, int]:
+    """An untrained ``Sam`` whose geometry fits the state dict ``sd``, and its input size.
+
+    The geometry is read off the tensors' shapes (the entry's nominal one where keys lack, so
+    the strict load then names them); nothing is loaded. Tensors on the ``meta`` device do.
+    """
     try:
         from segment_anything.modeling import (
             ImageEncoderViT,
@@ -221,12 +243,6 @@ def load_sam(key: str | SamSpec, weights: str | None = None, device: str = "cpu"
         )
     except ImportError:
         raise ModelError(f"{spec.key!r} needs the package segment-anything: pip install segment-anything") from None
-
-    path = local_path(weights or spec.weights, spec.key)
-    sd = read_state_dict(path, spec.key)
-    if not isinstance(sd, Mapping) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        held = ", ".join(sorted(map(str, sd))[:8]) if isinstance(sd, Mapping) else type(sd).__name__
-        raise ModelError(f"weights file {path} for {spec.key!r} is not a flat SAM state dict (it holds: {held})")
 
     enc, dec = _geometry(sd, spec)
     grid = enc["img_size"] // enc["patch_size"]
@@ -245,13 +261,7 @@ def load_sam(key: str | SamSpec, weights: str | None = None, device: str = "cpu"
         pixel_mean=[m * 255 for m in spec.input.mean],
         pixel_std=[s * 255 for s in spec.input.std],
     )
-    _load_strict(sam, sd, spec.key, path)
-    if enc["img_size"] != spec.input.size:
-        raise ModelError(
-            f"weights {path} were built for {enc['img_size']} px inputs but {spec.key!r} feeds {spec.input.size} px"
-        )
-    return SamModel(spec=spec, sam=sam.to(device).eval(), weights_id=path.name,
-                    weights_sha256=sha256_file(path) if path.is_file() else None, device=device)
+    return sam, enc["img_size"]
 
 
 # Heads of the mask decoder's attention: not visible in the tensors' shapes; 8 in every SAM release
