@@ -53,8 +53,9 @@ class HeadInputError(FmcacheError):
     """Features, labels, groups or hyperparameters that a head cannot be trained or evaluated on."""
 
 
-class PromptInputError(FmcacheError, ValueError):
-    """A mask, prompt type or option that segmentation prompts cannot be built from."""
+class SegmentInputError(FmcacheError, ValueError):
+    """Input the segmentation stage cannot take: a mask or prompt type to build prompts from, or
+    images, image features or prompts a model cannot decode (shape, type, count)."""
 
 
 def did_you_mean(name: str, choices: list[str] | tuple[str, ...]) -> str:

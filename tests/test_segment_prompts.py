@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from fmcache.errors import FmcacheError, PromptInputError
+from fmcache.errors import FmcacheError, SegmentInputError
 from fmcache.segment.prompts import (
     N_POINTS,
     PROMPT_TYPES,
@@ -214,7 +214,7 @@ def test_stored_arrays_give_back_the_same_prompts(tmp_path):
     (lambda: build_prompts([], [], ["bbox"], seed=0, jitter=-2), "jitter"),
 ])
 def test_bad_input_raises_one_clear_line(call, fragment):
-    with pytest.raises(PromptInputError) as err:
+    with pytest.raises(SegmentInputError) as err:
         call()
     assert isinstance(err.value, FmcacheError)
     assert fragment in str(err.value) and "\n" not in str(err.value)

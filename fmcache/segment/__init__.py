@@ -1,4 +1,5 @@
-"""The segmentation stage: SAM-family promptable segmentation decoded from cached image features.
+"""The segmentation stage (torch): SAM-family promptable segmentation decoded from cached image
+features (``fmcache.segment.sam``).
 
 Prompts come from the ground-truth masks (``fmcache.segment.prompts``): the same item, class
 and prompt type get the same prompt in every run, whatever else the run holds.

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from fmcache.errors import PromptInputError, did_you_mean
+from fmcache.errors import SegmentInputError, did_you_mean
 
 N_POINTS = {"center": 1, "box_center": 1, "rand": 1, "rands": 5}
 """Positive points per object for each point prompt type."""
@@ -118,7 +118,7 @@ def make_prompt(mask: np.ndarray, kind: str, *, seed: int, item_id: object, cls:
 
     Raises
     ------
-    PromptInputError
+    SegmentInputError
         A mask that is not 2D, an unknown type, a negative jitter or a seed that is not an integer.
     """
     _check_kind(kind)
@@ -197,7 +197,7 @@ def build_prompts(masks: Sequence[np.ndarray], ids: Sequence[object], kinds: Seq
         prompts are NaN with labels of -1. ``prompt_at`` reads one back.
     """
     if len(masks) != len(ids):
-        raise PromptInputError(f"{len(masks)} masks but {len(ids)} ids: give one id per mask")
+        raise SegmentInputError(f"{len(masks)} masks but {len(ids)} ids: give one id per mask")
     for kind in kinds:
         _check_kind(kind)
     _check_options(seed, jitter)
@@ -229,7 +229,7 @@ def prompt_at(arrays: Mapping[str, np.ndarray], kind: str, index: int, cls: int)
     prefix = f"{kind}."
     fields = {k[len(prefix):]: v[index, cls - 1] for k, v in arrays.items() if k.startswith(prefix)}
     if not fields:
-        raise PromptInputError(f"no {kind!r} prompts in these arrays: build them with kinds=[{kind!r}, ...]")
+        raise SegmentInputError(f"no {kind!r} prompts in these arrays: build them with kinds=[{kind!r}, ...]")
     return Prompt.from_arrays(kind, fields)
 
 
@@ -267,21 +267,21 @@ def _check_options(seed: int, jitter: int) -> None:
         return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
     if not is_int(jitter) or jitter < 0:
-        raise PromptInputError(f"box jitter must be a whole number of pixels >= 0, got {jitter!r}")
+        raise SegmentInputError(f"box jitter must be a whole number of pixels >= 0, got {jitter!r}")
     if not is_int(seed):
-        raise PromptInputError(f"the prompt seed must be an integer, got {seed!r}")
+        raise SegmentInputError(f"the prompt seed must be an integer, got {seed!r}")
 
 
 def _check_kind(kind: str) -> None:
     if kind not in PROMPT_TYPES:
-        raise PromptInputError(f"unknown prompt type {kind!r}{did_you_mean(str(kind), PROMPT_TYPES)}; "
+        raise SegmentInputError(f"unknown prompt type {kind!r}{did_you_mean(str(kind), PROMPT_TYPES)}; "
                                f"choose from {', '.join(PROMPT_TYPES)}")
 
 
 def _as_2d(array: np.ndarray, what: str) -> np.ndarray:
     array = np.asarray(array)
     if array.ndim != 2:
-        raise PromptInputError(f"a {what} must be 2D (H, W), got shape {array.shape}: prompt one slice at a time")
+        raise SegmentInputError(f"a {what} must be 2D (H, W), got shape {array.shape}: prompt one slice at a time")
     return array
 
 
@@ -290,9 +290,9 @@ def _label_map(label_map: np.ndarray) -> np.ndarray:
     if labels.dtype == bool:
         return labels.astype(np.int64)
     if not np.issubdtype(labels.dtype, np.integer):
-        raise PromptInputError(f"a label map must hold integers (0 background, 1..C classes), got {labels.dtype}")
+        raise SegmentInputError(f"a label map must hold integers (0 background, 1..C classes), got {labels.dtype}")
     if labels.size and labels.min() < 0:
-        raise PromptInputError(f"a label map holds a negative label {labels.min()}: 0 is background, 1..C classes")
+        raise SegmentInputError(f"a label map holds a negative label {labels.min()}: 0 is background, 1..C classes")
     return labels
 
 
@@ -301,5 +301,5 @@ def _n_classes(labels: Sequence[np.ndarray], n_classes: int | None) -> int:
     if n_classes is None:
         return max(largest, 1)
     if n_classes < 1 or largest > n_classes:
-        raise PromptInputError(f"n_classes={n_classes} but the masks hold label {largest}: give n_classes >= {largest}")
+        raise SegmentInputError(f"n_classes={n_classes} but the masks hold label {largest}: give n_classes >= {largest}")
     return int(n_classes)
