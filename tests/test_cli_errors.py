@@ -130,7 +130,10 @@ STALLING_ENCODER = textwrap.dedent("""
         calls[0] += 1
         if calls[0] == 3:
             pathlib.Path(os.environ["STALLED_MARKER"]).touch()
-            time.sleep(600)
+            # short sleeps: Ctrl-C may land on another thread of the process, and the main thread
+            # only sees it between calls, never inside one long sleep
+            for _ in range(6000):
+                time.sleep(0.1)
         return plain(*args, **kwargs)
     encode._encode_batch = stalling
     from fmcache.cli import main
