@@ -471,6 +471,29 @@ def test_dice_iou_and_empty_vs_empty():
     assert ragged[0] == pytest.approx(dice[0])
 
 
+def test_dice_and_iou_equal_monais_on_random_masks():
+    """MONAI's DiceMetric / MeanIoU on one-hot masks, background left out: the same per-class values,
+    and its ignore_empty=False rule (1 where truth and prediction are both empty) is ours "one"."""
+    import torch
+    from monai.metrics import compute_dice, compute_iou
+
+    rng = np.random.default_rng(0)
+    n_classes = 3
+    truth = rng.integers(0, n_classes + 1, size=(12, 16, 16))
+    pred = np.where(rng.random(truth.shape) < 0.7, truth, rng.integers(0, n_classes + 1, size=truth.shape))
+    truth[0][truth[0] == 2] = 0  # class 2 absent from the truth: counted 0 unless absent from the prediction too
+    truth[1][truth[1] == 3] = 0
+    pred[1][pred[1] == 3] = 0  # class 3 absent from both
+
+    def one_hot(m):
+        return torch.nn.functional.one_hot(torch.as_tensor(m), n_classes + 1).permute(0, 3, 1, 2).float()
+
+    for ours, theirs in ((fairness.dice_per_sample, compute_dice), (fairness.iou_per_sample, compute_iou)):
+        per_class = theirs(one_hot(pred), one_hot(truth), include_background=False, ignore_empty=False).numpy()
+        assert per_class[1, 2] == 1.0 and per_class[0, 1] == 0.0  # the empty cases above, as MONAI scores them
+        np.testing.assert_allclose(ours(truth, pred, n_classes=n_classes), per_class.mean(axis=1), rtol=1e-6)
+
+
 def test_segmentation_gaps_by_hand():
     dice = np.array([0.9, 0.7, 0.6, 0.6, 0.5])
     g = np.array([0, 0, 1, 1, -1])
