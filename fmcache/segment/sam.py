@@ -35,17 +35,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fmcache.embed.loaders.local_checkpoint import block_count
+from fmcache.embed.loaders.local_checkpoint import block_count, load_strict
 from fmcache.embed.loaders.sam_vit import geometry as encoder_geometry
 from fmcache.embed.spec import IMAGENET_MEAN, IMAGENET_STD
-from fmcache.embed.weights import key_mismatch, local_path, read_state_dict, sha256_file
+from fmcache.embed.weights import local_path, read_state_dict, sha256_file
 from fmcache.errors import ModelError, SegmentInputError, UnknownNameError, did_you_mean
 
 
@@ -218,7 +217,7 @@ def load_sam(key: str | SamSpec, weights: str | None = None, device: str = "cpu"
         raise ModelError(f"weights file {path} for {spec.key!r} is not a flat SAM state dict (it holds: {held})")
 
     sam, img_size = build_sam_for(sd, spec)
-    _load_strict(sam, sd, spec.key, path)
+    load_strict(sam, sd, spec.key, path)
     if img_size != spec.input.size:
         raise ModelError(
             f"weights {path} were built for {img_size} px inputs but {spec.key!r} feeds {spec.input.size} px"
@@ -292,18 +291,6 @@ def _geometry(sd: Mapping[str, torch.Tensor], spec: SamSpec) -> tuple[dict[str, 
     except (KeyError, IndexError):
         dec = dict(_SAM_DECODER)
     return enc, dec
-
-
-def _load_strict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], key: str, path: Path) -> None:
-    own = model.state_dict()
-    err = key_mismatch(key, path, [k for k in own if k not in sd], [k for k in sd if k not in own])
-    if err is not None:
-        raise err
-    wrong = [f"{k} {tuple(v.shape)} (expected {tuple(own[k].shape)})" for k, v in sd.items() if v.shape != own[k].shape]
-    if wrong:
-        raise ModelError(f"weights {path} do not match the architecture of {key!r}: {len(wrong)} tensor(s) of "
-                         f"another shape: {', '.join(wrong[:5])}")
-    model.load_state_dict(dict(sd), strict=True)
 
 
 # ---------------------------------------------------------------------------------------------

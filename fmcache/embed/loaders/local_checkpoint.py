@@ -77,10 +77,11 @@ def _listed(key: str, names: tuple[str, ...]) -> bool:
     return any(key == n or (n.endswith(".") and key.startswith(n)) for n in names)
 
 
-def load_strict(model: torch.nn.Module, sd: dict[str, torch.Tensor], spec: ModelSpec, path: Path) -> None:
-    """Load ``sd`` into ``model``; any missing, unexpected or misshapen key is a :class:`ModelError`."""
+def load_strict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], key: str, path: Path) -> None:
+    """Load ``sd`` into ``model`` (registered as ``key``); any missing, unexpected or misshapen
+    key is a :class:`ModelError`."""
     own = model.state_dict()
-    err = key_mismatch(spec.key, path, [k for k in own if k not in sd], [k for k in sd if k not in own])
+    err = key_mismatch(key, path, [k for k in own if k not in sd], [k for k in sd if k not in own])
     if err is not None:
         raise err
     wrong = [
@@ -88,10 +89,10 @@ def load_strict(model: torch.nn.Module, sd: dict[str, torch.Tensor], spec: Model
     ]
     if wrong:
         raise ModelError(
-            f"weights {path} do not match the architecture of {spec.key!r}: {len(wrong)} tensor(s) of another "
+            f"weights {path} do not match the architecture of {key!r}: {len(wrong)} tensor(s) of another "
             f"shape: {', '.join(wrong[:5])}"
         )
-    model.load_state_dict(sd, strict=True)
+    model.load_state_dict(dict(sd), strict=True)
 
 
 def block_count(sd: Mapping[str, torch.Tensor], prefix: str) -> int:

@@ -38,7 +38,7 @@ def load(spec: ModelSpec, weights: str | None, device: str, *, trust_code: bool 
     # SAM's builder uses eps 1e-6, not nn.LayerNorm's default
     model = ImageEncoderViT(**geometry(sd), norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
                             use_abs_pos=False, use_rel_pos=True)
-    load_strict(model, sd, spec, path)
+    load_strict(model, sd, spec.key, path)
     model = model.to(device).eval()
     return Encoder(
         spec=spec,

@@ -30,7 +30,7 @@ def load(spec: ModelSpec, weights: str | None, device: str, *, trust_code: bool 
     path = local_path(weights or spec.weights, spec.key)
     sd = backbone_state_dict(read_checkpoint(path, spec, trust_code=trust_code), spec, path)
     model = VisionTransformer(**geometry(sd), num_classes=0, global_pool="token")
-    load_strict(model, sd, spec, path)
+    load_strict(model, sd, spec.key, path)
     model = model.to(device).eval()
     return Encoder(
         spec=spec,

@@ -29,7 +29,7 @@ def load(spec: ModelSpec, weights: str | None, device: str, *, trust_code: bool 
     sd = backbone_state_dict(ckpt, spec, path)
     arch = _arch(ckpt, spec, path)
     model, width = _build(arch, sd)
-    load_strict(model, sd, spec, path)
+    load_strict(model, sd, spec.key, path)
     head = model.fc if isinstance(model.fc, torch.nn.Linear) else None
     model.fc = torch.nn.Identity()  # the trunk then returns the pooled features
     model = model.to(device).eval()
