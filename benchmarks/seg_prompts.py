@@ -20,8 +20,9 @@ import time
 import numpy as np
 import torch
 
+from fmcache.segment.models import get_sam_model
 from fmcache.segment.prompts import make_prompt
-from fmcache.segment.sam import SamModel, decode, encode, get_sam_model
+from fmcache.segment.sam import SamModel, decode, encode
 
 PROMPT_TYPES = ("center", "rand", "rands", "bbox")
 
@@ -32,7 +33,7 @@ def images_and_masks(n: int, size: int, seed: int = 0) -> tuple[list[np.ndarray]
     yy, xx = np.mgrid[:size, :size]
     images, masks = [], []
     for _ in range(n):
-        cy, cx, ry, rx = rng.uniform(0.3, 0.7, 2) * size, rng.uniform(0.08, 0.2, 2) * size
+        (cy, cx), (ry, rx) = rng.uniform(0.3, 0.7, 2) * size, rng.uniform(0.08, 0.2, 2) * size
         mask = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
         grey = rng.integers(0, 80, (size, size)) + 150 * mask
         images.append(np.repeat(grey.clip(0, 255).astype(np.uint8)[..., None], 3, axis=2))

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers.tiny_sam import DIM, save_flat, tiny_sam
 from segment_anything import SamPredictor
 
 from fmcache.errors import ModelError, SegmentInputError
+from fmcache.segment.models import SAM_MODELS
 from fmcache.segment.sam import (
-    SAM_MODELS,
     build_sam_for,
     decode,
     encode,
@@ -24,7 +25,6 @@ from fmcache.segment.sam import (
     to_input_coords,
     valid_cells,
 )
-from tests.helpers.tiny_sam import DIM, save_flat, tiny_sam
 
 # (H, W): portrait, landscape; prompts in original pixels (x, y)
 SIZES = [(300, 200), (120, 480)]

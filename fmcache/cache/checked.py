@@ -16,8 +16,14 @@ from fmcache.cache import layout as L
 from fmcache.errors import CacheDamagedError
 
 
+def rows_per_object(arr: zarr.Array) -> int:
+    """Rows that one stored object of ``arr`` holds: its shard's where it is sharded, else its chunk's."""
+    return (arr.shards or arr.chunks)[0]
+
+
 def stored_chunks(arr: zarr.Array) -> set[int]:
-    """Row-chunk indices of ``arr`` that are stored (every other axis is one chunk)."""
+    """Row-chunk indices of ``arr`` that are stored (every other axis is one chunk; a sharded
+    array's row chunks are its shards)."""
 
     async def keys() -> list[str]:
         return [k async for k in arr.store.list_prefix(f"{arr.path}/c/")]
@@ -32,14 +38,14 @@ def stored_chunks(arr: zarr.Array) -> set[int]:
 
 def row_chunks(arr: zarr.Array, rows: np.ndarray | None) -> list[int]:
     """The row chunks holding ``rows`` (None: all)."""
-    n, size = arr.shape[0], arr.chunks[0]
+    n, size = arr.shape[0], rows_per_object(arr)
     if rows is None:
         return list(range(-(-n // size))) if n else []
     return sorted({int(c) for c in np.unique(np.asarray(rows) // size)})
 
 
 def chunk_rows(arr: zarr.Array, chunk: int) -> tuple[int, int]:
-    size = arr.chunks[0]
+    size = rows_per_object(arr)
     return chunk * size, min((chunk + 1) * size, arr.shape[0])
 
 
@@ -75,7 +81,7 @@ def read(arr: zarr.Array, rows: np.ndarray | None, where: str, remedy: str) -> n
     if bad.size:
         index = np.arange(arr.shape[0]) if rows is None else np.asarray(rows)
         row = int(index[bad[0]])
-        raise damaged(where, f"row {row} (chunk {row // arr.chunks[0]}) holds no stored value", remedy)
+        raise damaged(where, f"row {row} (chunk {row // rows_per_object(arr)}) holds no stored value", remedy)
     return values
 
 

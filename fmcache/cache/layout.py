@@ -13,6 +13,9 @@ DONE = "done"
 TEXT = "text"
 SLICES = "slices"  # 2.5D: per-slice features of a volume, (N, S, D) per feature kind
 DISK_DTYPE = "float16"
+# Rows of an array whose items are maps (SAM's 256 x 64 x 64 image features) are stored one item
+# per chunk, the chunks of one write unit (``chunk_rows`` items) in one shard object: an item
+# reads alone, and a store holds one object per shard, not per item.
 
 # 2: arrays carry crc32c checksums and fill values no real value takes; entries carry a generation
 FORMAT = 2
@@ -28,6 +31,16 @@ RUNS = "runs"
 RUNS_GROUP = {"zarr_format": 3, "node_type": "group", "attributes": {"fmcache": "runs"}}
 RESERVED = {SAMPLES, LOCKS, RUNS}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
+
+def item_shape(dim: int | list[int] | tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of one row of a feature kind: a width, or the shape of a per-item map."""
+    return tuple(int(d) for d in dim) if isinstance(dim, (list, tuple)) else (int(dim),)
+
+
+def kind_dtype(attrs: dict, kind: str) -> str:
+    """The stored dtype of a feature kind: float16 unless the entry names another (item sizes)."""
+    return (attrs.get("kind_dtypes") or {}).get(kind.split("/")[-1], DISK_DTYPE)
 
 
 def model_path(dataset: str, model: str) -> str:

@@ -16,6 +16,7 @@ IDENTITY_KEYS = (
     "variant",  # a protocol's embed switches away from fmcache's defaults (None: none)
     "feature_kinds",
     "dims",
+    "kind_dtypes",  # feature kinds stored other than as float16 (None: none)
     "dtype",
     "row_fingerprint",
     "volume",  # 2.5D: slice count and pooling; None for 2D data
@@ -24,9 +25,13 @@ IDENTITY_KEYS = (
 )
 
 
+# identity fields that older entries may lack: absent means None
+OPTIONAL_IDENTITY = ("volume", "variant", "kind_dtypes")
+
+
 def requested(provenance: Mapping[str, Any]) -> dict[str, Any]:
     """What an entry made from ``provenance`` records: the facts derived from it filled in."""
-    return {"volume": None, **provenance, "feature_kinds": list(provenance["dims"]), "dtype": L.DISK_DTYPE,
+    return {**dict.fromkeys(OPTIONAL_IDENTITY), **provenance, "feature_kinds": list(provenance["dims"]), "dtype": L.DISK_DTYPE,
             "format": L.FORMAT}
 
 

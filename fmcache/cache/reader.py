@@ -327,10 +327,23 @@ class Embeddings:
         return np.flatnonzero(self._split == code)
 
     def features(self, split: Split = None, kind: str = "image") -> np.ndarray:
-        """Features as float32 (n, d); ``kind`` "image" (pre-projection) or "image_proj"."""
+        """Features as float32 (n, d); ``kind`` "image" (pre-projection) or "image_proj".
+
+        A kind of per-item maps (a SAM entry's ``features``, (n, 256, 64, 64)) reads whole:
+        :meth:`item_rows` reads some of its rows.
+        """
+        self._check_kind(kind)
+        return self._read(kind, self._rows(split))
+
+    def item_rows(self, kind: str, rows: np.ndarray | list[int]) -> np.ndarray:
+        """Rows ``rows`` (positions in :meth:`samples`) of a feature kind, checked as every read
+        is: float32, or the stored integers of an integer kind (a SAM entry's ``sizes``)."""
+        self._check_kind(kind)
+        return self._read(kind, np.asarray(rows, dtype=np.int64))
+
+    def _check_kind(self, kind: str) -> None:
         if kind not in self.kinds:
             raise UnknownNameError(f"{self.dataset}/{self.model} has no feature kind {kind!r} (it has {self.kinds})")
-        return self._read(kind, split)
 
     def slice_features(self, split: Split = None, kind: str = "image") -> np.ndarray:
         """Per-slice features of a 2.5D entry as float32 (n, S, D), slices in volume order.
@@ -340,9 +353,8 @@ class Embeddings:
         """
         if not self.provenance.get("volume"):
             raise UnknownNameError(f"{self.dataset}/{self.model} holds 2D images, not volumes: it has no slice features")
-        if kind not in self.kinds:
-            raise UnknownNameError(f"{self.dataset}/{self.model} has no feature kind {kind!r} (it has {self.kinds})")
-        return self._read(f"{L.SLICES}/{kind}", split)
+        self._check_kind(kind)
+        return self._read(f"{L.SLICES}/{kind}", self._rows(split))
 
     def _check_current(self) -> None:
         """Raise if the entry was replaced or unfinished since it was opened."""
@@ -359,8 +371,7 @@ class Embeddings:
         if attrs.get("state") != L.STATE_COMPLETE and not self._allow_partial:
             raise CacheError(f"{self.where} is being rewritten or repaired; open it again once `fmcache embed` has finished")
 
-    def _read(self, name: str, split: Split) -> np.ndarray:
-        rows = self._rows(split)
+    def _read(self, name: str, rows: np.ndarray | None) -> np.ndarray:
         remedy = (f"run `fmcache cache verify {self.dataset} {self.model} --repair`, then `fmcache embed` to "
                   "encode those rows again")
         self._check_current()
@@ -374,7 +385,7 @@ class Embeddings:
                                  f"rerun `fmcache embed --model {self.model}` to finish the entry")
         values = checked.read(arr, rows, f"{self.where}, {name}", remedy)
         self._check_current()  # replaced while we read: what we read may be the new model's
-        return values.astype(np.float32)
+        return values.astype(np.float32) if np.issubdtype(values.dtype, np.floating) else values
 
     def labels(self, split: Split = None, label: str | None = None) -> np.ndarray:
         """Labels as int8: (n, C) for all labels, or (n,) for one named ``label``; -1 unknown."""

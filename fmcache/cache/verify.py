@@ -25,7 +25,7 @@ from zarr.core.sync import sync
 from fmcache.cache import attrs as A
 from fmcache.cache import checked, lock
 from fmcache.cache import layout as L
-from fmcache.cache.provenance import IDENTITY_KEYS
+from fmcache.cache.provenance import IDENTITY_KEYS, OPTIONAL_IDENTITY
 from fmcache.cache.store import child_keys, member_names, open_root, storage_errors
 from fmcache.cache.writer import EntryWriter
 from fmcache.errors import CacheDamagedError, CacheError, CacheLockedError, CacheMissError
@@ -122,7 +122,8 @@ def _verify_entry(g: zarr.Group, dataset: str, model: str) -> list[Finding]:
     try:
         entry = g[model]
         attrs = A.read(entry, "zarr.json", "")
-        absent = [k for k in (*IDENTITY_KEYS, "n", "chunk_rows", "generation", "state") if k not in attrs]
+        required = [k for k in IDENTITY_KEYS if k not in OPTIONAL_IDENTITY]
+        absent = [k for k in (*required, "n", "chunk_rows", "generation", "state") if k not in attrs]
         if absent:
             raise CacheDamagedError(f"its metadata lacks {', '.join(absent)}")
         if attrs["format"] != L.FORMAT:
@@ -130,10 +131,11 @@ def _verify_entry(g: zarr.Group, dataset: str, model: str) -> list[Finding]:
         writer = EntryWriter(entry, L.model_path(dataset, model))
         arrays = {name: entry[name] for name in writer.arrays}
         for name, arr in arrays.items():
-            dim = attrs["dims"][name.split("/")[-1]]
-            shape = (writer.n, writer.slices, dim) if name.startswith(L.SLICES) else (writer.n, dim)
-            if arr.shape != shape or str(arr.dtype) != L.DISK_DTYPE:
-                raise CacheDamagedError(f"array {name} is {arr.shape} {arr.dtype}, not {shape} {L.DISK_DTYPE}")
+            item = L.item_shape(attrs["dims"][name.split("/")[-1]])
+            shape = (writer.n, writer.slices, *item) if name.startswith(L.SLICES) else (writer.n, *item)
+            dtype = L.kind_dtype(attrs, name)
+            if arr.shape != shape or str(arr.dtype) != dtype:
+                raise CacheDamagedError(f"array {name} is {arr.shape} {arr.dtype}, not {shape} {dtype}")
         done_arr = entry[L.DONE]
     except (CacheDamagedError, KeyError, ValueError) as e:
         return [Finding(dataset, model, f"its metadata cannot be read ({_short(e)})", REMOVE)]

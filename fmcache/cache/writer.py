@@ -156,7 +156,8 @@ class EntryWriter:
                 raise ValueError(f"chunk {chunk} of {self.where}: {values.shape[0]} rows for {stop - start}")
             if np.isnan(values).any():
                 raise ValueError(f"chunk {chunk} of {self.where}: NaN cannot be stored, it marks data that is missing")
-            self.group[name][start:stop] = values.astype(L.DISK_DTYPE)
+            arr = self.group[name]
+            arr[start:stop] = values.astype(arr.dtype)
         self.group[L.DONE][chunk] = True
 
     def mark_undone(self, chunks: list[int]) -> None:
@@ -199,8 +200,10 @@ def open_entry(
     """Create a model entry at full size, or reopen one made the same way to resume it.
 
     ``provenance`` must hold every :data:`fmcache.cache.provenance.IDENTITY_KEYS` field
-    (``dims`` maps each feature kind to its width; ``volume`` is ``{"slices": S, "pool": ...}``
-    for 2.5D entries, which then also hold ``slices/<kind>`` arrays of shape (n, S, D)).
+    (``dims`` maps each feature kind to its width, or to the shape of a per-item map, stored
+    one item per chunk in shards of ``chunk_rows`` items; ``kind_dtypes`` names kinds stored
+    other than as float16; ``volume`` is ``{"slices": S, "pool": ...}`` for 2.5D entries,
+    which then also hold ``slices/<kind>`` arrays of shape (n, S, D)).
     An entry left while being created is made again. One whose identity differs is refused
     (ProvenanceMismatchError) unless ``overwrite``, which deletes it first.
     """
@@ -230,8 +233,11 @@ def open_entry(
     })
     slices = int(wanted["volume"]["slices"]) if wanted["volume"] else 0
     for kind, dim in wanted["dims"].items():
-        group.create_array(kind, shape=(n, int(dim)), dtype=L.DISK_DTYPE, chunks=(chunk_rows, int(dim)),
-                           fill_value=np.nan, compressors=CHECKED, config=STORED)
+        shape, dtype = L.item_shape(dim), L.kind_dtype(wanted, kind)
+        layout = ({"chunks": (1, *shape), "shards": (chunk_rows, *shape)} if len(shape) > 1
+                  else {"chunks": (chunk_rows, *shape)})
+        group.create_array(kind, shape=(n, *shape), dtype=dtype, fill_value=_fill(dtype), compressors=CHECKED,
+                           config=STORED, **layout)
         if slices:
             group.create_array(f"{L.SLICES}/{kind}", shape=(n, slices, int(dim)), dtype=L.DISK_DTYPE,
                                chunks=(chunk_rows, slices, int(dim)), fill_value=np.nan, compressors=CHECKED, config=STORED)
@@ -240,6 +246,11 @@ def open_entry(
     done[...] = False
     A.update(group, {"state": L.STATE_WRITING})
     return EntryWriter(group, where)
+
+
+def _fill(dtype: str) -> float | int:
+    """A fill value that no stored value takes: NaN, or for integers the missing code."""
+    return np.nan if np.issubdtype(np.dtype(dtype), np.floating) else L.INT_MISSING
 
 
 def _now() -> str:

@@ -42,14 +42,14 @@ class EmbedSummary:
     encoded: int  # rows computed by this run (the rest were cached already)
     seconds: float
     device: str
-    kinds: dict[str, int]
+    kinds: dict[str, int | list[int]]  # a width, or the shape of a per-item map
 
     @property
     def images_per_s(self) -> float:
         return self.encoded / self.seconds if self.seconds > 0 else float("nan")
 
     def line(self) -> str:
-        kinds = ", ".join(f"{k} {d}-d" for k, d in self.kinds.items())
+        kinds = ", ".join(f"{k} {'x'.join(map(str, d)) if isinstance(d, list) else f'{d}-d'}" for k, d in self.kinds.items())
         reused = self.n - self.encoded
         if not self.encoded:
             return f"{self.dataset}/{self.model}: all {self.n} images were already cached ({kinds}) at {self.root}"
@@ -268,7 +268,7 @@ def _encode_pending(
     )
     buffers: dict[int, dict[str, np.ndarray]] = {}
     filled: dict[int, int] = {}
-    bar = _progress_bar(progress, len(rows), f"{dataset.name}/{enc.spec.key}")
+    bar = progress_bar(progress, len(rows), f"{dataset.name}/{enc.spec.key}")
     amp = torch.autocast("cuda", dtype=_amp_dtype()) if device.startswith("cuda") else _null()
     with bar as prog, torch.inference_mode(), amp:
         task = prog.add_task("embed", total=len(rows)) if prog else None
@@ -355,7 +355,7 @@ class _null:
         return False
 
 
-def _progress_bar(enabled: bool, total: int, label: str):
+def progress_bar(enabled: bool, total: int, label: str):
     if not enabled:
         return _null()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn

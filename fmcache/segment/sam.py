@@ -5,7 +5,7 @@ decoder are small. So images are encoded once (:func:`encode`, whose features a 
 stores) and every prompt is decoded from those features (:func:`decode`), which gives the
 same masks as running the model end to end on the image (``SamPredictor``).
 
-A model is an entry of :data:`SAM_MODELS`: its nominal architecture, its weights file (in
+A model is an entry of :data:`fmcache.segment.models.SAM_MODELS`: its nominal architecture, its weights file (in
 the weights directory, as the classification ``file:`` entries) and its input rule
 (:class:`InputRule`). The architecture actually built is read off the file's tensors, so a
 file of another geometry loads if, and only if, all its keys and shapes fit (strict load).
@@ -33,7 +33,7 @@ per image, the prompt encoder, mask decoder and upsampling to the original size 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -43,76 +43,9 @@ import torch.nn.functional as F
 
 from fmcache.embed.loaders.local_checkpoint import block_count, load_strict
 from fmcache.embed.loaders.sam_vit import geometry as encoder_geometry
-from fmcache.embed.spec import IMAGENET_MEAN, IMAGENET_STD
 from fmcache.embed.weights import local_path, read_state_dict, sha256_file
-from fmcache.errors import ModelError, SegmentInputError, UnknownNameError, did_you_mean
-
-
-@dataclass(frozen=True)
-class InputRule:
-    """How an RGB uint8 image becomes the image encoder's (3, size, size) input.
-
-    ``resize``: ``longest_side`` scales the longest side to ``size`` (aspect kept) and pads
-    bottom/right with zeros after normalising; ``square`` resizes straight to size x size.
-    ``normalise``: ``imagenet`` is (x - mean x 255) / (std x 255); ``minmax`` is
-    (x - min) / (max - min) over the whole resized image, all channels together.
-    """
-
-    resize: str  # longest_side | square
-    interpolation: str  # bilinear (PIL, on uint8) | bicubic (torch, on floats)
-    normalise: str  # imagenet | minmax
-    size: int = 1024
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-
-    def to_attrs(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["mean"], d["std"] = list(self.mean), list(self.std)
-        return d
-
-
-SAM_INPUT = InputRule(resize="longest_side", interpolation="bilinear", normalise="imagenet")
-MEDSAM_INPUT = InputRule(resize="square", interpolation="bicubic", normalise="minmax")
-
-
-@dataclass(frozen=True)
-class SamSpec:
-    """A registered SAM-family segmentation model. Adding one is adding an entry.
-
-    ``arch`` names the nominal encoder (a key of :data:`ARCHS`), used where the weights
-    file lacks the tensors to read the geometry off; ``weights`` is ``file:<name>`` in the
-    weights directory.
-    """
-
-    key: str
-    title: str
-    arch: str
-    weights: str
-    input: InputRule
-    license: str = ""
-    notes: str = ""
-
-
-# segment_anything's build_sam_vit_{b,l,h}
-ARCHS: dict[str, dict[str, Any]] = {
-    "vit_b": {"embed_dim": 768, "depth": 12, "num_heads": 12, "global_attn_indexes": (2, 5, 8, 11)},
-    "vit_l": {"embed_dim": 1024, "depth": 24, "num_heads": 16, "global_attn_indexes": (5, 11, 17, 23)},
-    "vit_h": {"embed_dim": 1280, "depth": 32, "num_heads": 16, "global_attn_indexes": (7, 15, 23, 31)},
-}
-
-SAM_MODELS: dict[str, SamSpec] = {
-    s.key: s
-    for s in [
-        SamSpec("sam", "SAM ViT-B (Meta)", "vit_b", "file:sam_vit_b_01ec64.pth", SAM_INPUT, "Apache-2.0",
-                "dl.fbaipublicfiles.com/segment_anything/; the benchmark's SAM"),
-        SamSpec("sam_vit_l", "SAM ViT-L (Meta)", "vit_l", "file:sam_vit_l_0b3195.pth", SAM_INPUT, "Apache-2.0",
-                "dl.fbaipublicfiles.com/segment_anything/"),
-        SamSpec("sam_vit_h", "SAM ViT-H (Meta)", "vit_h", "file:sam_vit_h_4b8939.pth", SAM_INPUT, "Apache-2.0",
-                "dl.fbaipublicfiles.com/segment_anything/"),
-        SamSpec("medsam", "MedSAM ViT-B", "vit_b", "file:medsam_vit_b.pth", MEDSAM_INPUT, "Apache-2.0",
-                "bowang-lab/MedSAM (Google Drive); SAM-format flat state dict"),
-    ]
-}
+from fmcache.errors import ModelError, SegmentInputError
+from fmcache.segment.models import ARCHS, InputRule, SamSpec, get_sam_model
 
 
 @dataclass
@@ -156,6 +89,12 @@ class ImageMeta(NamedTuple):
         """(B, 4) int32: original (H, W) then input (h, w), the cache's ``sizes`` layout."""
         return np.concatenate([self.original_size, self.input_size], axis=1).astype(np.int32)
 
+    @classmethod
+    def from_sizes(cls, sizes: np.ndarray, pooled: np.ndarray) -> ImageMeta:
+        """The meta of cached items: their ``sizes`` (B, 4) and ``pooled`` (B, C) arrays."""
+        sizes = np.asarray(sizes, dtype=np.int32)
+        return cls(sizes[:, :2], sizes[:, 2:], np.asarray(pooled, dtype=np.float32))
+
 
 class Decoded(NamedTuple):
     """What :func:`decode` returns.
@@ -168,17 +107,6 @@ class Decoded(NamedTuple):
     masks: list[np.ndarray]
     scores: np.ndarray
     low_res_logits: np.ndarray
-
-
-def get_sam_model(key: str) -> SamSpec:
-    """The entry of a registered segmentation model, or :class:`UnknownNameError`."""
-    try:
-        return SAM_MODELS[key]
-    except KeyError:
-        raise UnknownNameError(
-            f"unknown segmentation model {key!r}{did_you_mean(key, list(SAM_MODELS))}; "
-            f"registered: {', '.join(SAM_MODELS)}"
-        ) from None
 
 
 # ---------------------------------------------------------------------------------------------
