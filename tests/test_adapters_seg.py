@@ -1,0 +1,135 @@
+"""The 2D segmentation adapters: samples tables, label maps aligned with the images, checks.
+
+Expected counts are worked out by hand from the rows in helpers/official_layouts.py and
+helpers/seg_layouts.py; every mask is decoded here independently of the adapters.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from fmcache.datasets import load_dataset
+from fmcache.datasets.check import check_dataset
+from fmcache.errors import DatasetError
+
+from helpers import official_layouts as ol
+from helpers import seg_layouts as sl
+
+SEX = {"male": 0, "female": 1, "unknown": -1}
+AGE = {"young": 0, "old": 1, "unknown": -1}
+
+
+def counts(values, names: dict[str, int]) -> dict[str, int]:
+    v = np.asarray(values)
+    return {name: int((v == code).sum()) for name, code in names.items()}
+
+
+def row_of(ds, sample_id: str) -> int:
+    return int(np.flatnonzero(ds.table["id"].to_numpy() == sample_id)[0])
+
+
+def assert_segmentation_table(ds) -> None:
+    """No labels, whole subjects per split, every split used, mask classes recorded."""
+    t = ds.table
+    assert not [c for c in t.columns if c.startswith("label/")]
+    assert (t.groupby("subject")["split"].nunique() == 1).all()
+    assert set(t["split"]) == {0, 1, 2}
+    attrs = ds.group_attrs()
+    assert attrs["task"] == "segmentation" and attrs["mask_classes"] == list(ds.spec.mask_classes)
+    assert attrs["label_names"] == [] and "first attribute" in attrs["split_policy"]
+
+
+def assert_masks_fit(ds) -> None:
+    for i in range(len(ds.table)):
+        m = ds.mask(i)
+        assert m.dtype == np.uint8 and m.shape == ds.image(i).size[::-1]
+
+
+@pytest.fixture(scope="module")
+def ham_root(tmp_path_factory) -> Path:
+    return sl.write_ham10000_seg(tmp_path_factory.mktemp("ham_seg"))
+
+
+# ---------------------------------------------------------------------------- HAM10000 lesion masks
+
+
+def test_ham10000_seg_table_groups_and_splits(ham_root):
+    ds = load_dataset("ham10000_seg", data=ham_root, seed=0)
+    t = ds.table
+    assert len(t) == 18 and t["subject"].nunique() == 15 and ds.name == "ham10000_seg"
+    assert list(t["id"]) == [r[1] for r in ol.HAM_ROWS]
+    assert ds.spec.mask_classes == ("lesion",)
+    assert counts(t["sa/sex"], SEX) == {"male": 9, "female": 8, "unknown": 1}
+    assert counts(t["sa/age"], AGE) == {"young": 7, "old": 10, "unknown": 1}
+    i = row_of(ds, "ISIC_0027008")
+    assert t["sa_raw/sex"].iloc[i] == "unknown" and t["sa/sex"].iloc[i] == -1  # never merged into male
+    assert_segmentation_table(ds)
+
+
+def test_ham10000_seg_masks_equal_the_files(ham_root):
+    ds = load_dataset("ham10000_seg", data=ham_root, seed=0)
+    assert_masks_fit(ds)
+    for i, image_id in enumerate(ds.table["id"]):
+        png = ham_root / sl.HAM_MASK_DIR / f"{image_id}_segmentation.png"
+        expected = (np.asarray(Image.open(png)) == 255).astype(np.uint8)
+        assert np.array_equal(ds.mask(i), expected) and expected.any()
+
+
+def test_ham10000_seg_nested_folder_and_errors(tmp_path):
+    root = sl.write_ham10000_seg(tmp_path / "nested", nested=True)
+    ds = load_dataset("ham10000_seg", data=root)
+    assert ds.table["meta/mask"].iloc[0] == f"{sl.HAM_MASK_DIR}/{sl.HAM_MASK_DIR}/ISIC_0027419_segmentation.png"
+    assert ds.mask(0).sum() > 0
+    bare = ol.write_ham10000(tmp_path / "bare")
+    with pytest.raises(DatasetError, match=r"no lesion masks in .*HAM10000_segmentations_lesion_tschandl.*unpack"):
+        load_dataset("ham10000_seg", data=bare)
+    png = root / sl.HAM_MASK_DIR / sl.HAM_MASK_DIR / "ISIC_0027419_segmentation.png"
+    Image.fromarray(np.full(sl.HAM_SHAPE, 128, np.uint8)).save(png)
+    with pytest.raises(DatasetError, match=r"ISIC_0027419_segmentation\.png holds value 128"):
+        ds.mask(0)
+
+
+def test_ham10000_seg_check_passes_and_names_a_damaged_mask(tmp_path, run_cli):
+    root = sl.write_ham10000_seg(tmp_path)
+    report = check_dataset("ham10000_seg", root)
+    assert report.ok and report.rows == 18 and not report.bad_masks and report.mask_classes == ("lesion",)
+    code, out, _ = run_cli("datasets", "check", "ham10000_seg", "--data", str(root))
+    assert code == 0 and out.strip().endswith("OK") and "mask classes: lesion" in out
+    folder = root / sl.HAM_MASK_DIR
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(folder / "ISIC_0024306_segmentation.png")
+    (folder / "ISIC_0025030_segmentation.png").write_bytes(b"not a png")
+    report = check_dataset("ham10000_seg", root)
+    assert not report.ok and [r for r, _ in report.bad_masks] == ["ISIC_0025030", "ISIC_0024306"]
+    assert "cannot read mask" in report.bad_masks[0][1] and "ISIC_0025030_segmentation.png" in report.bad_masks[0][1]
+    assert "ISIC_0024306_segmentation.png is 10 x 10 (H x W) but its image is 45 x 60" in report.bad_masks[1][1]
+    code, out, _ = run_cli("datasets", "check", "ham10000_seg", "--data", str(root))
+    assert code == 1 and "2 of 18 masks" in out and "ISIC_0024306_segmentation.png is 10 x 10" in out
+
+
+# ---------------------------------------------------------------------------- shared
+
+
+def test_segmentation_keys_are_listed(run_cli):
+    code, out, _ = run_cli("datasets")
+    assert code == 0
+    for key in ("ham10000_seg",):
+        assert key in out
+    code, out, _ = run_cli("datasets", "ham10000_seg")
+    assert code == 0 and "task segmentation" in out and "mask lesion" in " ".join(out.split())
+
+
+def test_classification_still_needs_a_label(ham_root):
+    from fmcache.datasets.registry import get_dataset
+    from fmcache.datasets.samples import build_samples
+    from fmcache.datasets.spec import RawTable
+
+    frame = pd.DataFrame({"id": ["a"], "subject": ["a"], "path": [""]})
+    with pytest.raises(DatasetError, match=r"label/<name>"):
+        build_samples(get_dataset("ham10000"), RawTable(frame))
+    table, _ = build_samples(get_dataset("ham10000_seg"), RawTable(frame))
+    assert list(table["split"]) in ([0], [1], [2])
