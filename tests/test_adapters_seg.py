@@ -111,13 +111,78 @@ def test_ham10000_seg_check_passes_and_names_a_damaged_mask(tmp_path, run_cli):
     assert code == 1 and "2 of 18 masks" in out and "ISIC_0024306_segmentation.png is 10 x 10" in out
 
 
+# ---------------------------------------------------------------------------- Montgomery County CXR
+
+
+@pytest.fixture(scope="module")
+def montgomery_root(tmp_path_factory) -> Path:
+    return sl.write_montgomery(tmp_path_factory.mktemp("montgomery"))
+
+
+def test_montgomery_table_groups_and_splits(montgomery_root):
+    ds = load_dataset("montgomery", data=montgomery_root, seed=0)
+    t = ds.table
+    assert list(t["id"]) == [r[0] for r in sl.MONTGOMERY_ROWS] and ds.spec.mask_classes == ("left lung", "right lung")
+    assert t["subject"].nunique() == 9
+    assert t["subject"].iloc[row_of(ds, "MCUCXR_0163_1")] == t["subject"].iloc[row_of(ds, "MCUCXR_0162_1")]
+    assert counts(t["sa/sex"], SEX) == {"male": 5, "female": 4, "unknown": 1}
+    assert counts(t["sa/age"], AGE) == {"young": 6, "old": 4, "unknown": 0}
+    first = t.iloc[0]
+    assert first["sa_raw/sex"] == "F" and first["sa_raw/age"] == "027Y" and first["sa/age"] == 0
+    assert t["sa_raw/sex"].iloc[row_of(ds, "MCUCXR_0003_0")] == "O"
+    assert first["path"] == f"{sl.MONTGOMERY_SET}/CXR_png/MCUCXR_0001_0.png"
+    assert_segmentation_table(ds)
+    for seed in (1, 2, 3):
+        other = load_dataset("montgomery", data=montgomery_root, seed=seed).table
+        assert (other.groupby("subject")["split"].nunique() == 1).all()
+
+
+def test_montgomery_masks_equal_the_files(montgomery_root):
+    ds = load_dataset("montgomery", data=montgomery_root / sl.MONTGOMERY_SET)  # --data MontgomerySet/ itself
+    assert_masks_fit(ds)
+    masks = montgomery_root / sl.MONTGOMERY_SET / "ManualMask"
+    for i, stem in enumerate(ds.table["id"]):
+        left = np.asarray(Image.open(masks / "leftMask" / f"{stem}.png")) // 255
+        right = np.asarray(Image.open(masks / "rightMask" / f"{stem}.png")) // 255
+        assert np.array_equal(ds.mask(i), left + 2 * right) and set(np.unique(ds.mask(i))) == {0, 1, 2}
+        assert ds.image(i).size == sl.montgomery_shape(i)[::-1]
+
+
+def test_montgomery_errors_name_the_file(tmp_path):
+    root = sl.write_montgomery(tmp_path)
+    base = root / sl.MONTGOMERY_SET
+    ds = load_dataset("montgomery", data=root)
+    left = base / "ManualMask" / "leftMask" / "MCUCXR_0001_0.png"
+    Image.fromarray(np.full(sl.montgomery_shape(0), 255, np.uint8)).save(left)
+    with pytest.raises(DatasetError, match=r"MCUCXR_0001_0\.png marks pixels as both left and right lung"):
+        ds.mask(0)
+    (base / "ClinicalReadings" / "MCUCXR_0002_0.txt").write_text("Patient's Age: 064Y\nnormal\n")
+    with pytest.raises(DatasetError, match=r"MCUCXR_0002_0\.txt has no line \"Patient's Sex:\"; replace"):
+        load_dataset("montgomery", data=root)
+    (base / "ClinicalReadings" / "MCUCXR_0002_0.txt").write_text("Patient's Sex: M \nPatient's Age: 64 years\n")
+    with pytest.raises(DatasetError, match=r"unexpected age value '64 years'"):
+        load_dataset("montgomery", data=root)
+    with pytest.raises(DatasetError, match=r"CXR_png/ not found"):
+        load_dataset("montgomery", data=base / "ManualMask")
+
+
+def test_montgomery_check_passes_and_names_a_damaged_mask(tmp_path):
+    root = sl.write_montgomery(tmp_path)
+    assert check_dataset("montgomery", root).ok
+    right = root / sl.MONTGOMERY_SET / "ManualMask" / "rightMask" / "MCUCXR_0170_1.png"
+    right.write_bytes(right.read_bytes()[:40])  # truncated
+    report = check_dataset("montgomery", root)
+    assert not report.ok and [r for r, _ in report.bad_masks] == ["MCUCXR_0170_1"]
+    assert "rightMask/MCUCXR_0170_1.png" in report.bad_masks[0][1]
+
+
 # ---------------------------------------------------------------------------- shared
 
 
 def test_segmentation_keys_are_listed(run_cli):
     code, out, _ = run_cli("datasets")
     assert code == 0
-    for key in ("ham10000_seg",):
+    for key in ("ham10000_seg", "montgomery"):
         assert key in out
     code, out, _ = run_cli("datasets", "ham10000_seg")
     assert code == 0 and "task segmentation" in out and "mask lesion" in " ".join(out.split())

@@ -16,6 +16,7 @@ from fmcache.datasets.adapters import (
     ham10000,
     ham10000_seg,
     mimic_cxr,
+    montgomery,
     papila,
     synthetic,
 )
@@ -49,6 +50,7 @@ DATASETS: dict[str, DatasetSpec] = {
         papila,
         synthetic,
         ham10000_seg,
+        montgomery,
     )
 }
 

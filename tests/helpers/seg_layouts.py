@@ -44,3 +44,48 @@ def write_ham10000_seg(root: Path, *, nested: bool = False) -> Path:
     for i, row in enumerate(ol.HAM_ROWS):
         _png(folder / f"{row[1]}_segmentation.png", blob(HAM_SHAPE, seed=100 + i))
     return root
+
+
+# ---------------------------------------------------------------------------- Montgomery County CXR
+
+MONTGOMERY_SET = "NLM-MontgomeryCXRSet/MontgomerySet"
+# (stem, sex letter, age, free text); 0163_1 is the same person as 0162_1, 0003_0 has sex O
+MONTGOMERY_ROWS = [
+    ("MCUCXR_0001_0", "F", "027Y", "normal"),
+    ("MCUCXR_0002_0", "M", "064Y", "normal"),
+    ("MCUCXR_0003_0", "O", "045Y", "normal"),
+    ("MCUCXR_0004_0", "F", "060Y", "normal"),
+    ("MCUCXR_0006_0", "F", "038Y", "normal"),
+    ("MCUCXR_0104_1", "M", "035Y", "bilateral upper lobe cavitary TB"),
+    ("MCUCXR_0162_1", "M", "071Y", "right upper lobe infiltrates"),
+    ("MCUCXR_0163_1", "M", "071Y", "NO REPORT (same pt as MCUCXR_0162_1)"),
+    ("MCUCXR_0170_1", "F", "052Y", "left apical scarring"),
+    ("MCUCXR_0173_1", "M", "041Y", "miliary pattern"),
+]
+
+
+def montgomery_shape(i: int) -> tuple[int, int]:
+    """H x W: the release has portrait and landscape radiographs (4892 x 4020 scaled down)."""
+    return (24, 20) if i % 3 else (20, 24)
+
+
+def write_montgomery(root: Path) -> Path:
+    """The Montgomery set as unzipped (NLM-MontgomeryCXRSet/MontgomerySet/...); returns root.
+
+    Radiographs are 16-bit grey PNGs with 12-bit content; masks 0 / 255 grey PNGs.
+    """
+    base = root / MONTGOMERY_SET
+    for i, (stem, sex, age, text) in enumerate(MONTGOMERY_ROWS):
+        shape = montgomery_shape(i)
+        pixels = np.random.default_rng(i).integers(0, 4096, shape, dtype=np.uint16)
+        _png(base / "CXR_png" / f"{stem}.png", pixels)
+        left = np.zeros(shape, np.uint8)
+        left[4:14, 2:8] = 255
+        right = np.zeros(shape, np.uint8)
+        right[4 + i % 3 : 16, 11:17] = 255
+        _png(base / "ManualMask" / "leftMask" / f"{stem}.png", left)
+        _png(base / "ManualMask" / "rightMask" / f"{stem}.png", right)
+        reading = base / "ClinicalReadings" / f"{stem}.txt"
+        reading.parent.mkdir(parents=True, exist_ok=True)
+        reading.write_text(f"Patient's Sex: {sex} \nPatient's Age: {age}\n{text}\n")
+    return root
