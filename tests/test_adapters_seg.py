@@ -6,6 +6,7 @@ helpers/seg_layouts.py; every mask is decoded here independently of the adapters
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -176,16 +177,96 @@ def test_montgomery_check_passes_and_names_a_damaged_mask(tmp_path):
     assert "rightMask/MCUCXR_0170_1.png" in report.bad_masks[0][1]
 
 
+# ---------------------------------------------------------------------------- Harvard-FairSeg
+
+
+@pytest.fixture(scope="module")
+def fairseg_root(tmp_path_factory) -> Path:
+    return sl.write_fairseg(tmp_path_factory.mktemp("fairseg"))
+
+
+def test_fairseg_table_groups_and_splits(fairseg_root):
+    ds = load_dataset("fairseg", data=fairseg_root, seed=0)
+    t = ds.table
+    assert list(t["id"]) == [f"data_{i:05d}" for i in range(1, 13)] and ds.spec.mask_classes == ("optic cup", "rim")
+    assert t["subject"].nunique() == 12 and t["subject"].iloc[11] == "P0012" and t["subject"].iloc[0] == "data_00001"
+    assert counts(t["sa/sex"], SEX) == {"male": 5, "female": 7, "unknown": 0}
+    assert counts(t["sa/age"], AGE) == {"young": 6, "old": 6, "unknown": 0}  # 59.99 young, 60.00 old
+    assert counts(t["sa/race"], {"white": 0, "non-white": 1, "unknown": -1}) == {"white": 6, "non-white": 6, "unknown": 0}
+    assert counts(t["sa/ethnicity"], {"non-hispanic": 0, "hispanic": 1, "unknown": -1}) == {
+        "non-hispanic": 9, "hispanic": 2, "unknown": 1}
+    assert counts(t["sa/language"], {"english": 0, "non-english": 1, "unknown": -1}) == {
+        "english": 8, "non-english": 3, "unknown": 1}
+    assert counts(t["sa/marital_status"], {"partnered": 0, "not partnered": 1, "unknown": -1}) == {
+        "partnered": 4, "not partnered": 7, "unknown": 1}
+    last = t.iloc[11]  # age stored in days, race as the raw code 7
+    assert last["sa_raw/age"] == "41.9" and last["sa_raw/race"] == "white" and last["sa/age"] == 0
+    assert_segmentation_table(ds)
+
+
+def test_fairseg_masks_and_images_equal_the_files(fairseg_root):
+    ds = load_dataset("fairseg", data=fairseg_root)
+    assert_masks_fit(ds)
+    for i, sample_id in enumerate(ds.table["id"]):
+        with np.load(fairseg_root / f"{sample_id}.npz") as z:
+            stored = next(z[k] for k in ("disc_cup_mask", "disc_cup_borders", "disc_cup") if k in z.files)
+            image = next(z[k] for k in ("slo_fundus", "fundus_slo") if k in z.files)
+        expected = np.where(stored == -2, 1, np.where(stored == -1, 2, 0))
+        assert np.array_equal(ds.mask(i), expected) and set(np.unique(expected)) == {0, 1, 2}
+        assert np.array_equal(np.asarray(ds.image(i))[..., 0], image)
+
+
+def test_fairseg_errors_name_the_file(tmp_path):
+    root = sl.write_fairseg(tmp_path)
+    ds = load_dataset("fairseg", data=root)
+    ol._npz(root / "data_00002.npz", slo_fundus=np.zeros(sl.FAIRSEG_SHAPE, np.uint8),
+            disc_cup_mask=np.full(sl.FAIRSEG_SHAPE, 255, np.uint8))
+    with pytest.raises(DatasetError, match=r"data_00002\.npz holds value 255; expected 0 \(background\), -2"):
+        ds.mask(1)
+    ol._npz(root / "data_00003.npz", slo_fundus=np.zeros(sl.FAIRSEG_SHAPE, np.uint8), disc_cup_mask=sl.fairseg_mask(3),
+            gender=5)
+    with pytest.raises(DatasetError, match=r"data_00003\.npz has gender=5; known codes: 0 female, 1 male"):
+        load_dataset("fairseg", data=root)
+    ol._npz(root / "data_00003.npz", slo_fundus=np.zeros(sl.FAIRSEG_SHAPE, np.uint8))
+    with pytest.raises(DatasetError, match=r"data_00003\.npz has no array disc_cup_mask or disc_cup_borders"):
+        load_dataset("fairseg", data=root)
+    with pytest.raises(DatasetError, match=r"no data_NNNNN\.npz files below"):
+        load_dataset("fairseg", data=root / "ReadMe")
+
+
+def test_fairseg_check_names_a_mask_of_another_size(tmp_path):
+    root = sl.write_fairseg(tmp_path)
+    assert check_dataset("fairseg", root).ok
+    with np.load(root / "data_00004.npz") as z:
+        arrays = dict(z)
+    arrays["disc_cup_mask"] = arrays["disc_cup_mask"][:10]
+    np.savez(root / "data_00004.npz", **arrays)
+    report = check_dataset("fairseg", root)
+    assert not report.ok and report.bad_masks == [
+        ("data_00004", "mask data_00004.npz is 10 x 20 (H x W) but its image is 24 x 20")]
+
+
 # ---------------------------------------------------------------------------- shared
 
 
 def test_segmentation_keys_are_listed(run_cli):
     code, out, _ = run_cli("datasets")
     assert code == 0
-    for key in ("ham10000_seg", "montgomery"):
+    for key in ("ham10000_seg", "montgomery", "fairseg"):
         assert key in out
     code, out, _ = run_cli("datasets", "ham10000_seg")
     assert code == 0 and "task segmentation" in out and "mask lesion" in " ".join(out.split())
+
+
+def test_a_mask_value_beyond_the_classes_names_the_file(ham_root):
+    ds = load_dataset("ham10000_seg", data=ham_root)
+    ds.spec = replace(ds.spec, mask=lambda root, row: np.array([[0, 1], [2, 1]]))
+    with pytest.raises(DatasetError, match=r"mask HAM10000_segmentations_lesion_tschandl/ISIC_0027419_segmentation\.png "
+                       r"of ISIC_0027419 holds value 2; its labels are 0 \(background\) to 1 \(lesion\)"):
+        ds.mask(0)
+    ds.spec = replace(ds.spec, mask=lambda root, row: np.zeros((2, 2, 3)))
+    with pytest.raises(DatasetError, match=r"has shape \(2, 2, 3\), expected \(H, W\)"):
+        ds.mask(0)
 
 
 def test_classification_still_needs_a_label(ham_root):

@@ -11,6 +11,7 @@ from fmcache.datasets.adapters import (
     chexpert,
     covid_ct_md,
     csv_table,
+    fairseg,
     fairvlmed10k,
     gf3300,
     ham10000,
@@ -51,6 +52,7 @@ DATASETS: dict[str, DatasetSpec] = {
         synthetic,
         ham10000_seg,
         montgomery,
+        fairseg,
     )
 }
 

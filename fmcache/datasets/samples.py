@@ -104,7 +104,7 @@ class Dataset:
         n = len(self.spec.mask_classes)
         bad = array[(array < 0) | (array > n) | (array != np.round(array))] if array.size else array
         if bad.size:
-            raise DatasetError(f"{where} holds value {bad.flat[0]!r}; its labels are 0 (background) to {n} "
+            raise DatasetError(f"{where} holds value {bad.flat[0].item()!r}; its labels are 0 (background) to {n} "
                                f"({', '.join(self.spec.mask_classes)}): repair or replace the file")
         return array.astype(np.uint8)
 

@@ -89,3 +89,55 @@ def write_montgomery(root: Path) -> Path:
         reading.parent.mkdir(parents=True, exist_ok=True)
         reading.write_text(f"Patient's Sex: {sex} \nPatient's Age: {age}\n{text}\n")
     return root
+
+
+# ---------------------------------------------------------------------------- Harvard-FairSeg
+
+# (age in years, gender, race, ethnicity, language, maritalstatus) as the README's codes
+FAIRSEG_ROWS = [
+    (56.56, 0, 0, 0, 0, 1),
+    (72.10, 1, 2, 0, 0, 0),
+    (60.00, 0, 1, 1, 1, 2),
+    (45.31, 1, 2, -1, -1, 0),
+    (81.02, 0, 2, 0, 2, 3),
+    (59.99, 1, 0, 0, 0, -1),
+    (33.47, 0, 1, 0, 0, 4),
+    (67.80, 1, 2, 0, 0, 0),
+    (64.25, 0, 0, 0, 0, 1),
+    (52.66, 1, 1, 1, 1, 0),
+    (77.00, 0, 2, 0, 0, 2),  # written with the older README's keys
+    (41.90, 0, 2, 0, 0, 1),  # written with the training code's keys
+]
+FAIRSEG_SHAPE = (24, 20)  # H x W
+FAIRSEG_RAW_RACE = {0: 2, 1: 3, 2: 7}  # the training code's raw race codes
+
+
+def fairseg_mask(i: int) -> np.ndarray:
+    """Stored encoding: 0 background, -1 rim, -2 cup (inside the disc)."""
+    out = np.zeros(FAIRSEG_SHAPE, np.int8)
+    top, left = 4 + i % 4, 3 + i % 3
+    out[top : top + 12, left : left + 12] = -1
+    out[top + 3 : top + 8, left + 4 : left + 9] = -2
+    return out
+
+
+def write_fairseg(root: Path) -> Path:
+    """Harvard-FairSeg as on Hugging Face: data_NNNNN.npz files and ReadMe/; returns root."""
+    (root / "ReadMe").mkdir(parents=True, exist_ok=True)
+    (root / "ReadMe" / "data_description.txt").write_text("Harvard-FairSeg: 10,000 samples of SLO fundus images.\n")
+    last = len(FAIRSEG_ROWS)
+    for i, (age, gender, race, eth, lang, marital) in enumerate(FAIRSEG_ROWS, start=1):
+        image = np.random.default_rng(i).integers(0, 87, FAIRSEG_SHAPE, dtype=np.uint8)
+        path = root / f"data_{i:05d}.npz"
+        common = dict(gender=gender, language=lang)
+        if i == last - 1:
+            ol._npz(path, fundus_slo=image, disc_cup_borders=fairseg_mask(i).astype(np.int16), age=age, race=race,
+                    ethnicity=eth, marriagestatus=marital, **common)
+        elif i == last:
+            ol._npz(path, fundus_slo=image, disc_cup=fairseg_mask(i).astype(np.int64), axes_cup=np.zeros(4),
+                    axes_disc=np.zeros(4), md=-1.2, tds=np.zeros(52), pid=f"P{i:04d}", maritalstatus=marital,
+                    hispanic=eth, race=FAIRSEG_RAW_RACE[race], age=age * 365, datadir="/data/fairseg", **common)
+        else:
+            ol._npz(path, slo_fundus=image, disc_cup_mask=fairseg_mask(i), age=age, race=race, ethnicity=eth,
+                    maritalstatus=marital, **common)
+    return root
