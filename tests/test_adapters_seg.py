@@ -246,13 +246,85 @@ def test_fairseg_check_names_a_mask_of_another_size(tmp_path):
         ("data_00004", "mask data_00004.npz is 10 x 20 (H x W) but its image is 24 x 20")]
 
 
+# ---------------------------------------------------------------------------- TUSC
+
+
+@pytest.fixture(scope="module")
+def tusc_root(tmp_path_factory) -> Path:
+    pytest.importorskip("h5py")
+    return sl.write_tusc(tmp_path_factory.mktemp("tusc"))
+
+
+def test_tusc_table_groups_and_clips_stay_whole(tusc_root):
+    ds = load_dataset("tusc", data=tusc_root, seed=0)
+    t = ds.table
+    assert len(t) == 20 and t["subject"].nunique() == 9 and ds.spec.mask_classes == ("nodule",)
+    assert list(t["id"][:4]) == ["1_frame0", "1_frame1", "1_frame2", "2_frame0"]
+    assert counts(t["sa/sex"], SEX) == {"male": 6, "female": 14, "unknown": 0}
+    assert counts(t["sa/age"], AGE) == {"young": 11, "old": 7, "unknown": 2}
+    assert_segmentation_table(ds)
+    for seed in (1, 2, 3):  # every frame of a clip on one side, whatever the seed
+        other = load_dataset("tusc", data=tusc_root, seed=seed).table
+        assert (other.groupby("subject")["split"].nunique() == 1).all()
+
+
+def test_tusc_frames_and_masks_equal_the_file(tusc_root):
+    import h5py
+
+    ds = load_dataset("tusc", data=tusc_root)
+    assert_masks_fit(ds)
+    with h5py.File(tusc_root / "dataset.hdf5", "r") as h:
+        images, masks = h["image"][:], h["mask"][:]
+    for i in range(len(ds.table)):
+        assert np.array_equal(ds.mask(i), (masks[i] == 255).astype(np.uint8)) and ds.mask(i).any()
+        assert np.array_equal(np.asarray(ds.image(i))[..., 0], images[i])
+
+
+def test_tusc_three_d_frames_are_averaged(tmp_path):
+    pytest.importorskip("h5py")
+    import h5py
+
+    root = sl.write_tusc(tmp_path, frame_axes=2)
+    ds = load_dataset("tusc", data=root)
+    with h5py.File(root / "dataset.hdf5", "r") as h:
+        first = h["image"][0]
+    assert np.array_equal(np.asarray(ds.image(0))[..., 0], np.rint(first.mean(axis=0)).astype(np.uint8))
+    assert ds.mask(0).shape == ds.image(0).size[::-1]
+
+
+def test_tusc_errors_and_check(tmp_path):
+    pytest.importorskip("h5py")
+    import h5py
+
+    root = sl.write_tusc(tmp_path)
+    assert check_dataset("tusc", root).ok
+    with h5py.File(root / "dataset.hdf5", "r+") as h:
+        h["mask"][5] = np.full(sl.TUSC_SHAPE, 7, np.uint8)
+    report = check_dataset("tusc", root)
+    assert not report.ok and [r for r, _ in report.bad_masks] == ["3_frame0"]
+    assert "mask frame 5 of" in report.bad_masks[0][1] and "dataset.hdf5 holds value 7" in report.bad_masks[0][1]
+    meta = root / "metadata.csv"
+    meta.write_text("\n".join(meta.read_text().splitlines()[:-1]) + "\n")  # 9_ has no row
+    with pytest.raises(DatasetError, match=r"annot_id '9_' of dataset\.hdf5 has no row in metadata\.csv"):
+        load_dataset("tusc", data=root)
+    (root / "dataset.hdf5").write_bytes(b"not hdf5")
+    with pytest.raises(DatasetError, match=r"cannot read .*dataset\.hdf5.*not HDF5"):
+        load_dataset("tusc", data=root)
+
+
+def test_tusc_without_h5py_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "h5py", None)
+    with pytest.raises(DatasetError, match=r"tusc: reading dataset\.hdf5 needs h5py \(pip install h5py\)"):
+        load_dataset("tusc", data=tmp_path)
+
+
 # ---------------------------------------------------------------------------- shared
 
 
 def test_segmentation_keys_are_listed(run_cli):
     code, out, _ = run_cli("datasets")
     assert code == 0
-    for key in ("ham10000_seg", "montgomery", "fairseg"):
+    for key in ("ham10000_seg", "montgomery", "fairseg", "tusc"):
         assert key in out
     code, out, _ = run_cli("datasets", "ham10000_seg")
     assert code == 0 and "task segmentation" in out and "mask lesion" in " ".join(out.split())

@@ -20,6 +20,7 @@ from fmcache.datasets.adapters import (
     montgomery,
     papila,
     synthetic,
+    tusc,
 )
 from fmcache.datasets.samples import (
     Dataset,
@@ -53,6 +54,7 @@ DATASETS: dict[str, DatasetSpec] = {
         ham10000_seg,
         montgomery,
         fairseg,
+        tusc,
     )
 }
 

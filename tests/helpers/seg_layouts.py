@@ -141,3 +141,51 @@ def write_fairseg(root: Path) -> Path:
             ol._npz(path, slo_fundus=image, disc_cup_mask=fairseg_mask(i), age=age, race=race, ethnicity=eth,
                     maritalstatus=marital, **common)
     return root
+
+
+# ---------------------------------------------------------------------------- TUSC
+
+TUSC_HEADER = ("annot_id", "age", "sex", "location", "size_x", "size_y", "size_z", "ti-rads_composition",
+               "ti-rads_echogenicity", "ti-rads_shape", "ti-rads_margin", "ti-rads_echogenicfoci", "ti-rads_level",
+               "histopath_diagnosis")
+# (annot_id, age, sex, frames in the clip)
+TUSC_NODULES = [
+    ("1_", "52", "Female", 3),
+    ("2_", "67", "Male", 2),
+    ("3_", "45", "Female", 2),
+    ("4_", "71", "Female", 3),
+    ("5_", "38", "Male", 2),
+    ("6_", "60", "Female", 2),
+    ("7_", "29", "Female", 2),
+    ("8_", "", "Male", 2),
+    ("9_", "58", "Female", 2),
+]
+TUSC_SHAPE = (16, 20)  # H x W
+
+
+def write_tusc(root: Path, *, frame_axes: int = 0) -> Path:
+    """dataset.hdf5 and metadata.csv as downloaded; returns root.
+
+    Frames are listed clip by clip as in the release; ``frame_axes`` > 0 stores every frame
+    with that many leading planes (the 3-D frames some readers average).
+    """
+    import h5py
+
+    root.mkdir(parents=True, exist_ok=True)
+    annot, numbers, images, masks = [], [], [], []
+    for k, (annot_id, _, _, n) in enumerate(TUSC_NODULES):
+        for f in range(n):
+            annot.append(annot_id.encode())
+            numbers.append(f)
+            shape = ((frame_axes,) if frame_axes else ()) + TUSC_SHAPE
+            images.append(np.random.default_rng(10 * k + f).integers(0, 256, shape, dtype=np.uint8))
+            masks.append(blob(TUSC_SHAPE, seed=10 * k + f))
+    with h5py.File(root / "dataset.hdf5", "w") as h:
+        h["annot_id"] = np.array(annot, dtype="S")
+        h["frame_num"] = np.array(numbers, dtype=np.int64)
+        h["image"] = np.stack(images)
+        h["mask"] = np.stack(masks)
+    rows = [[a, age, sex, "Right", "1.2", "0.9", "1.1", "solid", "hypoechoic", "wider-than-tall", "smooth", "none",
+             "TR4", "Benign"] for a, age, sex, _ in TUSC_NODULES]
+    ol._write_csv(root / "metadata.csv", TUSC_HEADER, rows)
+    return root
