@@ -168,8 +168,9 @@ def _check_mask(ds, i: int, image, report: CheckReport) -> None:
         return
     height_width = (image.size[1], image.size[0])
     if mask.shape != height_width:
-        report.bad_masks.append((row_id, f"mask {ds.mask_file(i)} is {mask.shape[0]} x {mask.shape[1]} (H x W) but its "
-                                         f"image is {height_width[0]} x {height_width[1]}"))
+        why = (f"mask {ds.mask_file(i)} is {mask.shape[0]} x {mask.shape[1]} (H x W) but its image is "
+               f"{height_width[0]} x {height_width[1]}")
+        report.bad_masks.append((row_id, why))
 
 
 def _progress_bar(enabled: bool, label: str):

@@ -129,7 +129,7 @@ def write_fairseg(root: Path) -> Path:
     for i, (age, gender, race, eth, lang, marital) in enumerate(FAIRSEG_ROWS, start=1):
         image = np.random.default_rng(i).integers(0, 87, FAIRSEG_SHAPE, dtype=np.uint8)
         path = root / f"data_{i:05d}.npz"
-        common = dict(gender=gender, language=lang)
+        common = {"gender": gender, "language": lang}
         if i == last - 1:
             ol._npz(path, fundus_slo=image, disc_cup_borders=fairseg_mask(i).astype(np.int16), age=age, race=race,
                     ethnicity=eth, marriagestatus=marital, **common)

@@ -9,9 +9,9 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from fmcache.datasets.attributes import categorical, threshold
+from fmcache.datasets.attributes import categorical, dicom_age
 from fmcache.datasets.masks import read_binary_mask
-from fmcache.datasets.spec import AttributeRule, DatasetSpec, RawTable
+from fmcache.datasets.spec import DatasetSpec, RawTable
 from fmcache.errors import DatasetError
 
 KEY = "montgomery"
@@ -24,7 +24,6 @@ SEX_LINE, AGE_LINE = "Patient's Sex:", "Patient's Age:"
 # free text of a reading that names another file of the same person, e.g.
 # "NO REPORT (same pt as MCUCXR_0162_1)"
 SAME_PATIENT = re.compile(r"same\s+pt\s+as\s+(MCUCXR_\d{4}_[01])", re.IGNORECASE)
-AGE_TEXT = re.compile(r"^(\d+)Y$")  # 027Y
 
 
 def _base(root: Path) -> Path:
@@ -109,21 +108,6 @@ def mask(root: Path, row: pd.Series) -> np.ndarray:
     return left + 2 * right
 
 
-def _age_rule(source: str) -> AttributeRule:
-    """Age written as three digits and Y (027Y): old if >= 60."""
-    years = threshold(60, source=source)
-
-    def assign(raw: pd.Series) -> pd.Series:
-        def one(v: object) -> object:
-            m = AGE_TEXT.match(str(v).strip()) if isinstance(v, str) else None
-            return m.group(1) if m else v  # anything else goes to the threshold, which names it
-
-        return years.assign(raw.map(one))
-
-    return AttributeRule(groups=years.groups, assign=assign, description=f"the number before Y (027Y = 27): "
-                         f"{years.description}", source=source)
-
-
 LAYOUT = """\
 NLM-MontgomeryCXRSet/MontgomerySet/ with CXR_png/, ManualMask/,
 ClinicalReadings/
@@ -153,7 +137,7 @@ SPEC = DatasetSpec(
     attributes={
         "sex": categorical({"M": "male", "F": "female"}, groups=("male", "female"), unknown=("O",),
                            source=f"{READINGS}/<stem>.txt line {SEX_LINE!r}"),
-        "age": _age_rule(f"{READINGS}/<stem>.txt line {AGE_LINE!r}"),
+        "age": dicom_age(60, source=f"{READINGS}/<stem>.txt line {AGE_LINE!r}"),
     },
     layout=LAYOUT,
     obtain=(
