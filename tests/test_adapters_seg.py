@@ -341,6 +341,14 @@ def test_a_mask_value_beyond_the_classes_names_the_file(ham_root):
         ds.mask(0)
 
 
+def test_balanced_test_split_without_labels(fairseg_root):
+    ds = load_dataset("fairseg", data=fairseg_root, options={"split": "balanced-test:race"}, seed=0)
+    test = ds.table[ds.table["split"] == 2]
+    assert len(test) > 0 and (test["sa/race"] == 0).sum() == (test["sa/race"] == 1).sum()
+    assert ds.name == "fairseg_split-balanced-test-race"
+    assert ds.group_attrs()["split_policy"].startswith("patient-level, stratified by first attribute; test balanced")
+
+
 def test_classification_still_needs_a_label(ham_root):
     from fmcache.datasets.registry import get_dataset
     from fmcache.datasets.samples import build_samples
