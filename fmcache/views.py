@@ -220,8 +220,15 @@ def datasets_table(specs) -> Table:
     for col in ("dataset", "modality", "labels", "attributes"):
         t.add_column(col)
     for s in specs:
-        t.add_row(s.key, s.title, s.modality, ", ".join(s.labels) or "(yours)", ", ".join(s.attributes) or "(yours)")
+        t.add_row(s.key, s.title, s.modality, _labels_text(s), ", ".join(s.attributes) or "(yours)")
     return t
+
+
+def _labels_text(s, yours: str = "(yours)") -> str:
+    """A segmentation dataset's ground truth is its mask classes, a classifier's its labels."""
+    if s.mask_classes:
+        return "mask " + ", ".join(s.mask_classes)
+    return ", ".join(s.labels) or yours
 
 
 def dataset_detail(s, more_options: dict[str, str]) -> Group:
@@ -233,7 +240,8 @@ def dataset_detail(s, more_options: dict[str, str]) -> Group:
         out.append(f"{note}\n")
 
     out.append(s.key, style="bold")
-    out.append(f": {s.title} ({s.modality}; task {s.task}; labels {', '.join(s.labels) or 'from your options'})\n")
+    truth = _labels_text(s) if s.mask_classes else f"labels {', '.join(s.labels) or 'from your options'}"
+    out.append(f": {s.title} ({s.modality}; task {s.task}; {truth})\n")
     heading("Where to get it")
     out.append(f"{s.obtain}\n")
     heading("Expected layout", " (pass its root as --data)")

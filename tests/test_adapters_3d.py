@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from fmcache.datasets import get_dataset, load_dataset
-from fmcache.datasets.adapters.covid_ct_md import parse_age
+from fmcache.datasets.attributes import parse_age
 from fmcache.datasets.volumes import LUNG_WINDOW, window
 from fmcache.errors import DatasetError
 

@@ -114,6 +114,7 @@ def test_every_rule_description_states_what_the_rule_does(name, rule):
     for blank in ("", None, np.nan, " ", "NA", "n/a", "NULL", "None", "nan"):
         assert _group(rule, blank) == "unknown", (name, blank)
     clauses = rule.description.split("; ")
+    dicom_ages = rule.description.startswith("years read from '039Y'-style strings: ")
     checked = 0
     for clause in clauses:
         clause = clause.removeprefix("years read from '039Y'-style strings: ")
@@ -125,7 +126,7 @@ def test_every_rule_description_states_what_the_rule_does(name, rule):
             continue
         if m := re.fullmatch(r"(\S+) if >= ([\d.]+), else (\S+)", clause):
             high, cut, low = m[1], float(m[2]), m[3]
-            years = {True: f"{int(cut):03d}Y", False: f"{int(cut) - 1:03d}Y"} if name.startswith("covid") else {True: cut, False: cut - 1}
+            years = {True: f"{int(cut):03d}Y", False: f"{int(cut) - 1:03d}Y"} if dicom_ages else {True: cut, False: cut - 1}
             assert (_group(rule, years[True]), _group(rule, years[False])) == (high, low), name
         elif m := re.fullmatch(r"(\S+) if the value contains '(.+)' in any case, else (\S+)", clause):
             word = m[2]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import replace
 from typing import Iterable, Mapping
 
 import numpy as np
@@ -103,6 +105,40 @@ def threshold(
         description=f"{groups[1]} if >= {value:g}, else {groups[0]}; {BLANK}",
         source=source,
     )
+
+
+# DICOM age strings (AS): nnnD / nnnW / nnnM / nnnY
+_AGE = re.compile(r"^(\d{1,3})\s*([DWMY]?)$", re.IGNORECASE)
+_AGE_UNIT_YEARS = {"": 1.0, "Y": 1.0, "M": 1 / 12, "W": 7 / 365.25, "D": 1 / 365.25}
+
+
+def parse_age(value: object) -> float | None:
+    """Years from a DICOM age string (also written in text files, e.g. Montgomery's readings): '039Y' -> 39.0, '105Y' -> 105.0, '006M' -> 0.5.
+
+    The reference reads ``x[1:3]``, which turns '105Y' into 5; every digit counts here.
+    Blank -> None; any other spelling -> ValueError(value).
+    """
+    if value is None or pd.isna(value):
+        return None
+    s = str(value).strip()
+    if s == "":
+        return None
+    m = _AGE.match(s)
+    if m is None:
+        raise ValueError(value)
+    return int(m.group(1)) * _AGE_UNIT_YEARS[m.group(2).upper()]
+
+
+def dicom_age(value: float, *, source: str = "") -> AttributeRule:
+    """:func:`threshold` on ages written as DICOM age strings; sa_raw keeps '039Y'."""
+    base = threshold(value, source=source)
+
+    def assign(raw: pd.Series) -> pd.Series:
+        # blanks the way every rule reads them, so that the description's blank clause holds here too
+        years = pd.Series([None if is_blank(v) else parse_age(v) for v in raw], index=raw.index, dtype=object)
+        return base.assign(years)
+
+    return replace(base, assign=assign, description="years read from '039Y'-style strings: " + base.description)
 
 
 def keyword(

@@ -33,6 +33,8 @@ class CheckReport:
     files: int = 0
     missing: list[str] = field(default_factory=list)
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # (row id, why), in row order
+    bad_masks: list[tuple[str, str]] = field(default_factory=list)  # (row id, why): segmentation only
+    mask_classes: tuple[str, ...] = ()
     split_counts: dict[str, int] = field(default_factory=dict)
     label_counts: dict[str, dict[int, int]] = field(default_factory=dict)
     group_counts: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -53,10 +55,15 @@ class CheckReport:
                 out.append(f"  label {name}: " + ", ".join(f"{'unknown' if v == -1 else v} {n}" for v, n in counts.items()))
             for name, counts in self.group_counts.items():
                 out.append(f"  {name}: " + ", ".join(f"{g} {n}" for g, n in counts.items()))
+            if self.mask_classes:
+                out.append(f"  mask classes: {', '.join(self.mask_classes)}; masks that fail {len(self.bad_masks)}")
         out.extend(f"  problem: {p}" for p in self.problems)
         out.extend(f"  unreadable: row {row!r}: {why}" for row, why in self.unreadable[:SHOW_UNREADABLE])
         if len(self.unreadable) > SHOW_UNREADABLE:
             out.append(f"  unreadable: ... and {len(self.unreadable) - SHOW_UNREADABLE} more")
+        out.extend(f"  bad mask: row {row!r}: {why}" for row, why in self.bad_masks[:SHOW_UNREADABLE])
+        if len(self.bad_masks) > SHOW_UNREADABLE:
+            out.append(f"  bad mask: ... and {len(self.bad_masks) - SHOW_UNREADABLE} more")
         out.append("OK" if self.ok else f"{len(self.problems)} problem(s)")
         return out
 
@@ -94,6 +101,7 @@ def check_dataset(
         report.problems.append(f"{e} (see `fmcache datasets {key}` for the expected layout)")
         return report
     report.root = ds.root
+    report.mask_classes = tuple(spec.mask_classes) if spec.mask is not None else ()
     t = ds.table
     report.rows, report.subjects = len(t), int(t["subject"].nunique())
     report.split_counts = {k: int((t["split"] == code).sum()) for k, code in SPLIT_NAMES.items()}
@@ -130,9 +138,12 @@ def _decode_every_image(ds, report: CheckReport, progress: bool) -> None:
         task = bar.add_task("decode", total=len(rows)) if bar else None
         for i in rows:
             try:
-                ds.image(i)
+                image = ds.image(i)
             except DatasetError as e:
                 report.unreadable.append((str(ds.table["id"].iloc[i]), str(e)))
+                image = None
+            if image is not None and ds.spec.mask is not None:
+                _check_mask(ds, i, image, report)
             if bar:
                 bar.advance(task)
     if report.unreadable:
@@ -140,6 +151,26 @@ def _decode_every_image(ds, report: CheckReport, progress: bool) -> None:
             f"{len(report.unreadable)} of {len(rows)} images cannot be decoded (listed as unreadable below); "
             f"repair or replace those files, or remove their rows"
         )
+    if report.bad_masks:
+        report.problems.append(
+            f"{len(report.bad_masks)} of {len(rows)} masks cannot be decoded or do not fit their image (listed as bad "
+            f"mask below); replace those files with the release's copies, or remove their rows"
+        )
+
+
+def _check_mask(ds, i: int, image, report: CheckReport) -> None:
+    """Decode row ``i``'s mask (values are checked by ``Dataset.mask``) and compare its size with the image's."""
+    row_id = str(ds.table["id"].iloc[i])
+    try:
+        mask = ds.mask(i)
+    except DatasetError as e:
+        report.bad_masks.append((row_id, str(e)))
+        return
+    height_width = (image.size[1], image.size[0])
+    if mask.shape != height_width:
+        why = (f"mask {ds.mask_file(i)} is {mask.shape[0]} x {mask.shape[1]} (H x W) but its image is "
+               f"{height_width[0]} x {height_width[1]}")
+        report.bad_masks.append((row_id, why))
 
 
 def _progress_bar(enabled: bool, label: str):

@@ -11,12 +11,16 @@ from fmcache.datasets.adapters import (
     chexpert,
     covid_ct_md,
     csv_table,
+    fairseg,
     fairvlmed10k,
     gf3300,
     ham10000,
+    ham10000_seg,
     mimic_cxr,
+    montgomery,
     papila,
     synthetic,
+    tusc,
 )
 from fmcache.datasets.samples import (
     Dataset,
@@ -25,6 +29,7 @@ from fmcache.datasets.samples import (
     build_samples,
     check_options,
     data_root,
+    plain_split_policy,
     split_policy,
     split_suffix,
 )
@@ -46,6 +51,10 @@ DATASETS: dict[str, DatasetSpec] = {
         mimic_cxr,
         papila,
         synthetic,
+        ham10000_seg,
+        montgomery,
+        fairseg,
+        tusc,
     )
 }
 
@@ -80,7 +89,7 @@ def load_dataset(
     name = (raw.name if raw.name is not None else spec.key) + split_suffix(opts)
     extra = dict(raw.group_attrs)
     if "split" in opts:
-        extra["split_policy"] = split_policy(opts)
+        extra["split_policy"] = split_policy(opts, plain_split_policy(spec.task))
     if raw.task is not None:  # the options decided the task
         extra["task"] = raw.task
     return Dataset(spec=spec, name=name, root=root, options=opts, seed=seed, table=table, fingerprint=fingerprint,

@@ -19,6 +19,8 @@ from fmcache.datasets.splits import DEFAULT_FRACTIONS, balance_test, patient_spl
 from fmcache.errors import DatasetError
 
 SPLIT_POLICY = "patient-level, stratified by first label x first attribute"
+# a segmentation table has no label columns: its ground truth is a mask per row
+SEGMENTATION_SPLIT_POLICY = "patient-level, stratified by first attribute"
 BALANCED_TEST = "balanced-test"
 # options every dataset accepts; the machinery handles them, adapters never see them
 RESERVED_OPTIONS = {
@@ -82,6 +84,30 @@ class Dataset:
             return self.spec.load(self.root or Path("."), row)
         return open_image(self.file(row["path"]))
 
+    def mask_file(self, i: int) -> str:
+        """The file row ``i``'s mask comes from (``meta/mask``, else the image's own file), for messages."""
+        row = self.table.iloc[i]
+        return str(row.get("meta/mask") or row["path"])
+
+    def mask(self, i: int) -> np.ndarray:
+        """Ground-truth label map of row ``i``: uint8 (H, W), 0 background, ``c`` the class
+        ``spec.mask_classes[c - 1]``; aligned with :meth:`image`. DatasetError naming the file
+        when the adapter's map is not 2D or holds a value that is no class."""
+        if self.spec.mask is None:
+            raise DatasetError(f"{self.spec.key} has no segmentation masks (task {self.spec.task})")
+        array = np.asarray(self.spec.mask(self.root or Path("."), self.table.iloc[i]))
+        if array.dtype == bool:
+            array = array.astype(np.uint8)
+        where = f"{self.spec.key}: mask {self.mask_file(i)} of {self.table['id'].iloc[i]}"
+        if array.ndim != 2:
+            raise DatasetError(f"{where} has shape {array.shape}, expected (H, W)")
+        n = len(self.spec.mask_classes)
+        bad = array[(array < 0) | (array > n) | (array != np.round(array))] if array.size else array
+        if bad.size:
+            raise DatasetError(f"{where} holds value {bad.flat[0].item()!r}; its labels are 0 (background) to {n} "
+                               f"({', '.join(self.spec.mask_classes)}): repair or replace the file")
+        return array.astype(np.uint8)
+
     def group_attrs(self) -> dict[str, Any]:
         """Attributes recorded on the dataset's cache group (JSON-serialisable)."""
         return {
@@ -97,7 +123,7 @@ class Dataset:
                 for a, r in self.rules.items()
                 if a in self.attribute_names
             },
-            "split_policy": SPLIT_POLICY,
+            "split_policy": plain_split_policy(self.spec.task),
             "split_fractions": list(DEFAULT_FRACTIONS),
             "split_seed": self.seed,
             "options": dict(self.options),
@@ -106,6 +132,7 @@ class Dataset:
                 k: {"templates": list(p.templates), "classes": list(p.classes), "label": p.label}
                 for k, p in self.spec.prompts.items()
             },
+            **({"mask_classes": list(self.spec.mask_classes)} if self.spec.mask_classes else {}),
             **self.extra_attrs,
         }
 
@@ -158,10 +185,14 @@ def balanced_attribute(key: str, options: Mapping[str, str]) -> str | None:
     return attr.strip()
 
 
-def split_policy(options: Mapping[str, str]) -> str:
-    """How the split was made, as recorded on the cache group."""
+def plain_split_policy(task: str) -> str:
+    return SEGMENTATION_SPLIT_POLICY if task == "segmentation" else SPLIT_POLICY
+
+
+def split_policy(options: Mapping[str, str], base: str = SPLIT_POLICY) -> str:
+    """How the split was made, as recorded on the cache group (``base``: the plain policy)."""
     attr = balanced_attribute("", options)
-    return SPLIT_POLICY if attr is None else f"{SPLIT_POLICY}; test balanced between the {attr} groups (surplus -> train)"
+    return base if attr is None else f"{base}; test balanced between the {attr} groups (surplus -> train)"
 
 
 def split_suffix(options: Mapping[str, str]) -> str:
@@ -188,7 +219,7 @@ def build_samples(
     frame = raw.frame
     label_cols = [c for c in frame.columns if str(c).startswith("label/")]
     missing = [c for c in ("id", "subject", "path") if c not in frame.columns]
-    if not label_cols:
+    if not label_cols and (raw.task or spec.task) != "segmentation":
         missing.append("label/<name>")
     if missing:
         raise DatasetError(f"{spec.key}: adapter produced no column(s) {missing}")
@@ -217,7 +248,8 @@ def build_samples(
             ) from None
         attrs[f"sa_raw/{name}"] = frame[col].map(lambda v: "" if v is None or v != v else str(v).strip()).to_numpy(dtype=str)
 
-    first_label = labels[label_cols[0]]
+    # segmentation rows have no labels: the first attribute alone stratifies
+    first_label = labels[label_cols[0]] if label_cols else np.zeros(len(out), np.int8)
     first_attr = next((v for k, v in attrs.items() if k.startswith("sa/")), np.zeros(len(out), np.int8))
     strata = first_label.astype(np.int16) * 10 + first_attr
     out["split"] = patient_split(out["subject"], strata, seed=seed)

@@ -9,7 +9,8 @@ table* (a pandas DataFrame, one row per image or volume) with these columns:
                   ``load`` renders pixels itself
 ``label/<name>``  int8, 1 positive, 0 negative, -1 unknown / not labelled; one column per
                   label (``DatasetSpec.labels`` by default; options may choose others;
-                  multi-class: class index, -1 unknown)
+                  multi-class: class index, -1 unknown); none for a segmentation
+                  dataset, whose ground truth is the label map ``DatasetSpec.mask`` reads
 ``raw/<attr>``    the raw value of each sensitive attribute as the release spells it
                   (str, or float for ages; NaN / "" for missing)
 ``gen/<x>``,      optional per-row facts carried unchanged into the samples table, e.g.
@@ -30,11 +31,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping
 
+import numpy as np
 import pandas as pd
 
 Options = Mapping[str, str]
 LoadFn = Callable[[Path, pd.Series], Any]  # -> PIL.Image.Image
-Task = Literal["binary", "multilabel", "multiclass"]
+MaskFn = Callable[[Path, pd.Series], np.ndarray]
+Task = Literal["binary", "multilabel", "multiclass", "segmentation"]
 
 
 @dataclass(frozen=True)
@@ -104,3 +107,7 @@ class DatasetSpec:
     dim: Literal["2d", "3d"] = "2d"
     options: Mapping[str, str] = field(default_factory=dict)  # option -> help (with default)
     needs_data: bool = True  # False for generated datasets
+    # segmentation: the ground-truth label map of a row, an int array (H, W) aligned pixel
+    # for pixel with the image `load` / `path` gives; 0 background, i the class mask_classes[i-1]
+    mask: MaskFn | None = None
+    mask_classes: tuple[str, ...] = ()

@@ -53,7 +53,7 @@ def cache_name(key: str, chosen: Mapping[str, str], defaults: Mapping[str, str])
     return "_".join([key, *parts])
 
 
-def read_npz_array(path: Path, key: str, names: Iterable[str]) -> np.ndarray:
+def read_npz_array(path: Path, key: str, names: Iterable[str], what: str = "the image") -> np.ndarray:
     """The first of ``names`` present in an NPZ file, loaded (pickles refused)."""
     names = tuple(names)
     if not path.is_file():
@@ -66,7 +66,7 @@ def read_npz_array(path: Path, key: str, names: Iterable[str]) -> np.ndarray:
             found = ", ".join(z.files)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise DatasetError(f"cannot read {path}: {e.__class__.__name__}: {e} (file corrupt or not an NPZ)") from None
-    raise DatasetError(f"{path.name} has no array {' or '.join(names)} (found: {found}); {key} needs it for the image")
+    raise DatasetError(f"{path.name} has no array {' or '.join(names)} (found: {found}); {key} needs it for {what}")
 
 
 def as_gray(array: np.ndarray, path: Path) -> np.ndarray:

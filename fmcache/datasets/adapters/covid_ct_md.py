@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-from dataclasses import replace
 from pathlib import Path
 from typing import Mapping
 
@@ -11,8 +9,8 @@ import numpy as np
 import pandas as pd
 
 from fmcache.datasets.adapters._common import blank_to_none, cache_name, option, read_csv, require_columns
-from fmcache.datasets.attributes import categorical, is_blank, threshold
-from fmcache.datasets.spec import AttributeRule, DatasetSpec, PromptSet, RawTable
+from fmcache.datasets.attributes import categorical, dicom_age
+from fmcache.datasets.spec import DatasetSpec, PromptSet, RawTable
 from fmcache.datasets.volumes import (
     FAIRMEDFM_CT_WINDOW,
     LUNG_WINDOW,
@@ -36,38 +34,6 @@ CASE_DIRS = {
     "Normal": ("Normal Cases", "Normal subjects"),
 }
 WINDOWS = ("lung", "percentile", "fairmedfm")
-# DICOM age strings (AS): nnnD / nnnW / nnnM / nnnY
-_AGE = re.compile(r"^(\d{1,3})\s*([DWMY]?)$", re.IGNORECASE)
-_AGE_UNIT_YEARS = {"": 1.0, "Y": 1.0, "M": 1 / 12, "W": 7 / 365.25, "D": 1 / 365.25}
-
-
-def parse_age(value: object) -> float | None:
-    """Years from a DICOM age string: '039Y' -> 39.0, '105Y' -> 105.0, '006M' -> 0.5.
-
-    The reference reads ``x[1:3]``, which turns '105Y' into 5; every digit counts here.
-    Blank -> None; any other spelling -> ValueError(value).
-    """
-    if value is None or pd.isna(value):
-        return None
-    s = str(value).strip()
-    if s == "":
-        return None
-    m = _AGE.match(s)
-    if m is None:
-        raise ValueError(value)
-    return int(m.group(1)) * _AGE_UNIT_YEARS[m.group(2).upper()]
-
-
-def _dicom_age_rule(value: float, source: str) -> AttributeRule:
-    """:func:`threshold` on ages written as DICOM age strings; sa_raw keeps '039Y'."""
-    base = threshold(value, source=source)
-
-    def assign(raw: pd.Series) -> pd.Series:
-        # blanks the way every rule reads them, so that the description's blank clause holds here too
-        years = pd.Series([None if is_blank(v) else parse_age(v) for v in raw], index=raw.index, dtype=object)
-        return base.assign(years)
-
-    return replace(base, assign=assign, description="years read from '039Y'-style strings: " + base.description)
 
 
 def _clinical(root: Path) -> pd.DataFrame:
@@ -202,7 +168,7 @@ SPEC = DatasetSpec(
             groups=("male", "female"),
             source=f"{CLINICAL} column Patient Gender",
         ),
-        "age": _dicom_age_rule(50, source=f"{CLINICAL} column Patient Age"),
+        "age": dicom_age(50, source=f"{CLINICAL} column Patient Age"),
     },
     layout=LAYOUT,
     obtain=(

@@ -38,7 +38,7 @@ DX_NAMES = (
 MALIGNANT = {"scope": ("mel", "bcc", "akiec"), "reference": ("mel", "akiec")}
 
 
-def _metadata(root: Path) -> pd.DataFrame:
+def read_metadata(root: Path) -> pd.DataFrame:
     for name in METADATA_FILES:
         if (root / name).is_file():
             df = read_csv(root / name, KEY)
@@ -66,7 +66,7 @@ def _image_index(root: Path) -> dict[str, str]:
     return index
 
 
-def _paths(ids: pd.Series, root: Path) -> pd.Series:
+def image_paths(ids: pd.Series, root: Path) -> pd.Series:
     index = _image_index(root)
     paths = ids.map(index)
     if paths.isna().any():
@@ -76,6 +76,11 @@ def _paths(ids: pd.Series, root: Path) -> pd.Series:
             f"{', '.join(d for d in IMAGE_DIRS if (root / d).is_dir())} below {root}; unpack both image zips"
         )
     return paths
+
+
+def image_ids(meta: pd.DataFrame) -> pd.Series:
+    # one copy seen with ".jpg" appended to image_id (a user edit); the id stays the stem
+    return meta["image_id"].str.strip().str.replace(r"\.jpg$", "", regex=True)
 
 
 def _labels(dx: pd.Series, labels_opt: str, malignant: str) -> tuple[str, np.ndarray]:
@@ -105,12 +110,11 @@ def read(root: Path, options: Mapping[str, str]) -> RawTable:
     """
     labels_opt = option(options, KEY, "labels", ("malignant", "dx"), "malignant")
     malignant = option(options, KEY, "malignant", tuple(MALIGNANT), "scope")
-    meta = _metadata(root)
-    # one copy seen with ".jpg" appended to image_id (a user edit); the id stays the stem
-    ids = meta["image_id"].str.strip().str.replace(r"\.jpg$", "", regex=True)
+    meta = read_metadata(root)
+    ids = image_ids(meta)
     name, codes = _labels(meta["dx"].str.strip(), labels_opt, malignant)
 
-    raw = pd.DataFrame({"id": ids, "subject": meta["lesion_id"].str.strip(), "path": _paths(ids, root)})
+    raw = pd.DataFrame({"id": ids, "subject": meta["lesion_id"].str.strip(), "path": image_paths(ids, root)})
     raw[f"label/{name}"] = codes
     raw["raw/sex"] = blank_to_none(meta["sex"])
     raw["raw/age"] = blank_to_none(meta["age"])
@@ -121,6 +125,17 @@ def read(root: Path, options: Mapping[str, str]) -> RawTable:
         return RawTable(raw, name=name, task="multiclass", group_attrs={"classes": list(DX)})
     return RawTable(raw, name=name)
 
+
+# also the lesion-mask dataset's rules: same metadata file
+ATTRIBUTES = {
+    "sex": categorical(
+        {"male": "male", "female": "female"},
+        groups=("male", "female"),
+        unknown=("unknown",),
+        source="HAM10000_metadata column sex",
+    ),
+    "age": threshold(60, source="HAM10000_metadata column age"),
+}
 
 LAYOUT = """\
 HAM10000_metadata (or .csv) beside HAM10000_images_part_1/ and _part_2/
@@ -151,15 +166,7 @@ SPEC = DatasetSpec(
     read=read,
     labels=("malignant",),
     task="binary",
-    attributes={
-        "sex": categorical(
-            {"male": "male", "female": "female"},
-            groups=("male", "female"),
-            unknown=("unknown",),
-            source="HAM10000_metadata column sex",
-        ),
-        "age": threshold(60, source="HAM10000_metadata column age"),
-    },
+    attributes=ATTRIBUTES,
     layout=LAYOUT,
     obtain=(
         "Harvard Dataverse, open download (CC BY-NC 4.0): https://doi.org/10.7910/DVN/DBW86T - "
