@@ -251,7 +251,6 @@ def test_fairseg_check_names_a_mask_of_another_size(tmp_path):
 
 @pytest.fixture(scope="module")
 def tusc_root(tmp_path_factory) -> Path:
-    pytest.importorskip("h5py")
     return sl.write_tusc(tmp_path_factory.mktemp("tusc"))
 
 
@@ -281,7 +280,6 @@ def test_tusc_frames_and_masks_equal_the_file(tusc_root):
 
 
 def test_tusc_three_d_frames_are_averaged(tmp_path):
-    pytest.importorskip("h5py")
     import h5py
 
     root = sl.write_tusc(tmp_path, frame_axes=2)
@@ -293,7 +291,6 @@ def test_tusc_three_d_frames_are_averaged(tmp_path):
 
 
 def test_tusc_errors_and_check(tmp_path):
-    pytest.importorskip("h5py")
     import h5py
 
     root = sl.write_tusc(tmp_path)
@@ -310,12 +307,6 @@ def test_tusc_errors_and_check(tmp_path):
     (root / "dataset.hdf5").write_bytes(b"not hdf5")
     with pytest.raises(DatasetError, match=r"cannot read .*dataset\.hdf5.*not HDF5"):
         load_dataset("tusc", data=root)
-
-
-def test_tusc_without_h5py_says_what_to_install(tmp_path, monkeypatch):
-    monkeypatch.setitem(__import__("sys").modules, "h5py", None)
-    with pytest.raises(DatasetError, match=r"tusc: reading dataset\.hdf5 needs h5py \(pip install h5py\)"):
-        load_dataset("tusc", data=tmp_path)
 
 
 # ---------------------------------------------------------------------------- shared

@@ -24,16 +24,9 @@ HDF5, METADATA = "dataset.hdf5", "metadata.csv"
 KEYS = ("annot_id", "frame_num", "image", "mask")
 
 
-def _h5py() -> Any:
-    try:
-        import h5py
-    except ImportError:
-        raise DatasetError(f"{KEY}: reading {HDF5} needs h5py (pip install h5py)") from None
-    return h5py
-
-
 def _open(path: Path) -> Any:
-    h5py = _h5py()
+    import h5py  # only for this release; the other adapters never pay for it
+
     if not path.is_file():
         raise DatasetError(f"{KEY}: {path} not found; pass --data the folder holding {HDF5} and {METADATA}")
     try:
