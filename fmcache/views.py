@@ -376,3 +376,21 @@ def protocols_view() -> Group:
         Text("\nWhat no switch reproduces", style="bold"),
         _hanging({"-": line for line in NOT_REPRODUCED}),
     )
+
+
+def segmentation_table(metrics: pd.DataFrame, title: str) -> Table:
+    """A prompt sweep's Dice per (attribute, prompt): overall, per group, and the Dice gap."""
+    t = table(title, caption="value, and under it its 95% bootstrap interval")
+    for key in ("attribute", "prompt"):
+        t.add_column(key, no_wrap=True)
+    groups = [g for g in pd.unique(metrics["group"]) if g not in ("overall", "gap")]
+    columns = [("dsc", "overall", "dsc"), *[("dsc", g, f"dsc {g}") for g in groups], ("dsc_delta", "gap", "dsc_delta")]
+    for *_, heading in columns:
+        t.add_column(heading, justify="right", overflow="fold")
+    for (attr, prompt), block in metrics.groupby(["attribute", "prompt"], sort=False):
+        cells = []
+        for metric, group, _ in columns:
+            hit = block[(block["metric"] == metric) & (block["group"] == group)]
+            cells.append(_stacked(hit.iloc[0]) if len(hit) else "")
+        t.add_row(str(attr), str(prompt), *cells)
+    return t

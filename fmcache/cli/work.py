@@ -105,9 +105,15 @@ def embed(
     from fmcache.embed.registry import get_model
     from fmcache.protocols import dataset_options as protocol_options
     from fmcache.protocols import resolve
+    from fmcache.segment.models import SAM_MODELS
 
-    get_model(model)  # a misspelt model is named before the data is read or torch is imported
+    segmentation = model in SAM_MODELS
+    if not segmentation:
+        get_model(model)  # a misspelt model is named before the data is read or torch is imported
     resolve(protocol, "embed", {"preprocess": preprocess, "queries": queries})  # and a misspelt switch
+    if segmentation and (protocol != "fmcache" or preprocess or queries or slices):
+        raise typer.BadParameter(f"{model} is a segmentation model: --protocol, --preprocess, --queries and --slices "
+                                 "are switches of the classification protocols", param_hint="'--model' / '-m'")
     from fmcache.datasets import get_dataset, load_dataset
 
     opts = dataset_options(option)
@@ -115,13 +121,20 @@ def embed(
         opts["config"] = str(dataset_config)
     opts = protocol_options(protocol, dataset, list(get_dataset(dataset).attributes), opts)
     ds = load_dataset(dataset, data, options=opts, seed=seed)
-    from fmcache.embed.encode import embed as run_embed
-
     try:
-        summary = run_embed(ds, model, root=root, weights=weights, batch_size=batch_size, device=device,
-                            num_workers=num_workers, overwrite=overwrite, chunk_rows=chunk_rows, slices=slices, pool=pool,
-                            wait=not no_wait, on_wait=say, on_repair=say, trust_code=trust_code, protocol=protocol,
-                            preprocess=preprocess, queries=queries)
+        if segmentation:
+            from fmcache.segment.features import DEFAULT_CHUNK_ROWS, embed_features
+
+            summary = embed_features(ds, model, root=root, weights=weights, device=device, batch_size=batch_size,
+                                     chunk_rows=min(chunk_rows, DEFAULT_CHUNK_ROWS), overwrite=overwrite,
+                                     wait=not no_wait, on_wait=say, on_repair=say)
+        else:
+            from fmcache.embed.encode import embed as run_embed
+
+            summary = run_embed(ds, model, root=root, weights=weights, batch_size=batch_size, device=device,
+                                num_workers=num_workers, overwrite=overwrite, chunk_rows=chunk_rows, slices=slices,
+                                pool=pool, wait=not no_wait, on_wait=say, on_repair=say, trust_code=trust_code,
+                                protocol=protocol, preprocess=preprocess, queries=queries)
     except KeyboardInterrupt:
         raise Interrupted(_kept(root, ds.name, model)) from None
     typer.echo(summary.line())
@@ -286,6 +299,65 @@ def _is_number(text: str) -> bool:
         return True
     except ValueError:
         return False
+
+
+@command(app)
+def segment(
+    dataset: Annotated[str, typer.Option("--dataset", "-d", metavar="DATASET", help="Dataset name in the cache (`fmcache cache ls`).")],
+    model: Annotated[str, typer.Option("--model", "-m", metavar="MODEL",
+                                       help="A segmentation model whose image features are cached (sam, medsam, ...).")],
+    data: Annotated[
+        Optional[str],
+        typer.Option("--data", metavar="PATH", show_default=False,
+                     help="Root of your copy of the release, for the ground-truth masks (default $FMCACHE_DATA/<dataset>)."),
+    ] = None,
+    prompts: Annotated[list[str], typer.Option("--prompts", metavar="TYPE,...",
+                                               help="Prompt types: center (deepest point of the object), box_center "
+                                               "(the reference's box midpoint), rand, rands (5 points), bbox.")
+                       ] = ["center", "rand", "rands", "bbox"],  # noqa: B006 - typer reads the default, never mutates it
+    attributes: Annotated[Optional[list[str]], typer.Option("--attributes", "-a", metavar="ATTR,...", show_default=False,
+                                                            help="Sensitive attributes (default: all).")] = None,
+    split: Annotated[str, typer.Option("--split", metavar="SPLIT", help="Items to segment: test | val | train | all.")] = "test",
+    jitter: Annotated[int, typer.Option("--jitter", min=0, metavar="PX", help="bbox: move each side by up to PX pixels.")] = 0,
+    n_boot: Annotated[int, typer.Option("--n-boot", min=0, metavar="N", help="Bootstrap resamples for the intervals.")] = 1000,
+    seed: Annotated[int, typer.Option("--seed", metavar="N", help="Seed of the prompts and bootstrap resamples.")] = 0,
+    weights: Annotated[
+        Optional[str], typer.Option("--weights", metavar="PATH", show_default=False,
+                                    help="Local checkpoint file instead of the model's default file.")
+    ] = None,
+    root: RootOpt = None,
+    runs: RunsOpt = None,
+) -> None:
+    """Decode prompts from cached SAM-family image features and measure Dice fairness.
+
+    Every image went through the image encoder once (`fmcache embed -m sam ...`); here each
+    prompt type is decoded from those features: one prompt per item and class, built from the
+    ground-truth mask and seeded per item, so a rerun gives the same prompts. Dice and IoU per
+    item (the mean over the dataset's classes), then per group with bootstrap intervals and
+    the Dice gap, skew, spread and equity-scaled Dice; `fmcache report RUN` shows them.
+
+    Example:
+
+      fmcache embed -m sam -d ham10000_seg --data ~/data/HAM10000
+      fmcache segment -m sam -d ham10000_seg --data ~/data/HAM10000 --prompts center,bbox
+    """
+    import fmcache
+
+    fmcache.open_cache(root).embeddings(dataset, model)  # named before torch is imported
+    from fmcache.segment.sweep import SegmentConfig, run_segment
+    from fmcache.views import make_console, segmentation_table
+
+    cfg = SegmentConfig(dataset=dataset, model=model, prompts=_csv(prompts) or [], attributes=_csv(attributes),
+                        split=split, seed=seed, jitter=jitter, n_boot=n_boot)
+    console = make_console()
+    try:
+        with console.status(f"{dataset}/{model}: decoding") as status:
+            run = run_segment(cfg, data=data, root=root, runs=runs, weights=weights,
+                              on_batch=lambda d, t: status.update(f"{dataset}/{model}: {d}/{t} items decoded"))
+    except KeyboardInterrupt:
+        raise Interrupted("the unfinished segmentation run was discarded; rerun the command to decode again") from None
+    console.print(segmentation_table(run.metrics, f"{dataset}/{model}: Dice per group and prompt ({split} split)"))
+    console.print(f"run: {run.path.name}  (`fmcache report {run.path.name}`)", markup=False, highlight=False)
 
 
 @command(app)

@@ -21,7 +21,12 @@ from fmcache.cache.entry import is_intact, recorded_batch_size, writing
 from fmcache.cache.store import resolve_root
 from fmcache.datasets.image_headers import check_image_headers
 from fmcache.datasets.samples import Dataset
-from fmcache.embed.encode import EmbedSummary, check_images_exist, progress_bar, resolve_device
+from fmcache.embed.encode import (
+    EmbedSummary,
+    check_images_exist,
+    progress_bar,
+    resolve_device,
+)
 from fmcache.errors import DatasetError, FmcacheError
 from fmcache.segment.sam import ImageMeta, SamModel, encode, load_sam
 

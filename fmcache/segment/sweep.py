@@ -1,0 +1,199 @@
+"""A prompt sweep: every prompt type decoded from a SAM-family cache entry, Dice and IoU per
+item against the ground truth, and their fairness with bootstrap intervals, in a run directory
+that `fmcache results` and `fmcache report` read like a probe's.
+
+The image features come from the cache (:mod:`fmcache.segment.features`); the ground-truth
+masks from the dataset's release (``--data``), read with the options the cache recorded and
+checked against its fingerprint. A dataset with several classes is segmented class by class,
+one prompt per class, and an item's score is the mean over its classes, as the benchmark does;
+a class absent from an item gets no prompt and counts by ``empty`` (see
+:func:`fmcache.fairness.dice_per_sample`). The prompts are stored with the run, so every score
+can be derived again.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from fmcache import __version__
+from fmcache.cache.reader import Embeddings, open_cache
+from fmcache.datasets import load_dataset
+from fmcache.datasets.samples import Dataset
+from fmcache.errors import DatasetError, FmcacheError
+from fmcache.fairness import dice_per_sample, evaluate_dice, iou_per_sample
+from fmcache.runs import (
+    Run,
+    cache_root,
+    discard_run,
+    load_results,
+    new_run_dir,
+    prediction_key,
+    write_run,
+)
+from fmcache.segment.features import cached_items
+from fmcache.segment.prompts import PROMPT_TYPES, build_prompts, prompt_at
+from fmcache.segment.sam import SamModel, decode, load_sam
+
+SPLITS = {"train": 0, "val": 1, "test": 2}
+LABEL = "mask"  # the label column of a segmentation run's tables
+
+
+@dataclass
+class SegmentConfig:
+    """What a prompt sweep decodes and how it evaluates (recorded in the run)."""
+
+    dataset: str
+    model: str
+    prompts: list[str] = field(default_factory=lambda: ["center", "rand", "rands", "bbox"])
+    attributes: list[str] | None = None
+    split: str = "test"  # train | val | test | all
+    seed: int = 0  # prompts (per item, class and type) and bootstrap resamples
+    jitter: int = 0  # bbox: each side moved by up to this many pixels
+    n_boot: int = 1000
+    batch_size: int = 8  # items decoded at once
+    empty: str = "one"  # a class absent from truth and prediction: 1 ("one") or left out ("skip")
+
+
+def run_segment(cfg: SegmentConfig, *, data: str | os.PathLike[str] | None = None,
+                root: str | os.PathLike[str] | None = None, runs: str | os.PathLike[str] | None = None,
+                weights: str | None = None, sam: SamModel | None = None,
+                on_batch: Callable[[int, int], None] | None = None) -> Run:
+    """Decode every prompt type of ``cfg`` for the chosen split, evaluate, write a run.
+
+    ``data`` is the dataset's release (for the masks; default ``$FMCACHE_DATA/<adapter>``),
+    ``weights`` / ``sam`` the model (its prompt encoder and mask decoder run here; the image
+    encoder's output comes from the cache). ``on_batch(done, total)`` reports progress.
+    """
+    for kind in cfg.prompts:
+        if kind not in PROMPT_TYPES:
+            raise FmcacheError(f"unknown prompt type {kind!r}: use {', '.join(PROMPT_TYPES)}")
+    if cfg.split not in (*SPLITS, "all"):
+        raise FmcacheError(f"unknown split {cfg.split!r}: use train, val, test or all")
+    emb = open_cache(root).embeddings(cfg.dataset, cfg.model)
+    if emb.provenance.get("family") != "sam":
+        raise FmcacheError(f"{cfg.dataset}/{cfg.model} holds classification features, not SAM-family image "
+                           f"features: embed the dataset with a segmentation model (e.g. `fmcache embed -m sam`)")
+    ds = _masks_source(emb, data)
+    attributes = cfg.attributes or emb.attributes
+    for a in attributes:
+        emb.groups(a)  # an unknown attribute is named before any work
+    sam = sam or load_sam(cfg.model if cfg.model in _sam_keys() else str(emb.provenance["model"]), weights=weights)
+    split = emb.samples()["split"].to_numpy()
+    rows = np.arange(len(split)) if cfg.split == "all" else np.flatnonzero(split == SPLITS[cfg.split])
+    if not len(rows):
+        raise FmcacheError(f"{cfg.dataset} has no {cfg.split} items")
+    path = new_run_dir(f"{cfg.dataset}-{cfg.model}-segment", root, runs)
+    try:
+        _sweep_into(path, cfg, emb, ds, sam, rows, attributes, str(cache_root(root)), on_batch)
+    except BaseException:
+        discard_run(path)
+        raise
+    return load_results(path)
+
+
+def _sam_keys() -> list[str]:
+    from fmcache.segment.models import SAM_MODELS
+
+    return list(SAM_MODELS)
+
+
+def _masks_source(emb: Embeddings, data: str | os.PathLike[str] | None) -> Dataset:
+    """The dataset as the cache recorded it, from the user's copy, checked to be the same samples."""
+    info = emb.dataset_info
+    if not info.get("mask_classes"):
+        raise FmcacheError(f"{emb.dataset} has no segmentation masks (its adapter {info.get('adapter')!r} is not a "
+                           "segmentation dataset)")
+    ds = load_dataset(str(info["adapter"]), data, options=info.get("options") or {}, seed=int(info.get("split_seed", 0)))
+    if ds.fingerprint != info.get("source_fingerprint"):
+        raise DatasetError(f"the data at {ds.root} is not what {emb.dataset} was cached from (other files, options "
+                           "or seed): pass --data the copy it was embedded from")
+    return ds
+
+
+def _sweep_into(path, cfg: SegmentConfig, emb: Embeddings, ds: Dataset, sam: SamModel, rows: np.ndarray,
+                attributes: list[str], root: str, on_batch) -> None:
+    n_classes = len(emb.dataset_info["mask_classes"])
+    ids = emb.samples()["id"].to_numpy(dtype=str)
+    scores = {k: {"dsc": [], "iou": []} for k in cfg.prompts}
+    prompt_parts = []
+    for done, lo in enumerate(range(0, len(rows), cfg.batch_size)):
+        batch = rows[lo:lo + cfg.batch_size]
+        truth = [ds.mask(int(i)) for i in batch]
+        features, meta = cached_items(emb, batch)
+        prompts = build_prompts(truth, ids[batch], cfg.prompts, seed=cfg.seed, n_classes=n_classes, jitter=cfg.jitter)
+        prompt_parts.append(prompts)
+        for kind in cfg.prompts:
+            dsc, iou = _score(sam, features, meta, truth, prompts, kind, n_classes, cfg.empty)
+            scores[kind]["dsc"].append(dsc)
+            scores[kind]["iou"].append(iou)
+        if on_batch:
+            on_batch(min(lo + cfg.batch_size, len(rows)), len(rows))
+    groups = {a: emb.groups(a)[rows] for a in attributes}
+    names = {a: emb.group_names(a) for a in attributes}
+    blocks, predictions = [], {"prompts": _concat_prompts(prompt_parts)}
+    for kind in cfg.prompts:
+        dsc, iou = (np.concatenate(scores[kind][m]) for m in ("dsc", "iou"))
+        for a in attributes:
+            table = evaluate_dice(dsc.mean(axis=1) if cfg.empty == "one" else np.nanmean(dsc, axis=1), {a: groups[a]},
+                                  iou=iou.mean(axis=1) if cfg.empty == "one" else np.nanmean(iou, axis=1),
+                                  n_boot=cfg.n_boot, seed=cfg.seed, group_names={a: names[a]} if names[a] else None)
+            blocks.append(table.assign(prompt=kind, head=kind, label=LABEL))
+            predictions[prediction_key(kind, LABEL, a)] = {"dsc": dsc, "iou": iou, "row": rows, "id": ids[rows],
+                                                           "group": groups[a]}
+    metrics = pd.concat(blocks, ignore_index=True).assign(dataset=cfg.dataset, model=cfg.model)
+    write_run(path, config=_config(cfg, emb, attributes, names, rows, root), metrics=metrics, sweep=pd.DataFrame(),
+              predictions=predictions)
+
+
+def _score(sam: SamModel, features: np.ndarray, meta, truth: list[np.ndarray], prompts: dict[str, np.ndarray],
+           kind: str, n_classes: int, empty: str) -> tuple[np.ndarray, np.ndarray]:
+    """(items, classes) Dice and IoU of one prompt type; a class without a prompt is predicted empty."""
+    dsc = np.zeros((len(truth), n_classes))
+    iou = np.zeros_like(dsc)
+    for c in range(1, n_classes + 1):
+        pred = [np.zeros(t.shape, bool) for t in truth]
+        have = np.flatnonzero(prompts["present"][:, c - 1])
+        if len(have):
+            ps = [prompt_at(prompts, kind, int(i), c) for i in have]
+            decoded = decode(sam, features[have], meta.select(have),
+                             points=None if kind == "bbox" else np.stack([p.points for p in ps]),
+                             point_labels=None if kind == "bbox" else np.stack([p.point_labels for p in ps]),
+                             boxes=np.stack([p.box for p in ps]) if kind == "bbox" else None)
+            for i, mask in zip(have, decoded.masks):
+                pred[i] = mask
+        binary = [t == c for t in truth]
+        dsc[:, c - 1] = dice_per_sample(binary, pred, n_classes=1, empty=empty)
+        iou[:, c - 1] = iou_per_sample(binary, pred, n_classes=1, empty=empty)
+    return dsc, iou
+
+
+def _concat_prompts(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per-batch prompt arrays as one: per-item arrays joined, run-wide ones (classes, seed, jitter)
+    kept once, as 1-element arrays where they are scalars (a run stores arrays)."""
+    first = parts[0]
+    n = len(first["ids"])
+    return {k: np.concatenate([p[k] for p in parts]) if np.ndim(v) and len(v) == n and k != "classes"
+            else np.atleast_1d(v) for k, v in first.items()}
+
+
+def _config(cfg: SegmentConfig, emb: Embeddings, attributes, names, rows, root: str) -> dict[str, Any]:
+    return {
+        **asdict(cfg),
+        "task": "segmentation",
+        "root": root,
+        "attributes": attributes,
+        "group_names": names,
+        "labels": [LABEL],
+        "mask_classes": list(emb.dataset_info["mask_classes"]),
+        "n_items": int(len(rows)),
+        "cache": {k: emb.provenance.get(k) for k in ("weights_id", "weights_sha256", "preprocess", "row_fingerprint",
+                                                     "created")},
+        "versions": {"fmcache": __version__},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
