@@ -13,7 +13,13 @@ import fmcache
 from fmcache.cache.verify import verify
 from fmcache.datasets import load_dataset
 from fmcache.errors import CacheDamagedError
-from fmcache.segment.features import FEATURES, POOLED, SIZES, cached_items, embed_features
+from fmcache.segment.features import (
+    FEATURES,
+    POOLED,
+    SIZES,
+    cached_items,
+    embed_features,
+)
 from fmcache.segment.sam import decode, encode, load_sam
 
 N, CHUNK, BATCH = 6, 2, 2

@@ -8,7 +8,6 @@ import pytest
 from helpers import seg_layouts
 from helpers.tiny_sam import save_flat, tiny_sam
 
-import fmcache
 from fmcache.datasets import load_dataset
 from fmcache.errors import FmcacheError
 from fmcache.segment.features import embed_features
