@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -80,23 +80,7 @@ def embed_features(
     sam = sam or load_sam(model, weights=weights, device=device)
     if batch_size is None:
         batch_size = recorded_batch_size(root_s, dataset.name, model) or DEFAULT_BATCH_SIZE
-    channels = int(sam.sam.prompt_encoder.embed_dim)
-    grid = [int(g) for g in sam.sam.prompt_encoder.image_embedding_size]
-    provenance = {
-        "model": model,
-        "model_title": sam.spec.title,
-        "family": "sam",
-        "weights_id": sam.weights_id,
-        "weights_sha256": sam.weights_sha256,
-        "preprocess": sam.input.to_attrs(),
-        "dims": {FEATURES: [channels, *grid], POOLED: channels, SIZES: 4},
-        "kind_dtypes": {SIZES: "int32"},
-        "row_fingerprint": dataset.fingerprint,
-        "volume": None,
-        "compute_dtype": "float32",
-        "batch_size": int(batch_size),
-        "task": "segmentation",
-    }
+    provenance = entry_provenance(sam, model, dataset, batch_size)
     kinds = dict(provenance["dims"])
     if not overwrite and is_intact(root_s, dataset.name, dataset.fingerprint, model, provenance):
         return EmbedSummary(dataset.name, model, root_s, len(dataset.table), 0, 0.0, device, kinds)
@@ -125,6 +109,27 @@ def embed_features(
         seconds = time.perf_counter() - start
         writer.finish(last_run={"encoded": total, "seconds": round(seconds, 3), "device": device})
     return EmbedSummary(dataset.name, model, root_s, writer.n, total, seconds, device, kinds)
+
+
+def entry_provenance(sam: SamModel, model: str, dataset: Dataset, batch_size: int) -> dict[str, Any]:
+    """What a SAM entry records, its identity included: weights, input rule, the per-item arrays."""
+    channels = int(sam.sam.prompt_encoder.embed_dim)
+    grid = [int(g) for g in sam.sam.prompt_encoder.image_embedding_size]
+    return {
+        "model": model,
+        "model_title": sam.spec.title,
+        "family": "sam",
+        "weights_id": sam.weights_id,
+        "weights_sha256": sam.weights_sha256,
+        "preprocess": sam.input.to_attrs(),
+        "dims": {FEATURES: [channels, *grid], POOLED: channels, SIZES: 4},
+        "kind_dtypes": {SIZES: "int32"},
+        "row_fingerprint": dataset.fingerprint,
+        "volume": None,
+        "compute_dtype": "float32",
+        "batch_size": int(batch_size),
+        "task": "segmentation",
+    }
 
 
 def _encode_rows(dataset: Dataset, sam: SamModel, rows: range) -> tuple[np.ndarray, ImageMeta]:
