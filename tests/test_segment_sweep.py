@@ -104,7 +104,9 @@ def test_embed_and_segment_commands_and_the_report(montgomery, weights, run_cli,
     assert code == 0, err
     assert "Dice per group and prompt" in out and "dsc_delta" in out
     run = sorted(p for p in (root / "runs").iterdir() if p.is_dir() and "segment" in p.name)[-1]
-    code, _, err = run_cli("report", str(run), "--out", str(tmp_path / "seg.html"), "--no-representation",
-                           "--root", str(root))
+    code, _, err = run_cli("report", str(run), "--out", str(tmp_path / "seg.html"), "--root", str(root))
     assert code == 0, err
-    assert '<section id="segmentation"' in (tmp_path / "seg.html").read_text()
+    page = (tmp_path / "seg.html").read_text()
+    assert '<section id="segmentation"' in page
+    # the representation analyses read the entry's pooled image features
+    assert f'id="f-tsne-{ds.name}-sam-sex"' in page

@@ -226,7 +226,7 @@ def representation_section(runs) -> Section:
     rows, pairs, skipped = [], [], []
     for run, kind in runs:
         key = (run.config.get("dataset"), run.config.get("model"))
-        if kind == "segmentation" or key in [p[0] for p in pairs] or key in skipped:
+        if key in [p[0] for p in pairs] or key in skipped:
             continue
         entry = run.cache_entry()
         if entry is None or len(pairs) >= MAX_REPRESENTATION:
@@ -308,12 +308,12 @@ def build(runs: Sequence[str | os.PathLike[str] | Run], *, representation: bool 
         res, heads, mits = results_sections(loaded, cls)
         sections += res
         sections.append(ranks_section(cls))
-        if representation:
-            from threadpoolctl import threadpool_limits
+    if representation:
+        from threadpoolctl import threadpool_limits
 
-            # small fits: idle BLAS/OpenMP threads spinning on a busy machine cost 30x more than the work
-            with threadpool_limits(limits=1):
-                sections.append(representation_section(loaded))
+        # small fits: idle BLAS/OpenMP threads spinning on a busy machine cost 30x more than the work
+        with threadpool_limits(limits=1):
+            sections.append(representation_section(loaded))
     seg = segmentation_section(loaded)
     if seg is not None:
         sections.append(seg)

@@ -36,7 +36,7 @@ from fmcache.runs import (
     prediction_key,
     write_run,
 )
-from fmcache.segment.features import cached_items
+from fmcache.segment.features import POOLED, cached_items
 from fmcache.segment.prompts import PROMPT_TYPES, build_prompts, prompt_at
 from fmcache.segment.sam import SamModel, decode, load_sam
 
@@ -191,6 +191,7 @@ def _config(cfg: SegmentConfig, emb: Embeddings, attributes, names, rows, root: 
         "group_names": names,
         "labels": [LABEL],
         "mask_classes": list(emb.dataset_info["mask_classes"]),
+        "feature_kind": POOLED,  # what the report's representation analyses read
         "n_items": int(len(rows)),
         "cache": {k: emb.provenance.get(k) for k in ("weights_id", "weights_sha256", "preprocess", "row_fingerprint",
                                                      "created")},
