@@ -189,6 +189,35 @@ def models_table(specs) -> Table:
     return t
 
 
+def segmentation_models_table(specs) -> Table:
+    """The SAM-family models whose image features `embed` caches for `fmcache segment`."""
+    t = table("segmentation models", caption="`fmcache embed -m KEY` caches their image features; "
+              "`fmcache segment` decodes prompts from them")
+    t.add_column("key", no_wrap=True)
+    for col in ("model", "encoder", "input"):
+        t.add_column(col)
+    for s in specs:
+        t.add_row(s.key, s.title, s.arch, f"{s.input.size}px, {s.input.resize}, {s.input.normalise}")
+    return t
+
+
+def segmentation_model_detail(s, weights_folder: str) -> list[str]:
+    """Everything the registry knows of one segmentation model, as lines of text."""
+    rule = s.input
+    lines = [
+        f"{s.key}: {s.title} (SAM family, {s.arch} encoder)",
+        f"weights: {s.weights}",
+        f"  local copies: {weights_folder} ($FMCACHE_WEIGHTS), or --weights PATH",
+        f"input: {rule.size}px, resize {rule.resize} ({rule.interpolation}), normalise {rule.normalise}",
+        "features cached: features (256 x 64 x 64 per image), pooled (256-d), sizes (original and resized)",
+    ]
+    if s.license:
+        lines.append(f"licence: {s.license}")
+    if s.notes:
+        lines.append(f"notes: {s.notes}")
+    return lines
+
+
 def model_detail(m, weights_folder: str) -> list[str]:
     """Everything the registry knows of one model, as lines of text."""
     p = m.preprocess

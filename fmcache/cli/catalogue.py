@@ -18,13 +18,23 @@ def models(
     from fmcache.embed.models import MODELS
     from fmcache.embed.registry import get_model
     from fmcache.embed.weights import weights_dir
-    from fmcache.views import make_console, model_detail, models_table
+    from fmcache.segment.models import SAM_MODELS
+    from fmcache.views import (
+        make_console,
+        model_detail,
+        models_table,
+        segmentation_model_detail,
+        segmentation_models_table,
+    )
 
     console = make_console()
     if name is None:
         console.print(models_table(m for m in MODELS.values() if not m.hidden))
+        console.print(segmentation_models_table(SAM_MODELS.values()))
         return
-    for line in model_detail(get_model(name), str(weights_dir())):
+    lines = (segmentation_model_detail(SAM_MODELS[name], str(weights_dir())) if name in SAM_MODELS
+             else model_detail(get_model(name), str(weights_dir())))
+    for line in lines:
         console.print(line, markup=False, highlight=False)
 
 
