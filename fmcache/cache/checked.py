@@ -67,8 +67,7 @@ def read(arr: zarr.Array, rows: np.ndarray | None, where: str, remedy: str) -> n
         more = f" ({len(missing)} chunks in all)" if len(missing) > 1 else ""
         raise damaged(where, f"chunk {missing[0]} (rows {a}-{b - 1}) is missing from the store{more}", remedy)
     try:
-        values = np.asarray(arr[...] if rows is None else arr.get_orthogonal_selection(
-            (np.asarray(rows),) + (slice(None),) * (arr.ndim - 1)))
+        values = np.asarray(arr[...] if rows is None else _take(arr, np.asarray(rows)))
     except Exception:  # a codec's error on damaged bytes: find the chunk to name
         stored = set(needed)
         for c in needed:
@@ -83,6 +82,16 @@ def read(arr: zarr.Array, rows: np.ndarray | None, where: str, remedy: str) -> n
         row = int(index[bad[0]])
         raise damaged(where, f"row {row} (chunk {row // rows_per_object(arr)}) holds no stored value", remedy)
     return values
+
+
+def _take(arr: zarr.Array, rows: np.ndarray) -> np.ndarray:
+    """``arr[rows]``. A sharded array is read run by run of consecutive rows: Zarr's orthogonal
+    selection decodes a shard's items about 40 times slower than a slice does."""
+    if arr.shards is None:
+        return arr.get_orthogonal_selection((rows,) + (slice(None),) * (arr.ndim - 1))
+    unique, inverse = np.unique(rows, return_inverse=True)
+    runs = np.split(unique, np.flatnonzero(np.diff(unique) != 1) + 1)
+    return np.concatenate([arr[int(r[0]):int(r[-1]) + 1] for r in runs])[inverse]
 
 
 def chunk_problem(arr: zarr.Array, chunk: int, stored: set[int]) -> str | None:
