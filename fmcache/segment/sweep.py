@@ -75,6 +75,8 @@ def run_segment(cfg: SegmentConfig, *, data: str | os.PathLike[str] | None = Non
             raise FmcacheError(f"unknown prompt type {kind!r}: use {', '.join(PROMPT_TYPES)}")
     if cfg.split not in (*SPLITS, "all"):
         raise FmcacheError(f"unknown split {cfg.split!r}: use train, val, test or all")
+    if cfg.empty not in ("one", "skip"):
+        raise FmcacheError(f"empty rule {cfg.empty!r}: use one or skip")
     emb = open_cache(root).embeddings(cfg.dataset, cfg.model)
     if emb.provenance.get("family") != "sam":
         raise FmcacheError(f"{cfg.dataset}/{cfg.model} holds classification features, not SAM-family image "
@@ -83,7 +85,7 @@ def run_segment(cfg: SegmentConfig, *, data: str | os.PathLike[str] | None = Non
     attributes = cfg.attributes or emb.attributes
     for a in attributes:
         emb.groups(a)  # an unknown attribute is named before any work
-    sam = sam or load_sam(cfg.model if cfg.model in _sam_keys() else str(emb.provenance["model"]), weights=weights)
+    sam = sam or load_sam(str(emb.provenance["model"]), weights=weights)
     split = emb.samples()["split"].to_numpy()
     rows = np.arange(len(split)) if cfg.split == "all" else np.flatnonzero(split == SPLITS[cfg.split])
     if not len(rows):
@@ -95,12 +97,6 @@ def run_segment(cfg: SegmentConfig, *, data: str | os.PathLike[str] | None = Non
         discard_run(path)
         raise
     return load_results(path)
-
-
-def _sam_keys() -> list[str]:
-    from fmcache.segment.models import SAM_MODELS
-
-    return list(SAM_MODELS)
 
 
 def _masks_source(emb: Embeddings, data: str | os.PathLike[str] | None) -> Dataset:
@@ -122,7 +118,7 @@ def _sweep_into(path, cfg: SegmentConfig, emb: Embeddings, ds: Dataset, sam: Sam
     ids = emb.samples()["id"].to_numpy(dtype=str)
     scores = {k: {"dsc": [], "iou": []} for k in cfg.prompts}
     prompt_parts = []
-    for done, lo in enumerate(range(0, len(rows), cfg.batch_size)):
+    for lo in range(0, len(rows), cfg.batch_size):
         batch = rows[lo:lo + cfg.batch_size]
         truth = [ds.mask(int(i)) for i in batch]
         features, meta = cached_items(emb, batch)
@@ -140,8 +136,8 @@ def _sweep_into(path, cfg: SegmentConfig, emb: Embeddings, ds: Dataset, sam: Sam
     for kind in cfg.prompts:
         dsc, iou = (np.concatenate(scores[kind][m]) for m in ("dsc", "iou"))
         for a in attributes:
-            table = evaluate_dice(dsc.mean(axis=1) if cfg.empty == "one" else np.nanmean(dsc, axis=1), {a: groups[a]},
-                                  iou=iou.mean(axis=1) if cfg.empty == "one" else np.nanmean(iou, axis=1),
+            # the mean over an item's classes (under empty="skip", over those not left out)
+            table = evaluate_dice(np.nanmean(dsc, axis=1), {a: groups[a]}, iou=np.nanmean(iou, axis=1),
                                   n_boot=cfg.n_boot, seed=cfg.seed, group_names={a: names[a]} if names[a] else None)
             blocks.append(table.assign(prompt=kind, head=kind, label=LABEL))
             predictions[prediction_key(kind, LABEL, a)] = {"dsc": dsc, "iou": iou, "row": rows, "id": ids[rows],
