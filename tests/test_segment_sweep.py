@@ -104,6 +104,8 @@ def test_embed_and_segment_commands_and_the_report(montgomery, weights, run_cli,
     assert code == 0, err
     assert "Dice per group and prompt" in out and "dsc_delta" in out
     run = sorted(p for p in (root / "runs").iterdir() if p.is_dir() and "segment" in p.name)[-1]
+    code, out, err = run_cli("results", str(run), "--root", str(root))
+    assert code == 0 and "Dice per group and prompt" in out, err
     code, _, err = run_cli("report", str(run), "--out", str(tmp_path / "seg.html"), "--root", str(root))
     assert code == 0, err
     page = (tmp_path / "seg.html").read_text()

@@ -379,7 +379,7 @@ def results(
     .seed_metrics (each seed's rows), .sweep, .predictions, .config.
     """
     from fmcache.runs import list_runs, load_results, runs_dir
-    from fmcache.views import frame_table, headline_table, make_console
+    from fmcache.views import frame_table, headline_table, make_console, segmentation_table
 
     console = make_console()
     if run is None:
@@ -392,10 +392,13 @@ def results(
                                   keys=("run",)))
         return
     r = load_results(run, root, runs)
-    for label in r.metrics["label"].unique():
-        console.print(headline_table(r.metrics, label, f"{r.path.name}, label {label}"))
-        if per_seed and not r.seed_metrics.empty:
-            console.print(headline_table(r.seed_metrics, label, f"{r.path.name}, label {label}, per seed"))
+    if r.config.get("task") == "segmentation":
+        console.print(segmentation_table(r.metrics, f"{r.path.name}: Dice per group and prompt"))
+    else:
+        for label in r.metrics["label"].unique():
+            console.print(headline_table(r.metrics, label, f"{r.path.name}, label {label}"))
+            if per_seed and not r.seed_metrics.empty:
+                console.print(headline_table(r.seed_metrics, label, f"{r.path.name}, label {label}, per seed"))
     if per_seed and r.seed_metrics.empty:
         typer.echo("this run records no per-seed rows (written before runs kept them)")
     table = r.seed_metrics if per_seed and not r.seed_metrics.empty else r.metrics
