@@ -120,7 +120,10 @@ def test_ctrl_c_in_probe_says_the_unfinished_run_is_discarded(run_cli, monkeypat
 
 
 STALLING_ENCODER = textwrap.dedent("""
-    import os, pathlib, sys, time
+    import os, pathlib, signal, sys, time
+    # a shell hands the jobs it starts in the background SIGINT ignored, and Python then installs
+    # no KeyboardInterrupt handler: restore it, as a terminal's foreground command has it
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     import fmcache.embed.encode as encode
     plain = encode._encode_batch
     calls = [0]
