@@ -204,37 +204,40 @@ def segmentation_models_table(specs) -> Table:
 def segmentation_model_detail(s, weights_folder: str) -> list[str]:
     """Everything the registry knows of one segmentation model, as lines of text."""
     rule = s.input
-    lines = [
+    return [
         f"{s.key}: {s.title} (SAM family, {s.arch} encoder)",
-        f"weights: {s.weights}",
-        f"  local copies: {weights_folder} ($FMCACHE_WEIGHTS), or --weights PATH",
+        *_weights_lines(s, weights_folder),
         f"input: {rule.size}px, resize {rule.resize} ({rule.interpolation}), normalise {rule.normalise}",
         "features cached: features (256 x 64 x 64 per image), pooled (256-d), sizes (original and resized)",
+        *_licence_lines(s),
     ]
-    if s.license:
-        lines.append(f"licence: {s.license}")
-    if s.notes:
-        lines.append(f"notes: {s.notes}")
+
+
+def _weights_lines(m, weights_folder: str) -> list[str]:
+    return [f"weights: {m.weights}", f"  local copies: {weights_folder} ($FMCACHE_WEIGHTS), or --weights PATH"]
+
+
+def _licence_lines(m) -> list[str]:
+    lines = []
+    if m.license:
+        lines.append(f"licence: {m.license}")
+    if m.notes:
+        lines.append(f"notes: {m.notes}")
     return lines
 
 
 def model_detail(m, weights_folder: str) -> list[str]:
     """Everything the registry knows of one model, as lines of text."""
     p = m.preprocess
-    lines = [
+    return [
         f"{m.key}: {m.title} (family {m.family})",
-        f"weights: {m.weights}",
-        f"  local copies: {weights_folder} ($FMCACHE_WEIGHTS), or --weights PATH",
+        *_weights_lines(m, weights_folder),
         f"input: resize {p.resize}, centre crop {p.size}px, {p.interpolation}",
         f"normalisation: mean {_numbers(p.mean)}, std {_numbers(p.std)}",
         "features cached: " + ", ".join(f"{k} ({d}-d)" for k, d in m.dims.items()),
         f"text tower: {f'yes, {m.text_dim}-d (zero-shot and CLIP-Adapt heads)' if m.has_text else 'no'}",
+        *_licence_lines(m),
     ]
-    if m.license:
-        lines.append(f"licence: {m.license}")
-    if m.notes:
-        lines.append(f"notes: {m.notes}")
-    return lines
 
 
 def _numbers(v: tuple[float, ...]) -> str:
