@@ -81,6 +81,7 @@ app = typer.Typer(
 
           fmcache embed -m MODEL -d DATASET --data PATH    cache the embeddings
           fmcache probe -d DATASET -m MODEL --sweep all    train fairness heads
+          fmcache segment -d DATASET -m sam --data PATH    or decode SAM prompts
           fmcache report RUN --out study.html              share the results
 
         Any command: --debug (or FMCACHE_DEBUG=1) shows the traceback of an unexpected error.
