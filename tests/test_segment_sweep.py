@@ -103,6 +103,11 @@ def test_embed_and_segment_commands_and_the_report(montgomery, weights, run_cli,
                              "--split", "all", "--n-boot", "20", "--weights", weights, "--root", str(root))
     assert code == 0, err
     assert "Dice per group and prompt" in out and "dsc_delta" in out
+    # a SAM entry holds image features, not embeddings: probe says where they belong
+    for model in ("sam", "all"):
+        code, _, err = run_cli("probe", "-d", ds.name, "-m", model, "--root", str(root))
+        assert code == 1 and len(err.strip().splitlines()) == 1, err
+        assert ("fmcache segment" if model == "sam" else "no embeddings to probe") in err
     run = sorted(p for p in (root / "runs").iterdir() if p.is_dir() and "segment" in p.name)[-1]
     code, out, err = run_cli("results", str(run), "--root", str(root))
     assert code == 0 and "Dice per group and prompt" in out, err

@@ -8,7 +8,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from fmcache.cli.app import Interrupted, RootOpt, RunsOpt, app, command, dataset_options, say
+from fmcache.cli.app import (
+    Interrupted,
+    RootOpt,
+    RunsOpt,
+    app,
+    command,
+    dataset_options,
+    say,
+)
 
 ProtocolOpt = Annotated[
     str, typer.Option("--protocol", metavar="fmcache|fairmedfm|paper",
@@ -250,12 +258,16 @@ def probe(
           -d mimic_cxr_cohort-demographics_split-balanced-test-sex
     """
     import fmcache
-    from fmcache.probe.data import entry_name
+    from fmcache.errors import FmcacheError
+    from fmcache.probe.data import entry_name, is_segmentation_entry
     from fmcache.protocols import resolve
 
     cache = fmcache.open_cache(root)
     models = _csv(model) or []
-    models = cache.models(dataset) if models == ["all"] else models
+    if models == ["all"]:  # every entry with embeddings to probe
+        models = [m for m in cache.models(dataset) if not is_segmentation_entry(cache.embeddings(dataset, m))]
+        if not models:
+            raise FmcacheError(f"{dataset} has no embeddings to probe (`fmcache cache info {dataset}` lists its entries)")
     models = [entry_name(cache, dataset, m, protocol) for m in models]
     for m in models:  # named before JAX is imported
         cache.embeddings(dataset, m)
@@ -379,7 +391,12 @@ def results(
     .seed_metrics (each seed's rows), .sweep, .predictions, .config.
     """
     from fmcache.runs import list_runs, load_results, runs_dir
-    from fmcache.views import frame_table, headline_table, make_console, segmentation_table
+    from fmcache.views import (
+        frame_table,
+        headline_table,
+        make_console,
+        segmentation_table,
+    )
 
     console = make_console()
     if run is None:

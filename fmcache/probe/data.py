@@ -9,7 +9,13 @@ import numpy as np
 
 from fmcache.cache.reader import Cache, Embeddings
 from fmcache.errors import HeadInputError, UnknownNameError, did_you_mean
-from fmcache.protocols import QUERIES_KIND, REFERENCE_FEATURE, REFERENCE_LOGIT_FACTOR, entry_suffix, resolve
+from fmcache.protocols import (
+    QUERIES_KIND,
+    REFERENCE_FEATURE,
+    REFERENCE_LOGIT_FACTOR,
+    entry_suffix,
+    resolve,
+)
 
 SPLITS = ("train", "val", "test")
 VOLUME_MODES = ("max", "mean", "features")
@@ -107,6 +113,9 @@ def load_probe_data(
     """
     if volume not in VOLUME_MODES:
         raise HeadInputError(f"unknown volume mode {volume!r}: use one of {', '.join(VOLUME_MODES)}")
+    if is_segmentation_entry(emb):
+        raise HeadInputError(f"{emb.dataset}/{emb.model} holds SAM-family image features: decode prompts from them "
+                             f"with `fmcache segment -d {emb.dataset} -m {emb.model}`; probes need embeddings")
     labels = _choose(labels, emb.label_names, "label", emb.dataset)
     classes = _classes(emb) if emb.dataset_info.get("task") == "multiclass" else []
     attributes = _choose(attributes, emb.attributes, "sensitive attribute", emb.dataset)
@@ -153,6 +162,11 @@ def load_probe_data(
         test_rows=test.index.to_numpy(), provenance=emb.provenance, text=text, slices=slices,
         pool=volume if slices else "", classes=classes, dataset_info=emb.dataset_info,
     )
+
+
+def is_segmentation_entry(emb: Embeddings) -> bool:
+    """An entry of a SAM-family model's image features (for `fmcache segment`), not embeddings."""
+    return emb.provenance.get("family") == "sam"
 
 
 def entry_name(cache: Cache, dataset: str, model: str, protocol: str = "fmcache") -> str:

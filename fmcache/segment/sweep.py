@@ -25,6 +25,7 @@ from fmcache import __version__
 from fmcache.cache.reader import Embeddings, open_cache
 from fmcache.datasets import load_dataset
 from fmcache.datasets.samples import Dataset
+from fmcache.datasets.splits import SPLIT_NAMES
 from fmcache.errors import DatasetError, FmcacheError
 from fmcache.fairness import dice_per_sample, evaluate_dice, iou_per_sample
 from fmcache.runs import (
@@ -40,7 +41,6 @@ from fmcache.segment.features import POOLED, cached_items
 from fmcache.segment.prompts import PROMPT_TYPES, build_prompts, prompt_at
 from fmcache.segment.sam import SamModel, decode, load_sam
 
-SPLITS = {"train": 0, "val": 1, "test": 2}
 LABEL = "mask"  # the label column of a segmentation run's tables
 
 
@@ -73,7 +73,7 @@ def run_segment(cfg: SegmentConfig, *, data: str | os.PathLike[str] | None = Non
     for kind in cfg.prompts:
         if kind not in PROMPT_TYPES:
             raise FmcacheError(f"unknown prompt type {kind!r}: use {', '.join(PROMPT_TYPES)}")
-    if cfg.split not in (*SPLITS, "all"):
+    if cfg.split not in (*SPLIT_NAMES, "all"):
         raise FmcacheError(f"unknown split {cfg.split!r}: use train, val, test or all")
     if cfg.empty not in ("one", "skip"):
         raise FmcacheError(f"empty rule {cfg.empty!r}: use one or skip")
@@ -87,7 +87,7 @@ def run_segment(cfg: SegmentConfig, *, data: str | os.PathLike[str] | None = Non
         emb.groups(a)  # an unknown attribute is named before any work
     sam = sam or load_sam(str(emb.provenance["model"]), weights=weights)
     split = emb.samples()["split"].to_numpy()
-    rows = np.arange(len(split)) if cfg.split == "all" else np.flatnonzero(split == SPLITS[cfg.split])
+    rows = np.arange(len(split)) if cfg.split == "all" else np.flatnonzero(split == SPLIT_NAMES[cfg.split])
     if not len(rows):
         raise FmcacheError(f"{cfg.dataset} has no {cfg.split} items")
     path = new_run_dir(f"{cfg.dataset}-{cfg.model}-segment", root, runs)
