@@ -8,15 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from fmcache.cli.app import (
-    Interrupted,
-    RootOpt,
-    RunsOpt,
-    app,
-    command,
-    dataset_options,
-    say,
-)
+from fmcache.cli.app import Interrupted, RootOpt, RunsOpt, app, command, dataset_options, say
 
 ProtocolOpt = Annotated[
     str, typer.Option("--protocol", metavar="fmcache|fairmedfm|paper",
@@ -391,12 +383,7 @@ def results(
     .seed_metrics (each seed's rows), .sweep, .predictions, .config.
     """
     from fmcache.runs import list_runs, load_results, runs_dir
-    from fmcache.views import (
-        frame_table,
-        headline_table,
-        make_console,
-        segmentation_table,
-    )
+    from fmcache.views import frame_table, headline_table, make_console, segmentation_table
 
     console = make_console()
     if run is None:

@@ -9,13 +9,7 @@ import numpy as np
 
 from fmcache.cache.reader import Cache, Embeddings
 from fmcache.errors import HeadInputError, UnknownNameError, did_you_mean
-from fmcache.protocols import (
-    QUERIES_KIND,
-    REFERENCE_FEATURE,
-    REFERENCE_LOGIT_FACTOR,
-    entry_suffix,
-    resolve,
-)
+from fmcache.protocols import QUERIES_KIND, REFERENCE_FEATURE, REFERENCE_LOGIT_FACTOR, entry_suffix, resolve
 
 SPLITS = ("train", "val", "test")
 VOLUME_MODES = ("max", "mean", "features")

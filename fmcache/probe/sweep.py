@@ -33,22 +33,8 @@ from fmcache.heads.train import fit_stack
 from fmcache.probe.data import ProbeData, entry_name, load_probe_data
 from fmcache.probe.grids import Grid, points
 from fmcache.probe.selection import criterion_value, select_point, validation_scores
-from fmcache.protocols import (
-    NOT_REPRODUCED,
-    data_switches,
-    differences,
-    reference_values,
-    resolve,
-)
-from fmcache.runs import (
-    Run,
-    cache_root,
-    discard_run,
-    load_results,
-    new_run_dir,
-    prediction_key,
-    write_run,
-)
+from fmcache.protocols import NOT_REPRODUCED, data_switches, differences, reference_values, resolve
+from fmcache.runs import Run, cache_root, discard_run, load_results, new_run_dir, prediction_key, write_run
 
 
 @dataclass
