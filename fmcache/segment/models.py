@@ -43,7 +43,10 @@ class SamSpec:
 
     ``arch`` names the nominal encoder (a key of :data:`ARCHS`), used where the weights
     file lacks the tensors to read the geometry off; ``weights`` is ``file:<name>`` in the
-    weights directory.
+    weights directory. ``encoder`` is the image-encoder family (a key of
+    :data:`fmcache.segment.sam.ENCODERS`); the prompt encoder and mask decoder are SAM's in
+    every family. ``container`` names the entry of a nested checkpoint that holds the state
+    dict (``model`` in ``{"model": ..., "optimizer": ...}``); None for a flat file.
     """
 
     key: str
@@ -53,6 +56,8 @@ class SamSpec:
     input: InputRule
     license: str = ""
     notes: str = ""
+    encoder: str = "vit"
+    container: str | None = None
 
 
 # segment_anything's build_sam_vit_{b,l,h}

@@ -35,7 +35,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -100,8 +100,8 @@ class Decoded(NamedTuple):
     """What :func:`decode` returns.
 
     ``masks``: one bool (H, W) array per item at its original size; ``scores`` (B,) float32:
-    the predicted IoU of the chosen mask; ``low_res_logits`` (B, 256, 256) float32: the chosen
-    mask's logits before upsampling.
+    the predicted IoU of the chosen mask; ``low_res_logits`` (B, 4g, 4g) float32 (g the
+    feature grid: 256 x 256 at a 1024 input): the chosen mask's logits before upsampling.
     """
 
     masks: list[np.ndarray]
@@ -140,6 +140,8 @@ def load_sam(key: str | SamSpec, weights: str | None = None, device: str = "cpu"
     spec = key if isinstance(key, SamSpec) else get_sam_model(key)
     path = local_path(weights or spec.weights, spec.key)
     sd = read_state_dict(path, spec.key)
+    if spec.container and isinstance(sd, Mapping) and isinstance(sd.get(spec.container), Mapping):
+        sd = sd[spec.container]
     if not isinstance(sd, Mapping) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         held = ", ".join(sorted(map(str, sd))[:8]) if isinstance(sd, Mapping) else type(sd).__name__
         raise ModelError(f"weights file {path} for {spec.key!r} is not a flat SAM state dict (it holds: {held})")
@@ -161,23 +163,21 @@ def build_sam_for(sd: Mapping[str, torch.Tensor], spec: SamSpec) -> tuple[Any, i
     the strict load then names them); nothing is loaded. Tensors on the ``meta`` device do.
     """
     try:
-        from segment_anything.modeling import (
-            ImageEncoderViT,
-            MaskDecoder,
-            PromptEncoder,
-            Sam,
-            TwoWayTransformer,
-        )
+        from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
     except ImportError:
         raise ModelError(f"{spec.key!r} needs the package segment-anything: pip install segment-anything") from None
 
-    enc, dec = _geometry(sd, spec)
-    grid = enc["img_size"] // enc["patch_size"]
+    if spec.encoder not in ENCODERS:
+        raise ModelError(f"{spec.key!r} names an unknown image-encoder family {spec.encoder!r}: "
+                         f"known: {', '.join(ENCODERS)}")
+    enc_sd = {k.removeprefix("image_encoder."): v for k, v in sd.items() if k.startswith("image_encoder.")}
+    image_encoder, img_size = ENCODERS[spec.encoder](enc_sd, spec)
+    dec = _decoder_geometry(sd)
+    grid = img_size // FEATURE_STRIDE
     sam = Sam(
-        image_encoder=ImageEncoderViT(**enc, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True),
+        image_encoder=image_encoder,
         prompt_encoder=PromptEncoder(embed_dim=dec["dim"], image_embedding_size=(grid, grid),
-                                     input_image_size=(enc["img_size"], enc["img_size"]),
-                                     mask_in_chans=dec["mask_in_chans"]),
+                                     input_image_size=(img_size, img_size), mask_in_chans=dec["mask_in_chans"]),
         mask_decoder=MaskDecoder(
             num_multimask_outputs=dec["multimask"],
             transformer=TwoWayTransformer(depth=dec["depth"], embedding_dim=dec["dim"], mlp_dim=dec["mlp_dim"],
@@ -188,7 +188,29 @@ def build_sam_for(sd: Mapping[str, torch.Tensor], spec: SamSpec) -> tuple[Any, i
         pixel_mean=[m * 255 for m in spec.input.mean],
         pixel_std=[s * 255 for s in spec.input.std],
     )
-    return sam, enc["img_size"]
+    return sam, img_size
+
+
+def _vit_encoder(enc_sd: Mapping[str, torch.Tensor], spec: SamSpec) -> tuple[Any, int]:
+    """segment_anything's ``ImageEncoderViT`` fitting the tensors, and its input size."""
+    from segment_anything.modeling import ImageEncoderViT
+
+    nominal = {"img_size": spec.input.size, "patch_size": 16, "mlp_ratio": 4.0, "out_chans": 256, "qkv_bias": True,
+               "window_size": 14, **ARCHS[spec.arch]}
+    enc = encoder_geometry(enc_sd) if "patch_embed.proj.weight" in enc_sd else nominal
+    if "pos_embed" in enc_sd:  # (1, grid, grid, width): the input size the file was trained at
+        enc["img_size"] = int(enc_sd["pos_embed"].shape[1]) * enc["patch_size"]
+    module = ImageEncoderViT(**enc, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True)
+    return module, enc["img_size"]
+
+
+# Image-encoder families: each builds an untrained encoder fitting the image_encoder.* tensors
+# (prefix removed) and returns it with its input size; its output is (B, C, size/16, size/16)
+ENCODERS: dict[str, Callable[[Mapping[str, torch.Tensor], SamSpec], tuple[Any, int]]] = {
+    "vit": _vit_encoder,
+}
+# Input pixels per feature cell in every SAM-family encoder (ViT patch 16; TinyViT's stem and stages)
+FEATURE_STRIDE = 16
 
 
 # Heads of the mask decoder's attention: not visible in the tensors' shapes; 8 in every SAM release
@@ -198,16 +220,10 @@ _SAM_DECODER = {"dim": 256, "depth": 2, "mlp_dim": 2048, "multimask": 3, "iou_de
                 "mask_in_chans": 16}
 
 
-def _geometry(sd: Mapping[str, torch.Tensor], spec: SamSpec) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Image-encoder and decoder arguments read off the tensors (the entry's nominal ones where keys lack)."""
-    enc_sd = {k.removeprefix("image_encoder."): v for k, v in sd.items() if k.startswith("image_encoder.")}
-    nominal = {"img_size": spec.input.size, "patch_size": 16, "mlp_ratio": 4.0, "out_chans": 256, "qkv_bias": True,
-               "window_size": 14, **ARCHS[spec.arch]}
-    enc = encoder_geometry(enc_sd) if "patch_embed.proj.weight" in enc_sd else nominal
-    if "pos_embed" in enc_sd:  # (1, grid, grid, width): the input size the file was trained at
-        enc["img_size"] = int(enc_sd["pos_embed"].shape[1]) * enc["patch_size"]
+def _decoder_geometry(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """Prompt-encoder and mask-decoder arguments read off the tensors (SAM's where keys lack)."""
     try:
-        dec = {
+        return {
             "dim": int(sd["prompt_encoder.point_embeddings.0.weight"].shape[1]),
             "depth": block_count(sd, "mask_decoder.transformer.layers."),
             "mlp_dim": int(sd["mask_decoder.transformer.layers.0.mlp.lin1.weight"].shape[0]),
@@ -217,8 +233,7 @@ def _geometry(sd: Mapping[str, torch.Tensor], spec: SamSpec) -> tuple[dict[str, 
             "mask_in_chans": int(sd["prompt_encoder.mask_downscaling.3.weight"].shape[0]),
         }
     except (KeyError, IndexError):
-        dec = dict(_SAM_DECODER)
-    return enc, dec
+        return dict(_SAM_DECODER)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,6 +285,11 @@ def _pad(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.pad(x, (0, size - x.shape[-1], 0, size - x.shape[-2]))
 
 
+def feature_grid(model: SamModel) -> int:
+    """Cells per side of the model's feature map (64 for a 1024 input, 16 for 256)."""
+    return int(model.sam.prompt_encoder.image_embedding_size[0])
+
+
 def valid_cells(input_size: Sequence[int], patch_size: int) -> tuple[int, int]:
     """Rows and columns of the feature grid whose patches hold image pixels, not only padding.
 
@@ -303,7 +323,7 @@ def encode(model: SamModel, images: Sequence[np.ndarray], *, batch_size: int = 4
     """
     if len(images) == 0:
         raise SegmentInputError("encode got no images")
-    patch = int(model.sam.image_encoder.patch_embed.proj.kernel_size[0])
+    patch = model.input.size // feature_grid(model)
     feats, originals, inputs, pooled = [], [], [], []
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]
@@ -382,7 +402,7 @@ def decode(
     -------
     Decoded
         ``masks`` (list of bool (H, W), logits > 0, upsampled like ``Sam.postprocess_masks``),
-        ``scores`` (B,) and ``low_res_logits`` (B, 256, 256).
+        ``scores`` (B,) and ``low_res_logits`` (B, 4g, 4g).
     """
     sam = model.sam
     feats = torch.as_tensor(np.asarray(features) if not isinstance(features, torch.Tensor) else features)
@@ -444,8 +464,7 @@ def _predict_masks(decoder: Any, image_embeddings: torch.Tensor, image_pe: torch
 
 def _check_decode_inputs(model: SamModel, feats: torch.Tensor, meta: ImageMeta, points: Any, point_labels: Any,
                          boxes: Any) -> int:
-    enc = model.sam.image_encoder
-    grid = enc.img_size // int(enc.patch_embed.proj.kernel_size[0])
+    grid = feature_grid(model)
     want = (model.sam.prompt_encoder.embed_dim, grid, grid)
     if feats.ndim != 4 or tuple(feats.shape[1:]) != want:
         raise SegmentInputError(f"features for {model.key!r} must be (B, {', '.join(map(str, want))}), "
