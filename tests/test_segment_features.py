@@ -104,3 +104,10 @@ def test_an_interrupted_embed_resumes_to_the_same_entry_and_damage_is_named(sam,
     with pytest.raises(CacheDamagedError, match="chunk 1 \\(rows 2-3\\)"):
         emb.item_rows(FEATURES, [2])
     assert emb.item_rows(FEATURES, [0]).shape == (1, 64, 64, 64)
+    # a shard or chunk gone from the store is named by a read of a few items too, not read as fill
+    shard.unlink()
+    (tmp_path / data.name / "sam" / POOLED / "c" / "0" / "0").unlink()
+    with pytest.raises(CacheDamagedError, match="chunk 1 \\(rows 2-3\\) is missing"):
+        emb.item_rows(FEATURES, [3])
+    with pytest.raises(CacheDamagedError, match="chunk 0 \\(rows 0-1\\) is missing"):
+        emb.items([0], [FEATURES, POOLED])

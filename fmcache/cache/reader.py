@@ -17,6 +17,7 @@ is wrong, never plausible numbers.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from functools import cached_property
 from typing import Any
 
@@ -338,8 +339,14 @@ class Embeddings:
     def item_rows(self, kind: str, rows: np.ndarray | list[int]) -> np.ndarray:
         """Rows ``rows`` (positions in :meth:`samples`) of a feature kind, checked as every read
         is: float32, or the stored integers of an integer kind (a SAM entry's ``sizes``)."""
-        self._check_kind(kind)
-        return self._read(kind, np.asarray(rows, dtype=np.int64))
+        return self.items(rows, [kind])[kind]
+
+    def items(self, rows: np.ndarray | list[int], kinds: Sequence[str]) -> dict[str, np.ndarray]:
+        """:meth:`item_rows` of several kinds, the entry checked once for all of them (the
+        checks cost more than reading one item)."""
+        for kind in kinds:
+            self._check_kind(kind)
+        return dict(zip(kinds, self._read_all(list(kinds), np.asarray(rows, dtype=np.int64))))
 
     def _check_kind(self, kind: str) -> None:
         if kind not in self.kinds:
@@ -372,20 +379,26 @@ class Embeddings:
             raise CacheError(f"{self.where} is being rewritten or repaired; open it again once `fmcache embed` has finished")
 
     def _read(self, name: str, rows: np.ndarray | None) -> np.ndarray:
+        return self._read_all([name], rows)[0]
+
+    def _read_all(self, names: list[str], rows: np.ndarray | None) -> list[np.ndarray]:
         remedy = (f"run `fmcache cache verify {self.dataset} {self.model} --repair`, then `fmcache embed` to "
                   "encode those rows again")
         self._check_current()
-        arr = _array(self._e, name, f"{self.where}, {name}", remedy)
         done = checked.read(_array(self._e, L.DONE, f"{self.where}, done bitmap", remedy), None,
                             f"{self.where}, done bitmap", remedy)
-        undone = [c for c in checked.row_chunks(arr, rows) if not done[c]]
-        if undone:
-            a, b = checked.chunk_rows(arr, undone[0])
-            raise CacheMissError(f"{self.where}: rows {a}-{b - 1} (chunk {undone[0]}) are not encoded yet; "
-                                 f"rerun `fmcache embed --model {self.model}` to finish the entry")
-        values = checked.read(arr, rows, f"{self.where}, {name}", remedy)
+        out = []
+        for name in names:
+            arr = _array(self._e, name, f"{self.where}, {name}", remedy)
+            undone = [c for c in checked.row_chunks(arr, rows) if not done[c]]
+            if undone:
+                a, b = checked.chunk_rows(arr, undone[0])
+                raise CacheMissError(f"{self.where}: rows {a}-{b - 1} (chunk {undone[0]}) are not encoded yet; "
+                                     f"rerun `fmcache embed --model {self.model}` to finish the entry")
+            values = checked.read(arr, rows, f"{self.where}, {name}", remedy)
+            out.append(values.astype(np.float32) if np.issubdtype(values.dtype, np.floating) else values)
         self._check_current()  # replaced while we read: what we read may be the new model's
-        return values.astype(np.float32) if np.issubdtype(values.dtype, np.floating) else values
+        return out
 
     def labels(self, split: Split = None, label: str | None = None) -> np.ndarray:
         """Labels as int8: (n, C) for all labels, or (n,) for one named ``label``; -1 unknown."""

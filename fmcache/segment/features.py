@@ -157,4 +157,5 @@ def cached_items(emb, rows: np.ndarray | list[int]) -> tuple[np.ndarray, ImageMe
     rows
         Positions of the items in the dataset's samples table.
     """
-    return emb.item_rows(FEATURES, rows), ImageMeta.from_sizes(emb.item_rows(SIZES, rows), emb.item_rows(POOLED, rows))
+    got = emb.items(rows, (FEATURES, SIZES, POOLED))
+    return got[FEATURES], ImageMeta.from_sizes(got[SIZES], got[POOLED])
