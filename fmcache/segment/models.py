@@ -80,11 +80,12 @@ SAM_MODELS: dict[str, SamSpec] = {
         SamSpec("medsam", "MedSAM ViT-B", "vit_b", "file:medsam_vit_b.pth", MEDSAM_INPUT, "Apache-2.0",
                 "bowang-lab/MedSAM (Google Drive); SAM-format flat state dict"),
         SamSpec("sam_med2d", "SAM-Med2D ViT-B (256 px, adapters)", "vit_b", "file:sam-med2d_b.pth", SAMMED2D_INPUT,
-                "Apache-2.0", "OpenGVLab/SAM-Med2D (Google Drive); {'model', 'optimizer'} checkpoint",
+                "Apache-2.0", "OpenGVLab/SAM-Med2D (Google Drive); the file pickles its optimizer, which fmcache "
+                "does not unpickle: save its 'model' entry alone (loading it prints the command)",
                 encoder="vit_adapter", container="model"),
         SamSpec("ft_sam", "FT-SAM ViT-B (256 px)", "vit_b", "file:ft-sam_b.pth", SAMMED2D_INPUT, "Apache-2.0",
-                "OpenGVLab/SAM-Med2D's fine-tuned SAM baseline (Google Drive); {'model', 'optimizer'} checkpoint",
-                encoder="vit_adapter", container="model"),
+                "SAM fine-tuned at 256 px without adapters, OpenGVLab/SAM-Med2D's baseline (Google Drive); "
+                "packed as sam_med2d's file", encoder="vit_adapter", container="model"),
     ]
 }
 
