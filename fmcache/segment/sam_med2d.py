@@ -27,6 +27,12 @@ while subtracting the RGB-ordered means (the predictor takes RGB). Masks are map
 the predictor does: bilinear to 256 x 256, then bilinear to the original size, which is what
 ``Sam.postprocess_masks`` does for an unpadded square input; the mask of highest predicted
 IoU is kept, as there.
+
+Cost, measured once with random weights of the released geometry on 2 CPU cores shared with
+other work: the image encoder took about 6 s per image with adapters (271 M parameters, the
+adapters' two 768-channel convolutions per block being most of them) and 5.8 s without
+(91 M; the 16 x 16 grid is padded to 28 x 28 for the windows of 14, as upstream); decoding a
+box 0.16 s per prompt. Not measured with the released weights.
 """
 
 from __future__ import annotations
