@@ -204,11 +204,12 @@ def segmentation_models_table(specs) -> Table:
 def segmentation_model_detail(s, weights_folder: str) -> list[str]:
     """Everything the registry knows of one segmentation model, as lines of text."""
     rule = s.input
+    grid = rule.size // 16  # input pixels per feature cell in every SAM-family encoder
     return [
         f"{s.key}: {s.title} (SAM family, {s.arch} encoder)",
         *_weights_lines(s, weights_folder),
         f"input: {rule.size}px, resize {rule.resize} ({rule.interpolation}), normalise {rule.normalise}",
-        "features cached: features (256 x 64 x 64 per image), pooled (256-d), sizes (original and resized)",
+        f"features cached: features (256 x {grid} x {grid} per image), pooled (256-d), sizes (original and resized)",
         *_licence_lines(s),
     ]
 

@@ -21,7 +21,7 @@ class InputRule:
     """
 
     resize: str  # longest_side | square
-    interpolation: str  # bilinear (PIL, on uint8) | bicubic (torch, on floats)
+    interpolation: str  # bilinear (PIL, on uint8) | bicubic (torch, on floats) | nearest (OpenCV's rule)
     normalise: str  # imagenet | minmax
     size: int = 1024
     mean: tuple[float, ...] = IMAGENET_MEAN
@@ -35,6 +35,7 @@ class InputRule:
 
 SAM_INPUT = InputRule(resize="longest_side", interpolation="bilinear", normalise="imagenet")
 MEDSAM_INPUT = InputRule(resize="square", interpolation="bicubic", normalise="minmax")
+SAMMED2D_INPUT = InputRule(resize="square", interpolation="nearest", normalise="imagenet", size=256)
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,13 @@ SAM_MODELS: dict[str, SamSpec] = {
                 "dl.fbaipublicfiles.com/segment_anything/"),
         SamSpec("medsam", "MedSAM ViT-B", "vit_b", "file:medsam_vit_b.pth", MEDSAM_INPUT, "Apache-2.0",
                 "bowang-lab/MedSAM (Google Drive); SAM-format flat state dict"),
+        SamSpec("sam_med2d", "SAM-Med2D ViT-B (256 px, adapters)", "vit_b", "file:sam-med2d_b.pth", SAMMED2D_INPUT,
+                "Apache-2.0", "OpenGVLab/SAM-Med2D (Google Drive); the file pickles its optimizer, which fmcache "
+                "does not unpickle: save its 'model' entry alone (loading it prints the command)",
+                encoder="vit_adapter", container="model"),
+        SamSpec("ft_sam", "FT-SAM ViT-B (256 px)", "vit_b", "file:ft-sam_b.pth", SAMMED2D_INPUT, "Apache-2.0",
+                "SAM fine-tuned at 256 px without adapters, OpenGVLab/SAM-Med2D's baseline (Google Drive); "
+                "packed as sam_med2d's file", encoder="vit_adapter", container="model"),
     ]
 }
 

@@ -17,6 +17,9 @@ encoder as is (no ``pixel_mean``/``pixel_std``), as MedSAM's own inference does.
 FairMedFM reference code feeds MedSAM the ImageNet statistics instead; that is a defect and
 is not copied. MedSAM's own script resizes with scikit-image (order 3, anti-aliased) and
 rounds to uint8 before the min-max; here the bicubic resize is torch's, on floats.
+SAM-Med2D and FT-SAM (256 px, a 16 x 16 feature grid): resize straight to 256 x 256 by
+OpenCV's nearest rule, normalise with ImageNet mean/std x 255, as SAM-Med2D's predictor
+(see :mod:`fmcache.segment.sam_med2d`, which also builds their image encoder).
 
 MedSAM was trained with the single-mask output and its script upsamples the 256 x 256
 logits straight to the original size; here every model decodes alike (``multimask`` picks
@@ -41,11 +44,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fmcache.embed.loaders.local_checkpoint import block_count, load_strict
+from fmcache.embed.loaders.local_checkpoint import block_count, load_strict, read_weights
 from fmcache.embed.loaders.sam_vit import geometry as encoder_geometry
-from fmcache.embed.weights import local_path, read_state_dict, sha256_file
+from fmcache.embed.weights import local_path, sha256_file
 from fmcache.errors import ModelError, SegmentInputError
 from fmcache.segment.models import ARCHS, InputRule, SamSpec, get_sam_model
+from fmcache.segment.sam_med2d import nearest_resize, vit_adapter_encoder
 
 
 @dataclass
@@ -114,12 +118,12 @@ class Decoded(NamedTuple):
 
 
 def load_sam(key: str | SamSpec, weights: str | None = None, device: str = "cpu") -> SamModel:
-    """Load a SAM-family model from its flat state-dict file, strictly.
+    """Load a SAM-family model from its state-dict file, strictly.
 
     Parameters
     ----------
     key
-        Entry of :data:`SAM_MODELS` (``sam``, ``sam_vit_l``, ``sam_vit_h``, ``medsam``) or a
+        Entry of :data:`SAM_MODELS` (``sam``, ``medsam``, ``sam_med2d``, ...) or a
         :class:`SamSpec`.
     weights
         A path, or a file name in the weights directory, replacing the entry's file.
@@ -134,12 +138,14 @@ def load_sam(key: str | SamSpec, weights: str | None = None, device: str = "cpu"
     Raises
     ------
     ModelError
-        The file is missing, unreadable, not a flat state dict, has missing, unexpected or
-        misshapen keys, or was built for another input size than the entry's rule.
+        The file is missing, unreadable, pickles Python objects (the message gives the command
+        that saves its weights alone), not a state dict (flat or under the entry's
+        ``container``), has missing, unexpected or misshapen keys, or was built for another
+        input size than the entry's rule.
     """
     spec = key if isinstance(key, SamSpec) else get_sam_model(key)
     path = local_path(weights or spec.weights, spec.key)
-    sd = read_state_dict(path, spec.key)
+    sd = read_weights(path, spec.key, spec.container)
     if spec.container and isinstance(sd, Mapping) and isinstance(sd.get(spec.container), Mapping):
         sd = sd[spec.container]
     if not isinstance(sd, Mapping) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
@@ -208,6 +214,7 @@ def _vit_encoder(enc_sd: Mapping[str, torch.Tensor], spec: SamSpec) -> tuple[Any
 # (prefix removed) and returns it with its input size; its output is (B, C, size/16, size/16)
 ENCODERS: dict[str, Callable[[Mapping[str, torch.Tensor], SamSpec], tuple[Any, int]]] = {
     "vit": _vit_encoder,
+    "vit_adapter": vit_adapter_encoder,
 }
 # Input pixels per feature cell in every SAM-family encoder (ViT patch 16; TinyViT's stem and stages)
 FEATURE_STRIDE = 16
@@ -269,8 +276,14 @@ def prepare(model: SamModel, image: np.ndarray) -> tuple[torch.Tensor, tuple[int
             x = model.sam.preprocess(x[None])[0] if rule.normalise == "imagenet" else _pad(_minmax(x), size)
         return x, (h, w)
     if rule.resize == "square":
-        x = torch.as_tensor(image, device=model.device).permute(2, 0, 1).float()[None]
-        x = F.interpolate(x, size=(size, size), mode=rule.interpolation, align_corners=False)[0]
+        # a copy: images read from files are often read-only arrays, which torch warns about
+        x = torch.tensor(image, device=model.device).permute(2, 0, 1).float()[None]
+        if rule.interpolation == "nearest":
+            # picks pixels, so resizing before the per-channel normalisation (SAM-Med2D's order
+            # is the reverse) gives the same input
+            x = nearest_resize(x, size)[0]
+        else:
+            x = F.interpolate(x, size=(size, size), mode=rule.interpolation, align_corners=False)[0]
         x = _minmax(x) if rule.normalise == "minmax" else (x - model.sam.pixel_mean) / model.sam.pixel_std
         return x, (size, size)
     raise ModelError(f"{model.key!r} has an unknown resize rule {rule.resize!r}")

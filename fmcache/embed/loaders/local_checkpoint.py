@@ -41,14 +41,19 @@ def read_checkpoint(path: Path, spec: ModelSpec, *, trust_code: bool = False) ->
     how to re-save the weights alone when it pickles any other class. A TorchScript archive
     is read only with ``trust_code`` (see :func:`~fmcache.embed.weights.read_state_dict`).
     """
+    return read_weights(path, spec.key, spec.config.get("container"), trust_code=trust_code)
+
+
+def read_weights(path: Path, key: str, container: str | None = None, *, trust_code: bool = False) -> Any:
+    """:func:`read_checkpoint` for a model registered as ``key`` whose state dict, in a nested
+    checkpoint, is the entry ``container`` (named in the re-save command)."""
     try:
         with torch.serialization.safe_globals(list(SAFE_CLASSES)):
-            return read_state_dict(path, spec.key, trust_code=trust_code)
+            return read_state_dict(path, key, trust_code=trust_code)
     except ModelError as e:
         if "refuses to unpickle" not in str(e):
             raise
-        entry = spec.config.get("container")
-        part = f"[{entry!r}]" if entry else ""
+        part = f"[{container!r}]" if container else ""
         raise ModelError(
             f"{e}; if you trust the file, save its weights alone and pass that file with --weights: "
             f"python -c \"import torch; torch.save(torch.load('{path}', weights_only=False){part}, "
