@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers.tiny_sam import DIM, save_flat, tiny_sam
+from helpers.tiny_sam import DIM, blob_images, predictor_reference, save_flat, tiny_sam
 from segment_anything import SamPredictor
 
 from fmcache.errors import ModelError, SegmentInputError
@@ -32,18 +32,6 @@ POINTS = np.array([[[100.0, 150.0]], [[240.0, 60.0]]])
 BOXES = np.array([[20.0, 30.0, 150.0, 250.0], [100.0, 10.0, 400.0, 100.0]])
 
 
-def _images(sizes, seed=0):
-    rng = np.random.default_rng(seed)
-    out = []
-    for h, w in sizes:
-        # a bright blob on a noisy background, so masks are neither empty nor full
-        yy, xx = np.mgrid[:h, :w]
-        blob = ((yy - h / 2) ** 2 / (h / 4) ** 2 + (xx - w / 2) ** 2 / (w / 4) ** 2) < 1
-        img = rng.integers(0, 90, (h, w, 3)) + 150 * blob[..., None]
-        out.append(img.clip(0, 255).astype(np.uint8))
-    return out
-
-
 @pytest.fixture(scope="module")
 def sam_file(tmp_path_factory):
     return save_flat(tiny_sam(), tmp_path_factory.mktemp("sam") / "sam_vit_b_01ec64.pth")
@@ -56,7 +44,7 @@ def model(sam_file):
 
 @pytest.fixture(scope="module")
 def encoded(model):
-    images = _images(SIZES)
+    images = blob_images(SIZES)
     features, meta = encode(model, images)
     return images, features, meta
 
@@ -64,18 +52,7 @@ def encoded(model):
 @pytest.fixture(scope="module")
 def reference(model, encoded):
     """SamPredictor end to end per image: (features, point result, box result), best IoU of 3."""
-    images = encoded[0]
-    predictor = SamPredictor(model.sam)
-    out = []
-    for img, pt, box in zip(images, POINTS, BOXES):
-        predictor.set_image(img)
-        res = []
-        for kw in ({"point_coords": pt, "point_labels": np.ones(len(pt))}, {"box": box}):
-            masks, iou, low = predictor.predict(**kw, multimask_output=True)
-            best = int(np.argmax(iou))
-            res.append((masks[best], iou[best], low[best]))
-        out.append((predictor.features[0].numpy().copy(), *res))
-    return out
+    return predictor_reference(SamPredictor(model.sam), encoded[0], POINTS, BOXES)
 
 
 def test_load_reads_the_geometry_and_records_the_file(model, sam_file):
@@ -130,7 +107,7 @@ def test_decode_from_float16_features_keeps_the_masks(model, encoded, reference)
 
 def test_items_of_different_sizes_decode_to_their_own_sizes(model):
     sizes = [(64, 64), (37, 211), (500, 90)]
-    images = _images(sizes, seed=1)
+    images = blob_images(sizes, seed=1)
     features, meta = encode(model, images, batch_size=2)
     boxes = np.array([[5, 5, 50, 50], [10, 3, 200, 30], [10, 100, 80, 400]], dtype=float)
     out = decode(model, features, meta, boxes=boxes)
@@ -148,7 +125,7 @@ def test_medsam_input_is_a_square_bicubic_resize_scaled_to_0_1(sam_file):
     seen = []
     hook = medsam.sam.image_encoder.register_forward_pre_hook(lambda mod, args: seen.append(args[0].clone()))
     try:
-        img = _images([(300, 200)])[0]
+        img = blob_images([(300, 200)])[0]
         features, meta = encode(medsam, [img])
     finally:
         hook.remove()

@@ -61,11 +61,15 @@ class SamSpec:
     container: str | None = None
 
 
-# segment_anything's build_sam_vit_{b,l,h}
 ARCHS: dict[str, dict[str, Any]] = {
+    # segment_anything's build_sam_vit_{b,l,h}
     "vit_b": {"embed_dim": 768, "depth": 12, "num_heads": 12, "global_attn_indexes": (2, 5, 8, 11)},
     "vit_l": {"embed_dim": 1024, "depth": 24, "num_heads": 16, "global_attn_indexes": (5, 11, 17, 23)},
     "vit_h": {"embed_dim": 1280, "depth": 32, "num_heads": 16, "global_attn_indexes": (7, 15, 23, 31)},
+    # TinyViT-5M as MobileSAM's build_sam_vit_t (and TinySAM's) builds it, with its ImageNet head and 256-d neck
+    "tiny_vit_5m": {"embed_dims": (64, 128, 160, 320), "depths": (2, 2, 6, 2), "num_heads": (2, 4, 5, 10),
+                    "window_sizes": (7, 7, 14, 7), "mlp_ratio": 4.0, "mbconv_expand_ratio": 4.0,
+                    "local_conv_size": 3, "in_chans": 3, "num_classes": 1000, "out_chans": 256},
 }
 
 SAM_MODELS: dict[str, SamSpec] = {
@@ -86,6 +90,12 @@ SAM_MODELS: dict[str, SamSpec] = {
         SamSpec("ft_sam", "FT-SAM ViT-B (256 px)", "vit_b", "file:ft-sam_b.pth", SAMMED2D_INPUT, "Apache-2.0",
                 "SAM fine-tuned at 256 px without adapters, OpenGVLab/SAM-Med2D's baseline (Google Drive); "
                 "packed as sam_med2d's file", encoder="vit_adapter", container="model"),
+        SamSpec("mobilesam", "MobileSAM (TinyViT-5M)", "tiny_vit_5m", "file:mobile_sam.pt", SAM_INPUT, "Apache-2.0",
+                "ChaoningZhang/MobileSAM weights/mobile_sam.pt (also Hugging Face dhkim2810/MobileSAM); "
+                "SAM's ViT-H distilled into TinyViT", encoder="tiny_vit"),
+        SamSpec("tinysam", "TinySAM (TinyViT-5M)", "tiny_vit_5m", "file:tinysam.pth", SAM_INPUT, "Apache-2.0",
+                "xinghaochen/TinySAM release 1.0 (also Hugging Face xinghaochen/tinysam); the updated "
+                "tinysam_42.3.pth loads with --weights; the quantised w8a8 file does not", encoder="tiny_vit"),
     ]
 }
 

@@ -1,17 +1,23 @@
 """SAM-family promptable segmentation: load, encode images once, decode masks from features.
 
-The image encoder is the expensive part (a ViT at 1024 px); the prompt encoder and mask
-decoder are small. So images are encoded once (:func:`encode`, whose features a cache
-stores) and every prompt is decoded from those features (:func:`decode`), which gives the
-same masks as running the model end to end on the image (``SamPredictor``).
+The image encoder is the expensive part (a ViT, or MobileSAM's TinyViT, at 1024 px); the
+prompt encoder and mask decoder are small. So images are encoded once (:func:`encode`, whose
+features a cache stores) and every prompt is decoded from those features (:func:`decode`),
+which gives the same masks as running the model end to end on the image (``SamPredictor``).
 
 A model is an entry of :data:`fmcache.segment.models.SAM_MODELS`: its nominal architecture, its weights file (in
 the weights directory, as the classification ``file:`` entries) and its input rule
 (:class:`InputRule`). The architecture actually built is read off the file's tensors, so a
 file of another geometry loads if, and only if, all its keys and shapes fit (strict load).
 
-Input rules. SAM: ``ResizeLongestSide(1024)`` (PIL bilinear on uint8, as ``SamPredictor``),
-normalise with ImageNet mean/std x 255, pad bottom/right to 1024. MedSAM: resize straight to
+Image encoders (:data:`ENCODERS`): SAM's ViT (``sam``, ``sam_vit_l``, ``sam_vit_h``, ``medsam``)
+and TinyViT-5M (``mobilesam``, ``tinysam``: :mod:`fmcache.embed.tiny_vit`, the same encoder
+in both releases, with SAM's prompt encoder and mask decoder; TinySAM's decoder always
+returns the three multimask outputs, and its tensors are SAM's, so SAM's decoder serves).
+TinyViT's input size is in no tensor: it is the entry's (1024).
+
+Input rules. SAM, MobileSAM, TinySAM: ``ResizeLongestSide(1024)`` (PIL bilinear on uint8, as
+``SamPredictor``), normalise with ImageNet mean/std x 255, pad bottom/right to 1024. MedSAM: resize straight to
 1024 x 1024 (bicubic), min-max to [0, 1] over the whole resized image, fed to the image
 encoder as is (no ``pixel_mean``/``pixel_std``), as MedSAM's own inference does. The
 FairMedFM reference code feeds MedSAM the ImageNet statistics instead; that is a defect and
@@ -123,7 +129,7 @@ def load_sam(key: str | SamSpec, weights: str | None = None, device: str = "cpu"
     Parameters
     ----------
     key
-        Entry of :data:`SAM_MODELS` (``sam``, ``medsam``, ``sam_med2d``, ...) or a
+        Entry of :data:`SAM_MODELS` (``sam``, ``medsam``, ``mobilesam``, ``sam_med2d``, ...) or a
         :class:`SamSpec`.
     weights
         A path, or a file name in the weights directory, replacing the entry's file.
@@ -210,11 +216,19 @@ def _vit_encoder(enc_sd: Mapping[str, torch.Tensor], spec: SamSpec) -> tuple[Any
     return module, enc["img_size"]
 
 
+def _tiny_vit_encoder(enc_sd: Mapping[str, torch.Tensor], spec: SamSpec) -> tuple[Any, int]:
+    """MobileSAM's TinyViT fitting the tensors, at the entry's input size (no tensor holds it)."""
+    from fmcache.embed.tiny_vit import TinyViT, geometry
+
+    return TinyViT(img_size=spec.input.size, **geometry(enc_sd, ARCHS[spec.arch])), spec.input.size
+
+
 # Image-encoder families: each builds an untrained encoder fitting the image_encoder.* tensors
 # (prefix removed) and returns it with its input size; its output is (B, C, size/16, size/16)
 ENCODERS: dict[str, Callable[[Mapping[str, torch.Tensor], SamSpec], tuple[Any, int]]] = {
     "vit": _vit_encoder,
     "vit_adapter": vit_adapter_encoder,
+    "tiny_vit": _tiny_vit_encoder,
 }
 # Input pixels per feature cell in every SAM-family encoder (ViT patch 16; TinyViT's stem and stages)
 FEATURE_STRIDE = 16

@@ -1,9 +1,11 @@
-"""A tiny random-weight SAM saved as the official checkpoints are: one flat state dict.
+"""Tiny random-weight SAM-family models saved as the official checkpoints are: one flat state dict.
 
 The real input geometry is kept (1024 px, patch 16, a 64 x 64 feature grid, 256 x 256
 low-res masks) so the real resize, padding and post-processing apply; the widths are small
 (ViT: 2 blocks of width 32; features and decoder: 64 channels instead of 256), which keeps
-an image well under a second on two CPU cores.
+an image well under a second on two CPU cores. The MobileSAM-style model has the same
+decoder and a TinyViT of the release's structure (four stages, windowed attention with
+biases, the classifier head the files keep) at small widths.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 
 SEED = 0
@@ -20,31 +23,72 @@ TINY_SAM = {"img_size": 1024, "patch_size": 16, "embed_dim": 32, "depth": 2, "nu
             "out_chans": DIM, "qkv_bias": True, "window_size": 14, "global_attn_indexes": (1,)}
 
 
+# MobileSAM's TinyViT at small widths; heads and windows differ per stage (and from the release's),
+# so they must be read off the tensors, and windows of 5 and 7 need padding on 128 and 64 grids
+TINY_TINY_VIT = {"embed_dims": (8, 16, 24, 32), "depths": (1, 2, 2, 1), "num_heads": (1, 2, 3, 4),
+                 "window_sizes": (7, 5, 8, 7), "mlp_ratio": 2.0, "mbconv_expand_ratio": 2.0, "local_conv_size": 3,
+                 "in_chans": 3, "num_classes": 10, "out_chans": DIM}
+
+
 def tiny_sam() -> torch.nn.Module:
     """A seeded ``segment_anything.modeling.Sam`` of the real geometry, small widths, eval mode."""
-    from segment_anything.modeling import (
-        ImageEncoderViT,
-        MaskDecoder,
-        PromptEncoder,
-        Sam,
-        TwoWayTransformer,
-    )
+    from segment_anything.modeling import ImageEncoderViT
 
     torch.manual_seed(SEED)
-    grid = TINY_SAM["img_size"] // TINY_SAM["patch_size"]
-    sam = Sam(
-        image_encoder=ImageEncoderViT(**TINY_SAM, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True),
-        prompt_encoder=PromptEncoder(embed_dim=DIM, image_embedding_size=(grid, grid),
-                                     input_image_size=(TINY_SAM["img_size"],) * 2, mask_in_chans=16),
-        mask_decoder=MaskDecoder(num_multimask_outputs=3,
-                                 transformer=TwoWayTransformer(depth=2, embedding_dim=DIM, mlp_dim=64, num_heads=8),
-                                 transformer_dim=DIM, iou_head_depth=3, iou_head_hidden_dim=32),
-    )
+    sam = _sam(ImageEncoderViT(**TINY_SAM, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True))
     with torch.no_grad():
         for name, p in sam.named_parameters():
             if "rel_pos" in name:
                 p.normal_(std=0.5)  # SAM zero-initialises them; random ones make the geometry matter
     return sam.eval()
+
+
+def tiny_mobile_sam() -> torch.nn.Module:
+    """A seeded ``Sam`` with a small TinyViT image encoder (MobileSAM's structure), eval mode.
+
+    BatchNorm statistics, affine parameters and attention biases are random (a fresh model
+    has them at identities and zeros, which would hide a misplaced one).
+    """
+    from fmcache.embed.tiny_vit import TinyViT
+
+    torch.manual_seed(SEED)
+    sam = _sam(TinyViT(img_size=1024, **TINY_TINY_VIT))
+    randomise_norms(sam.image_encoder)
+    return sam.eval()
+
+
+def randomise_norms(module: torch.nn.Module) -> None:
+    """Random BatchNorm / LayerNorm parameters and statistics and attention biases, in place."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if "attention_biases" in name:
+                p.normal_(std=1.0)
+            elif p.ndim == 1 and name.endswith("weight"):
+                p.uniform_(0.5, 1.5)
+            elif p.ndim == 1:
+                p.normal_(std=0.2)
+        for name, b in module.named_buffers():
+            if name.endswith("running_mean"):
+                b.normal_(std=0.2)
+            elif name.endswith("running_var"):
+                b.uniform_(0.5, 2.0)
+            elif name.endswith("num_batches_tracked"):
+                b.fill_(1000)
+
+
+def _sam(image_encoder: torch.nn.Module) -> torch.nn.Module:
+    from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    size = image_encoder.img_size
+    grid = size // 16
+    return Sam(
+        image_encoder=image_encoder,
+        prompt_encoder=PromptEncoder(embed_dim=DIM, image_embedding_size=(grid, grid), input_image_size=(size, size),
+                                     mask_in_chans=16),
+        mask_decoder=MaskDecoder(num_multimask_outputs=3,
+                                 transformer=TwoWayTransformer(depth=2, embedding_dim=DIM, mlp_dim=64, num_heads=8),
+                                 transformer_dim=DIM, iou_head_depth=3, iou_head_hidden_dim=32),
+    )
 
 
 def save_flat(sam: torch.nn.Module, path: Path, drop: tuple[str, ...] = (), extra: dict | None = None) -> Path:
@@ -53,3 +97,31 @@ def save_flat(sam: torch.nn.Module, path: Path, drop: tuple[str, ...] = (), extr
     sd.update(extra or {})
     torch.save(sd, path)
     return path
+
+
+def blob_images(sizes, seed: int = 0) -> list[np.ndarray]:
+    """uint8 RGB images of the given (H, W): a bright ellipse on a noisy background, so masks
+    are neither empty nor full."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for h, w in sizes:
+        yy, xx = np.mgrid[:h, :w]
+        blob = ((yy - h / 2) ** 2 / (h / 4) ** 2 + (xx - w / 2) ** 2 / (w / 4) ** 2) < 1
+        img = rng.integers(0, 90, (h, w, 3)) + 150 * blob[..., None]
+        out.append(img.clip(0, 255).astype(np.uint8))
+    return out
+
+
+def predictor_reference(predictor, images, points, boxes) -> list[tuple]:
+    """A ``SamPredictor`` end to end per image: (its features, point result, box result), each
+    result the (mask, IoU, low-res logits) of the best predicted IoU of three."""
+    out = []
+    for img, pt, box in zip(images, points, boxes):
+        predictor.set_image(img)
+        res = []
+        for kw in ({"point_coords": pt, "point_labels": np.ones(len(pt))}, {"box": box}):
+            masks, iou, low = predictor.predict(**kw, multimask_output=True)
+            best = int(np.argmax(iou))
+            res.append((masks[best], iou[best], low[best]))
+        out.append((predictor.features[0].numpy().copy(), *res))
+    return out
