@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers.tiny_sam import DIM, blob_images, predictor_reference, save_flat, tiny_sam
+from helpers.tiny_sam import BOXES, DIM, POINTS, SIZES, blob_images, predictor_reference, save_flat, tiny_sam
 from segment_anything import SamPredictor
 
 from fmcache.errors import ModelError, SegmentInputError
@@ -27,9 +27,6 @@ from fmcache.segment.sam import (
 )
 
 # (H, W): portrait, landscape; prompts in original pixels (x, y)
-SIZES = [(300, 200), (120, 480)]
-POINTS = np.array([[[100.0, 150.0]], [[240.0, 60.0]]])
-BOXES = np.array([[20.0, 30.0, 150.0, 250.0], [100.0, 10.0, 400.0, 100.0]])
 
 
 @pytest.fixture(scope="module")

@@ -15,10 +15,9 @@ from functools import partial
 import numpy as np
 import pytest
 import torch
-from helpers.tiny_sam import DIM
+from helpers.tiny_sam import BOXES, DIM, POINTS, SIZES, blob_images
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from segment_anything.modeling.image_encoder import Block, window_partition, window_unpartition
-from test_segment_sam import BOXES, POINTS, SIZES, _images
 from torch import nn
 
 import fmcache
@@ -191,7 +190,7 @@ def test_the_release_layout_loads_strictly_with_or_without_adapters(models, file
 
 
 def test_the_adapters_are_used(models, files):
-    img = _images([(300, 200)])[0]
+    img = blob_images([(300, 200)])[0]
     features, _ = encode(models["sam_med2d"], [img])
     again = load_sam("sam_med2d", weights=str(files["sam_med2d"]))
     with torch.no_grad():
@@ -232,7 +231,7 @@ def test_the_release_with_its_optimizer_object_is_refused_with_the_command_to_re
 @pytest.mark.parametrize("key", ["sam_med2d", "ft_sam"])
 def test_decode_from_features_equals_the_model_end_to_end(models, reference_models, key):
     model, ref = models[key], reference_models[key]
-    images = _images(SIZES)
+    images = blob_images(SIZES)
     features, meta = encode(model, images)
     assert features.shape == (2, DIM, 16, 16) and meta.input_size.tolist() == [[256, 256]] * 2
     for kw in ({"points": POINTS, "point_labels": np.ones((2, 1))}, {"boxes": BOXES}):
@@ -261,7 +260,7 @@ def test_the_input_is_opencv_nearest_then_imagenet(models):
     seen = []
     hook = model.sam.image_encoder.register_forward_pre_hook(lambda mod, args: seen.append(args[0].clone()))
     try:
-        img = _images([(186, 280)], seed=2)[0]
+        img = blob_images([(186, 280)], seed=2)[0]
         encode(model, [img])
     finally:
         hook.remove()

@@ -16,7 +16,10 @@ import numpy as np
 import pytest
 import torch
 from helpers.tiny_sam import (
+    BOXES,
     DIM,
+    POINTS,
+    SIZES,
     TINY_TINY_VIT,
     blob_images,
     predictor_reference,
@@ -31,9 +34,6 @@ from fmcache.errors import ModelError
 from fmcache.segment.models import ARCHS, SAM_MODELS
 from fmcache.segment.sam import build_sam_for, decode, encode, load_sam
 
-SIZES = [(300, 200), (120, 480)]
-POINTS = np.array([[[100.0, 150.0]], [[240.0, 60.0]]])
-BOXES = np.array([[20.0, 30.0, 150.0, 250.0], [100.0, 10.0, 400.0, 100.0]])
 # small, but the official code's constraints kept: four stages, the last 320 wide
 OFFICIAL_TINY = {"embed_dims": [16, 32, 48, 320], "depths": [1, 2, 2, 1], "num_heads": [1, 2, 3, 5],
                  "window_sizes": [7, 5, 14, 7], "mlp_ratio": 2.0, "mbconv_expand_ratio": 2.0}
