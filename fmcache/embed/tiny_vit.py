@@ -27,6 +27,7 @@ from torch import nn
 
 from fmcache.embed.loaders.local_checkpoint import block_count
 
+
 class ConvBN(nn.Sequential):
     """A bias-free convolution followed by BatchNorm (tensors ``c.weight`` and ``bn.*``)."""
 
