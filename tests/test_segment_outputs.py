@@ -119,7 +119,8 @@ def outputs(montgomery_sam, tmp_path_factory):
     m = montgomery_sam
     runs = tmp_path_factory.mktemp("outputs-runs")
     full = run_segment(SegmentConfig(dataset=m.ds.name, model="sam", prompts=PROMPTS, split="all", n_boot=20,
-                                     nsd_tolerance=2.0, save_masks=True), data=m.data, root=m.root, runs=runs, sam=m.sam)
+                                     nsd_tolerance=2.0, save_masks=True),
+                       data=m.data, root=m.root, runs=runs, sam=m.sam)
     plain = run_segment(SegmentConfig(dataset=m.ds.name, model="sam", prompts=["center"], split="all", n_boot=0),
                         data=m.data, root=m.root, runs=runs, sam=m.sam)
     return m, full, plain
@@ -169,7 +170,8 @@ def test_nsd_fairness_rows_only_when_asked(outputs):
         per_item = run.predictions[f"{kind}.mask.sex"]["nsd"].mean(axis=1)
         overall = m.query("prompt == @kind and attribute == 'sex' and metric == 'nsd' and group == 'overall'")
         assert overall["value"].iloc[0] == pytest.approx(per_item.mean())
-        assert {"nsd_delta", "nsd_skew", "nsd_std", "nsd_es"} <= set(m.query("prompt == @kind and group == 'gap'")["metric"])
+        gaps = set(m.query("prompt == @kind and group == 'gap'")["metric"])
+        assert {"nsd_delta", "nsd_skew", "nsd_std", "nsd_es"} <= gaps
         delta = m.query("prompt == @kind and attribute == 'sex' and metric == 'nsd_delta'").iloc[0]
         assert delta["ci_low"] <= delta["value"] <= delta["ci_high"]
 
@@ -236,8 +238,8 @@ def test_segment_command_options(montgomery_sam, sam_weights, run_cli, tmp_path)
     assert "--nsd" in text and "normalised surface distance" in text and "--save-masks" in text
     runs = tmp_path / "runs"
     code, out, err = run_cli("segment", "-m", "sam", "-d", m.ds.name, "--data", str(m.data), "--prompts", "bbox",
-                             "--split", "all", "--n-boot", "0", "--nsd", "1.5", "--save-masks", "--weights", sam_weights,
-                             "--root", str(m.root), "--runs", str(runs))
+                             "--split", "all", "--n-boot", "0", "--nsd", "1.5", "--save-masks",
+                             "--weights", sam_weights, "--root", str(m.root), "--runs", str(runs))
     assert code == 0, err
     run = load_results(next(p for p in runs.iterdir() if p.is_dir()))
     assert run.config["nsd_tolerance"] == 1.5 and run.config["save_masks"] is True and has_masks(run)

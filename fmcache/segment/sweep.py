@@ -214,7 +214,8 @@ def _score(truth: list[np.ndarray], pred: list[list[np.ndarray]], empty: str,
            nsd_tolerance: float | None) -> dict[str, np.ndarray]:
     """(items, classes) Dice and IoU (and NSD with a tolerance) of one prompt type's masks."""
     n_classes = len(pred)
-    out = {m: np.zeros((len(truth), n_classes)) for m in ("dsc", "iou", *(("nsd",) if nsd_tolerance is not None else ()))}
+    names = ("dsc", "iou") + (("nsd",) if nsd_tolerance is not None else ())
+    out = {m: np.zeros((len(truth), n_classes)) for m in names}
     for c in range(1, n_classes + 1):
         binary = [t == c for t in truth]
         out["dsc"][:, c - 1] = dice_per_sample(binary, pred[c - 1], n_classes=1, empty=empty)
