@@ -412,12 +412,15 @@ def protocols_view() -> Group:
 
 
 def segmentation_table(metrics: pd.DataFrame, title: str) -> Table:
-    """A prompt sweep's Dice per (attribute, prompt): overall, per group, and the Dice gap."""
+    """A prompt sweep's Dice per (attribute, prompt): overall, per group, and the Dice gap
+    (and the NSD overall and its gap, in a run that measured it)."""
     t = table(title, caption="value, and under it its 95% bootstrap interval")
     for key in ("attribute", "prompt"):
         t.add_column(key, no_wrap=True)
     groups = [g for g in pd.unique(metrics["group"]) if g not in ("overall", "gap")]
     columns = [("dsc", "overall", "dsc"), *[("dsc", g, f"dsc {g}") for g in groups], ("dsc_delta", "gap", "dsc_delta")]
+    if (metrics["metric"] == "nsd").any():
+        columns += [("nsd", "overall", "nsd"), ("nsd_delta", "gap", "nsd_delta")]
     for *_, heading in columns:
         t.add_column(heading, justify="right", overflow="fold")
     for (attr, prompt), block in metrics.groupby(["attribute", "prompt"], sort=False):

@@ -108,3 +108,32 @@ def toy_report(toy_run):
 
     return SimpleNamespace(run=toy_run.run, root=toy_run.root,
                            path=build_report([toy_run.run.path], toy_run.root / "study.html"))
+
+
+@pytest.fixture(scope="session")
+def sam_weights(tmp_path_factory):
+    """A tiny SAM (helpers.tiny_sam) saved under the ViT-B checkpoint's file name."""
+    from helpers.tiny_sam import save_flat, tiny_sam
+
+    return str(save_flat(tiny_sam(), tmp_path_factory.mktemp("sam") / "sam_vit_b_01ec64.pth"))
+
+
+@pytest.fixture(scope="session")
+def montgomery_sam(sam_weights, tmp_path_factory):
+    """helpers.seg_layouts' Montgomery release (two classes: left and right lung) cached by the
+    tiny SAM: ``ds``, ``data``, ``root`` (the cache root), ``sam`` (the loaded model). Tests
+    must not change the entry; runs they write go to their own ``runs=`` folder or beside it."""
+    from helpers import seg_layouts
+
+    from fmcache.datasets import load_dataset
+    from fmcache.segment.features import embed_features
+    from fmcache.segment.sam import load_sam
+
+    with pytest.MonkeyPatch.context() as mp:
+        _isolate(mp, tmp_path_factory.mktemp("montgomery-home"))
+        data = seg_layouts.write_montgomery(tmp_path_factory.mktemp("montgomery"))
+        root = tmp_path_factory.mktemp("montgomery-cache")
+        ds = load_dataset("montgomery", data=data)
+        sam = load_sam("sam", weights=sam_weights)
+        embed_features(ds, "sam", root=root, sam=sam, chunk_rows=4, progress=False)
+    return SimpleNamespace(ds=ds, data=data, root=root, sam=sam)

@@ -6,31 +6,24 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from helpers import seg_layouts
-from helpers.tiny_sam import save_flat, tiny_sam
 
-from fmcache.datasets import load_dataset
 from fmcache.errors import FmcacheError
-from fmcache.segment.features import embed_features
 from fmcache.segment.prompts import make_prompt, prompt_at
-from fmcache.segment.sam import decode, encode, load_sam
+from fmcache.segment.sam import decode, encode
 from fmcache.segment.sweep import SegmentConfig, run_segment
 
 PROMPTS = ["center", "bbox"]
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    return str(save_flat(tiny_sam(), tmp_path_factory.mktemp("sam") / "sam_vit_b_01ec64.pth"))
+def weights(sam_weights):
+    return sam_weights
 
 
 @pytest.fixture(scope="module")
-def montgomery(weights, tmp_path_factory):
+def montgomery(montgomery_sam):
     """The Montgomery fixture (two classes: left and right lung) cached by the tiny SAM, and a sweep."""
-    data = seg_layouts.write_montgomery(tmp_path_factory.mktemp("montgomery"))
-    root = tmp_path_factory.mktemp("cache")
-    ds = load_dataset("montgomery", data=data)
-    sam = load_sam("sam", weights=weights)
-    embed_features(ds, "sam", root=root, sam=sam, chunk_rows=4, progress=False)
+    ds, data, root, sam = montgomery_sam.ds, montgomery_sam.data, montgomery_sam.root, montgomery_sam.sam
     run = run_segment(SegmentConfig(dataset=ds.name, model="sam", prompts=PROMPTS, split="all", n_boot=20),
                       data=data, root=root, sam=sam)
     return ds, data, root, sam, run

@@ -325,6 +325,13 @@ def segment(
     jitter: Annotated[int, typer.Option("--jitter", min=0, metavar="PX", help="bbox: move each side by up to PX pixels.")] = 0,
     n_boot: Annotated[int, typer.Option("--n-boot", min=0, metavar="N", help="Bootstrap resamples for the intervals.")] = 1000,
     seed: Annotated[int, typer.Option("--seed", metavar="N", help="Seed of the prompts and bootstrap resamples.")] = 0,
+    nsd: Annotated[Optional[float], typer.Option(
+        "--nsd", min=0, metavar="TOL", show_default=False,
+        help="Also the normalised surface distance (surface Dice, by MONAI): the share of the true and predicted "
+        "boundaries within TOL pixels of the other, in the original image; per group and its gaps like Dice.")] = None,
+    save_masks: Annotated[bool, typer.Option(
+        "--save-masks", help="Keep every predicted mask (per prompt type, item and class) in the run, compressed; "
+        "fmcache.segment.predicted_mask(run, prompt, item_id, class) reads one back.")] = False,
     weights: Annotated[
         Optional[str], typer.Option("--weights", metavar="PATH", show_default=False,
                                     help="Local checkpoint file instead of the model's default file.")
@@ -338,7 +345,10 @@ def segment(
     prompt type is decoded from those features: one prompt per item and class, built from the
     ground-truth mask and seeded per item, so a rerun gives the same prompts. Dice and IoU per
     item (the mean over the dataset's classes), then per group with bootstrap intervals and
-    the Dice gap, skew, spread and equity-scaled Dice; `fmcache report RUN` shows them.
+    the Dice gap, skew, spread and equity-scaled Dice; `fmcache report RUN` shows them, with
+    the image and the true and predicted outlines of the lowest, median and highest Dice items
+    of each group (small thumbnails every run keeps). --nsd TOL adds the normalised surface
+    distance at that tolerance; --save-masks keeps every predicted mask.
 
     Example:
 
@@ -352,7 +362,7 @@ def segment(
     from fmcache.views import make_console, segmentation_table
 
     cfg = SegmentConfig(dataset=dataset, model=model, prompts=_csv(prompts) or [], attributes=_csv(attributes),
-                        split=split, seed=seed, jitter=jitter, n_boot=n_boot)
+                        split=split, seed=seed, jitter=jitter, n_boot=n_boot, nsd_tolerance=nsd, save_masks=save_masks)
     console = make_console()
     try:
         with console.status(f"{dataset}/{model}: decoding") as status:

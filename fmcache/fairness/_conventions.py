@@ -128,14 +128,22 @@ METRIC_SPECS: Mapping[str, Metric] = {m.name: m for m in (
     Metric("selection_rate", "Selection rate", None, bounded=True),
     Metric("dsc", "Dice", True, bounded=True),
     Metric("iou", "IoU", True, bounded=True),
+    Metric("nsd", "Normalised surface distance (surface Dice)", True, short="NSD", bounded=True),
 )}
 
-_SEG_GAPS = (
-    Gap("dsc_delta", "Dice gap (max − min)", False, short="Dice gap", metrics=("dsc",), aggregate="range"),
-    Gap("dsc_skew", "Dice skewness", False, metrics=("dsc",), aggregate="skew"),
-    Gap("dsc_std", "Dice std over groups", False, metrics=("dsc",), aggregate="std"),
-    Gap("dsc_es", "Equity-scaled Dice", True, fairness=False, metrics=("dsc",), aggregate="es_std"),
-)
+def _score_gaps(metric: str, title: str) -> tuple[Gap, ...]:
+    """The gaps of one per-item segmentation score (Dice, NSD): range, skew, spread, equity scaling."""
+    return (
+        Gap(f"{metric}_delta", f"{title} gap (max − min)", False, short=f"{title} gap", metrics=(metric,),
+            aggregate="range"),
+        Gap(f"{metric}_skew", f"{title} skewness", False, metrics=(metric,), aggregate="skew"),
+        Gap(f"{metric}_std", f"{title} std over groups", False, metrics=(metric,), aggregate="std"),
+        Gap(f"{metric}_es", f"Equity-scaled {title}", True, fairness=False, metrics=(metric,), aggregate="es_std"),
+    )
+
+
+# a table computes the gaps of the scores it has (NSD only when a tolerance was given)
+_SEG_GAPS = (*_score_gaps("dsc", "Dice"), *_score_gaps("nsd", "NSD"))
 
 
 def _gaps(eqodds: Gap) -> tuple[Gap, ...]:
@@ -196,7 +204,8 @@ def paper() -> Convention:
       NaN when a group scores exactly 1 (a zero denominator); bootstrap intervals are over
       the resamples where it is defined.
     - segmentation: ``dsc_delta`` = range(dsc_g); ``dsc_skew`` = max_g(1 - dsc_g) /
-      min_g(1 - dsc_g); ``dsc_std`` = std_g(dsc_g) (ddof = 0); ``dsc_es`` = dsc / (1 + dsc_std)
+      min_g(1 - dsc_g); ``dsc_std`` = std_g(dsc_g) (ddof = 0); ``dsc_es`` = dsc / (1 + dsc_std);
+      the normalised surface distance's ``nsd_delta``, ``nsd_skew``, ``nsd_std``, ``nsd_es`` alike
     - thresholds: a number or "val:..." chosen on a validation set; never the test set.
     """
     return Convention("paper", False, "unit", "clip_eps", _gaps(_eqodds(("tpr", "fpr"), "mean_range")), _SEG_GAPS, False)

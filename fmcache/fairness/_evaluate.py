@@ -559,6 +559,7 @@ def evaluate_dice(
     groups: Groups,
     *,
     iou: Any = None,
+    nsd: Any = None,
     convention: str | Sequence[str] = "paper",
     n_boot: int = 0,
     seed: int = 0,
@@ -566,7 +567,7 @@ def evaluate_dice(
     group_names: Mapping[str, GroupNames] | GroupNames | None = None,
     intersect: Sequence[str] | Sequence[Sequence[str]] | None = None,
 ) -> pd.DataFrame:
-    """Segmentation fairness from per-sample Dice (and optionally IoU) scores.
+    """Segmentation fairness from per-sample Dice (and optionally IoU and NSD) scores.
 
     Per group and "overall": ``dsc`` = mean of the per-sample Dice (``iou`` likewise);
     gaps (group "gap"): ``dsc_delta`` = max_g DSC_g - min_g DSC_g, ``dsc_skew`` =
@@ -582,6 +583,10 @@ def evaluate_dice(
         As in `evaluate`; the bootstrap is stratified by group.
     iou : array (n,), optional
         Per-sample IoU, reported as metric ``iou``.
+    nsd : array (n,), optional
+        Per-sample normalised surface distance (see `nsd_per_sample`), reported as metric
+        ``nsd`` with the same gaps as Dice (``nsd_delta``, ``nsd_skew``, ``nsd_std``,
+        ``nsd_es``), resampled with the same bootstrap draws.
 
     Returns
     -------
@@ -592,10 +597,11 @@ def evaluate_dice(
     if d.ndim != 1:
         raise MetricInputError(f"dice must be one value per sample; got shape {d.shape}")
     values = {"dsc": d}
-    if iou is not None:
-        values["iou"] = _scores(iou, "iou")
-        if values["iou"].shape != d.shape:
-            raise MetricInputError(f"iou has shape {values['iou'].shape} but dice has {d.shape}")
+    for name, extra in (("iou", iou), ("nsd", nsd)):
+        if extra is not None:
+            values[name] = _scores(extra, name)
+            if values[name].shape != d.shape:
+                raise MetricInputError(f"{name} has shape {values[name].shape} but dice has {d.shape}")
     metrics = tuple(values)
     groupings = as_groupings(groups, d.size, group_names=group_names, intersect=intersect)
     if n_boot < 0 or seed < 0:
@@ -608,13 +614,15 @@ def evaluate_dice(
             strata = np.where(grouping.index < 0, G, grouping.index)
             order, bounds = strata_layout(strata, G + 1)
 
+            # the gaps of the scores given: a table without NSD has no NSD gaps
+            gaps = tuple(g for g in conv.segmentation_gaps if set(g.metrics) <= set(values))
             stats = functools.partial(_segmentation_stats, values, bounds, G)
             point_per, point_all = stats(order[None, :])
             boot_per = boot_all = boot_gaps = None
             if n_boot:
                 boot_per, boot_all = _bootstrap(stats, strata, G + 1, n_boot, (seed, 0, ai))
-                boot_gaps = _gaps_or_nan(conv.segmentation_gaps, boot_per, boot_all, G)
-            point_gaps = _gaps_or_nan(conv.segmentation_gaps, point_per, point_all, G)
+                boot_gaps = _gaps_or_nan(gaps, boot_per, boot_all, G)
+            point_gaps = _gaps_or_nan(gaps, point_per, point_all, G)
             group_n = [int(bounds[g + 1] - bounds[g]) for g in range(G)]
             reasons = {m: [f"group {name!r} is empty" for name in names] for m in metrics}
             overall_reason = {m: "no samples" for m in metrics}
@@ -629,7 +637,7 @@ def evaluate_dice(
                 point_all,
                 boot_per,
                 boot_all,
-                conv.segmentation_gaps,
+                gaps,
                 point_gaps,
                 boot_gaps,
                 group_n,

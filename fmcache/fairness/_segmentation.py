@@ -12,7 +12,7 @@ from fmcache.errors import MetricInputError
 
 EmptyRule = Literal["one", "skip"]
 
-SEGMENTATION_METRICS = ("dsc", "iou")
+SEGMENTATION_METRICS = ("dsc", "iou", "nsd")
 
 
 def _as_list(masks: np.ndarray | Sequence[np.ndarray], name: str) -> list[np.ndarray]:

@@ -18,7 +18,7 @@ from fmcache import __version__
 from fmcache.errors import FmcacheError
 from fmcache.report import figures, narrative, tables
 from fmcache.report.model import Figure, Note, Report, Section, Sentence, Subhead
-from fmcache.runs import BASELINE, Run, load_results
+from fmcache.runs import BASELINE, Run, load_results, read_overlays
 
 MAX_REPRESENTATION = 6  # (dataset, model) pairs whose features are mapped; t-SNE is the slow part
 REPRESENTATION_ROWS = 1500  # features subsampled per pair
@@ -265,7 +265,8 @@ def representation_section(runs) -> Section:
 
 
 def segmentation_section(runs) -> Section | None:
-    """Dice per group per prompt type, from segmentation prompt-sweep runs."""
+    """Dice per group per prompt type, from segmentation prompt-sweep runs, and example
+    overlays of each run that kept them (runs written before that have none)."""
     blocks = [r.metrics.assign(prompt=r.metrics["prompt"] if "prompt" in r.metrics else r.metrics["head"])
               for r, k in runs if k == "segmentation"]
     if not blocks:
@@ -278,6 +279,16 @@ def segmentation_section(runs) -> Section | None:
         sec.blocks.append(tables.segmentation_table(seg, ds, attr))
         sec.blocks.append(figures.group_bars(sl, id=f"f-{sid}", where=f"{ds}, by {attr}", metric="dsc", x="prompt",
                                              what="Dice"))
+    for run, kind in runs:
+        ov = read_overlays(run) if kind == "segmentation" else None
+        if ov is None or not len(ov["group"]):
+            continue
+        ds, model, attr = run.config.get("dataset"), run.config.get("model"), str(ov["attribute"])
+        sid = tables.slug("seg-examples", ds, model, attr)
+        sec.blocks.append(Subhead(sid, f"Examples: {ds} · {model}, by {attr}"))
+        for g in dict.fromkeys(int(v) for v in ov["group"]):
+            sec.blocks.append(figures.overlays(ov, g, id=tables.slug("f", sid, ov["group_names"][g]),
+                                               where=f"{ds} · {model}"))
     return sec
 
 

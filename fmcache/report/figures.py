@@ -241,3 +241,40 @@ def tsne(embedding, names: Sequence[str], *, attribute: str, id: str, where: str
            "Separated colours mean the attribute is visible in the features.")
     return render(fig, id, f"t-SNE, {where}, {attribute}", alt,
                   "A random subsample of the cached features; grey points have no known group.")
+
+
+# Okabe-Ito sky blue and vermillion, told apart by line style as well
+TRUTH_COLOR, PRED_COLOR = "#56B4E9", "#D55E00"
+
+
+def overlays(ov: dict[str, np.ndarray], group: int, *, id: str, where: str) -> Figure:
+    """The thumbnails of one group's chosen items (see :func:`fmcache.runs.read_overlays`), each
+    with the true outline (solid) and the predicted one (dashed) of every class."""
+    from matplotlib.lines import Line2D
+
+    items = np.flatnonzero(ov["group"] == group)
+    name = str(ov["group_names"][group])
+    attr, prompt = str(ov["attribute"]), str(ov["prompt"])
+    fig = _new_figure(2.6 * len(items) + 0.4, 3.2)
+    axes = fig.subplots(1, len(items), squeeze=False)[0]
+    for ax, k in zip(axes, items):
+        h, w = (int(v) for v in ov["size"][k])
+        ax.imshow(ov["image"][k][:h, :w], interpolation="nearest")
+        for c in range(1, len(ov["classes"]) + 1):
+            for labels, color, style in ((ov["truth"], TRUTH_COLOR, "solid"), (ov["pred"], PRED_COLOR, "dashed")):
+                mask = labels[k][:h, :w] == c
+                if mask.any() and not mask.all():  # contour needs both sides of the line
+                    ax.contour(mask.astype(float), levels=[0.5], colors=[color], linestyles=[style], linewidths=1.6)
+        ax.set_title(f"{ov['pick'][k]} Dice {_fmt(float(ov['dsc'][k]))}\n{ov['id'][k]}", fontsize=9)
+        ax.set_axis_off()
+    handles = [Line2D([], [], color=TRUTH_COLOR, linestyle="solid", label="ground truth"),
+               Line2D([], [], color=PRED_COLOR, linestyle="dashed", label=f"prediction ({prompt} prompt)")]
+    fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=9, frameon=False)
+    title = f"Examples, {where}, {attr} = {name}"
+    fig.suptitle(title, fontsize=11)
+    shown = "; ".join(f"{ov['id'][k]} ({ov['pick'][k]}, Dice {_fmt(float(ov['dsc'][k]))})" for k in items)
+    alt = (f"{len(items)} images of the {attr} = {name} group on {where}, each with the ground-truth outline "
+           f"(solid) and the {prompt}-prompt prediction (dashed): {shown}.")
+    return render(fig, id, title, alt, f"The items of lowest, median and highest Dice in the group under the {prompt} "
+                  "prompt (the run's best by mean Dice); solid: ground truth, dashed: prediction. Thumbnails "
+                  "kept by the run.")

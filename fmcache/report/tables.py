@@ -228,14 +228,17 @@ def representation_table(frame: pd.DataFrame) -> Table:
 
 
 def segmentation_table(seg: pd.DataFrame, dataset: str, attribute: str) -> Table:
-    """Dice per group per prompt type, with the Dice gap."""
+    """Dice per group per prompt type, with the Dice gap; the NSD and its gap where a run measured it."""
     m = seg[(seg["dataset"] == dataset) & (seg["attribute"] == attribute)]
     groups = [g for g in pd.unique(m["group"]) if g not in ("overall", "gap")]
+    with_nsd = bool((m["metric"] == "nsd").any())
+    cells = [("dsc", "overall", "dsc"), *[("dsc", g, f"dsc_{g}") for g in groups], ("dsc_delta", "gap", "dsc_delta")]
+    if with_nsd:
+        cells += [("nsd", "overall", "nsd"), ("nsd_delta", "gap", "nsd_delta")]
     rows = []
     for (model, prompt), block in m.groupby(["model", "prompt"], sort=False):
         row = {"dataset": dataset, "attribute": attribute, "model": model, "prompt": prompt}
-        for metric, group, key in [("dsc", "overall", "dsc"), *[("dsc", g, f"dsc_{g}") for g in groups],
-                                   ("dsc_delta", "gap", "dsc_delta")]:
+        for metric, group, key in cells:
             hit = block[(block["metric"] == metric) & (block["group"] == group)]
             for suffix, col in (("", "value"), ("_ci_low", "ci_low"), ("_ci_high", "ci_high")):
                 row[key + suffix] = float(hit[col].iloc[0]) if len(hit) else np.nan
@@ -247,6 +250,9 @@ def segmentation_table(seg: pd.DataFrame, dataset: str, attribute: str) -> Table
                     better=better("dsc", "paper")) for g in groups]
     cols.append(Column("dsc_delta", gap.heading, ci=("dsc_delta_ci_low", "dsc_delta_ci_high"),
                        better=better("dsc_delta", "paper")))
+    if with_nsd:
+        cols += [Column(k, metric_info(k).heading, ci=(f"{k}_ci_low", f"{k}_ci_high"), better=better(k, "paper"))
+                 for k in ("nsd", "nsd_delta")]
     tid = slug("t", dataset, attribute, "dice")
     return Table(tid, f"Dice per group and prompt: {dataset}, by {attribute}", pd.DataFrame(rows), cols,
                  caption="[low, high] is the bootstrap interval; ★ marks the best value of each column.",

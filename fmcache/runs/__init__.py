@@ -3,6 +3,7 @@ read each mitigation against the baseline. Needs neither torch nor JAX.
 
     import fmcache
     run = fmcache.load_results(path)        # .metrics, .seed_metrics, .sweep, .config, .predictions
+    predicted_mask(run, "bbox", item_id, 1) # a segmentation run's saved mask (--save-masks)
 """
 
 from fmcache.runs.directory import (
@@ -17,6 +18,7 @@ from fmcache.runs.directory import (
     runs_dir,
     write_run,
 )
+from fmcache.runs.masks import has_masks, predicted_mask, read_overlays
 from fmcache.runs.summary import BASELINE, compare_to_baseline
 
 __all__ = [
@@ -25,10 +27,13 @@ __all__ = [
     "cache_root",
     "compare_to_baseline",
     "discard_run",
+    "has_masks",
     "list_runs",
     "load_results",
     "new_run_dir",
+    "predicted_mask",
     "prediction_key",
+    "read_overlays",
     "run_path",
     "runs_dir",
     "write_run",

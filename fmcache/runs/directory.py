@@ -15,6 +15,8 @@ fsspec URL the cache can live on (``s3://bucket/prefix/runs/...``):
 ``predictions/``          Zarr group: per selected head the test scores, with sample rows and
                           ids, under :func:`prediction_key`; ``score`` is (n,) for one seed and
                           (n_seeds, n) for several, row i from seed ``seed[i]``
+``masks.npz``,            a segmentation run's predicted masks (``--save-masks``) and its report
+``overlays.npz``          thumbnails: see :mod:`fmcache.runs.masks`
 
 Reading needs neither torch nor JAX.
 """

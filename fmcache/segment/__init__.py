@@ -7,6 +7,11 @@ and prompt type get the same prompt in every run, whatever else the run holds.
     from fmcache.segment import build_prompts
     arrays = build_prompts(masks, ids, ["center", "bbox"], seed=0)
 
+A run saved with ``--save-masks`` gives back each predicted mask:
+
+    from fmcache.segment import predicted_mask
+    mask = predicted_mask(run, "bbox", item_id, "left lung")   # bool (H, W)
+
 Nothing heavy loads at import: the prompt builders need only NumPy and SciPy.
 """
 
@@ -21,6 +26,8 @@ _LAZY = {
     "build_prompts": "fmcache.segment.prompts",
     "class_prompts": "fmcache.segment.prompts",
     "make_prompt": "fmcache.segment.prompts",
+    "nsd_per_sample": "fmcache.segment.surface",
+    "predicted_mask": "fmcache.runs.masks",
     "prompt_at": "fmcache.segment.prompts",
 }
 __all__ = sorted(_LAZY)
