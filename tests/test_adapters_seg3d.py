@@ -146,6 +146,7 @@ def test_candi_table_groups_and_splits(candi_root):
     assert by_id(ds, "sa/age")["HC_003"] == 1  # 10 years: the threshold is >= 10
     assert counts(t["sa/handedness"], {"right": 0, "left": 1, "unknown": -1}) == {"right": 6, "left": 2, "unknown": 2}
     assert by_id(ds, "path")["SS_084"] == "SchizBull_2008_SS_segimg/SS_084/SS_084_procimg.nii.gz"
+    assert by_id(ds, "meta/mask")["SS_085"] == "SchizBull_2008_SS_segimg/SS_085/SS_085.seg.nii.gz"
     assert_volumetric_table(ds)
 
 
@@ -252,9 +253,9 @@ def test_spider_both_storage_orders_come_out_canonical(spider_root):
     assert m[1, 2, 0] == 1 and m[2, 8, 5] == 8 and m[1, 3, 1] == 9 and m[1, 2, 14] == 0 and m[1, 3, 15] == 0
 
 
-@pytest.mark.parametrize("column", ["Sex", "PatientSex", "gender"])
-def test_spider_accepts_the_plausible_sex_spellings(tmp_path, column):
-    root = s3.write_spider(tmp_path, sex_column=column, spelling={"F": "female", "M": "Male", "O": "unknown"})
+@pytest.mark.parametrize("column, bom", [("Sex", False), ("PatientSex", True), ("gender", False)])
+def test_spider_accepts_the_plausible_sex_spellings(tmp_path, column, bom):
+    root = s3.write_spider(tmp_path, sex_column=column, spelling={"F": "female", "M": "Male", "O": "unknown"}, bom=bom)
     ds = load_dataset("spider", data=root, seed=0)
     assert counts(ds.table["sa/sex"], SEX) == {"male": 5, "female": 6, "unknown": 2}
 
@@ -310,3 +311,18 @@ def test_cli_refuses_volumetric_segmentation_with_one_line(command, run_cli, kit
                              "--root", str(tmp_path / "cache"))
     assert code == 1 and "Traceback" not in err
     assert NOT_2D in err and "kits23" in err
+
+
+def test_classification_embedding_of_volumes_is_2_5d(candi_root, tmp_path):
+    """Not refused: a 2D encoder embeds each volume's axial slices (2.5D), as for the 3D
+    classification datasets; the features serve the representation analyses."""
+    import fmcache
+    from fmcache.embed.encode import embed
+
+    from helpers import fake_encoder
+
+    ds = load_dataset("candi", data=candi_root, seed=0)
+    embed(ds, fake_encoder.MODEL, root=tmp_path / "cache", encoder=fake_encoder.encoder(), **fake_encoder.embed_kwargs())
+    emb = fmcache.open_cache(tmp_path / "cache").embeddings("candi", fake_encoder.MODEL)
+    assert emb.provenance["volume"] == {"slices": 32, "pool": "max"} and emb.dataset_info["task"] == "segmentation"
+    assert list(emb.samples()["id"]) == list(ds.table["id"])

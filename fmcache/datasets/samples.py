@@ -7,7 +7,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -17,6 +17,9 @@ from fmcache.datasets.pixels import open_image
 from fmcache.datasets.spec import AttributeRule, DatasetSpec, RawTable
 from fmcache.datasets.splits import DEFAULT_FRACTIONS, balance_test, patient_split
 from fmcache.errors import DatasetError
+
+if TYPE_CHECKING:
+    from fmcache.datasets.volume_grid import Volume
 
 SPLIT_POLICY = "patient-level, stratified by first label x first attribute"
 # a segmentation table has no label columns: its ground truth is a mask per row
@@ -101,14 +104,14 @@ class Dataset:
             raise DatasetError(f"{self.spec.key} has no segmentation masks (task {self.spec.task})")
         return self._labels(i, np.asarray(self.spec.mask(self.root or Path("."), self.table.iloc[i])), 2)
 
-    def volume(self, i: int):
+    def volume(self, i: int) -> Volume:
         """The image of row ``i`` as a :class:`~fmcache.datasets.volume_grid.Volume`: canonical
         (RAS+) array in the file's units with its spacing and affine (volumetric datasets only)."""
         if self.spec.volume is None:
             raise DatasetError(f"{self.spec.key} has no volumes with a voxel grid (dimension {self.spec.dim})")
         return self.spec.volume(self.root or Path("."), self.table.iloc[i])
 
-    def mask_volume(self, i: int):
+    def mask_volume(self, i: int) -> Volume:
         """The label volume of row ``i`` as a :class:`~fmcache.datasets.volume_grid.Volume` of uint8
         class ids (as :meth:`mask`) on the grid of :meth:`volume` (volumetric datasets only)."""
         from fmcache.datasets.volume_grid import Volume

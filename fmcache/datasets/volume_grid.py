@@ -32,7 +32,7 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 GRID_TOLERANCE_MM = 1e-3  # two grids whose affines differ by less are the same grid
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays have no single truth value: compare with same_grid / the arrays
 class Volume:
     """A 3D array on a known voxel grid.
 

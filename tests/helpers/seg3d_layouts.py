@@ -114,6 +114,7 @@ CANDI_GROUPS = [
     ("SS", "SchizBull_2008_SS_segimg", [("SS_084", "female", "12.1", "RH"), ("SS_085", "male", "", "RH"),
                                         ("SS_086", "female", "7.3", "")]),
 ]
+CANDI_DOT_SEG = "SS_085"  # its label map named as one script expects the SS ones: SS_085.seg.nii.gz
 CANDI_SHAPE = (12, 14, 10)
 CANDI_AFFINE = np.array([[1.5, 0, 0, -9.0], [0, 1.5, 0, -12.0], [0, 0, 1.5, -7.0], [0, 0, 0, 1]])
 # CMA value -> class id of the adapter's six structures; 16 (brain-stem) and 17 (hippocampus) are not chosen
@@ -156,7 +157,8 @@ def write_candi(root: Path) -> Path:
             seg = candi_labels(i)
             ol.write_nifti(base / subject / f"{subject}_procimg.nii.gz",
                            candi_intensity(expected_candi(i)).astype(np.float32), CANDI_AFFINE)
-            ol.write_nifti(base / subject / f"{subject}_seg.nii.gz", seg, CANDI_AFFINE)
+            seg_name = f"{subject}.seg.nii.gz" if subject == CANDI_DOT_SEG else f"{subject}_seg.nii.gz"
+            ol.write_nifti(base / subject / seg_name, seg, CANDI_AFFINE)
             i += 1
     return root
 
@@ -353,9 +355,11 @@ def write_mha_canonical(path: Path, canonical: np.ndarray, *, layout: str) -> No
     sitk.WriteImage(img, str(path))
 
 
-def write_spider(root: Path, *, sex_column: str = "sex", spelling: dict[str, str] | None = None) -> Path:
+def write_spider(root: Path, *, sex_column: str = "sex", spelling: dict[str, str] | None = None,
+                 bom: bool = False) -> Path:
     """images/ and masks/ unzipped beside overview.csv; every other series stored in the sagittal
-    axis order, the rest in LPS order. ``sex_column`` / ``spelling`` rewrite the sex header and values."""
+    axis order, the rest in LPS order. ``sex_column`` / ``spelling`` rewrite the sex header and values;
+    ``bom`` starts overview.csv with a byte-order mark, as a spreadsheet's UTF-8 export does."""
     header = tuple(sex_column if c == "sex" else c for c in SPIDER_OVERVIEW_HEADER)
     rows = []
     for i, (stem, subset, sex) in enumerate([*SPIDER_SERIES, SPIDER_HIDDEN]):
@@ -370,6 +374,8 @@ def write_spider(root: Path, *, sex_column: str = "sex", spelling: dict[str, str
                             layout=layout)
         write_mha_canonical(root / "masks" / f"{stem}.mha", seg.astype(np.uint16), layout=layout)
     ol._write_csv(root / "overview.csv", header, rows)
+    if bom:
+        (root / "overview.csv").write_text("\ufeff" + (root / "overview.csv").read_text(), encoding="utf-8")
     ol._write_csv(root / "radiological_gradings.csv",
                   ("Patient", "IVD label", "Modic", "UP endplate", "LOW endplate", "Spondylolisthesis",
                    "Disc herniation", "Disc narrowing", "Disc bulging", "Pfirrman grade"), [[1, 1, 0, 0, 0, 0, 0, 1, 0, 3]])

@@ -31,6 +31,7 @@ KEY = "candi"
 DEMOGRAPHICS = "_Basic_Demographics.csv"  # HC_Basic_Demographics.csv, BPDwithPsy_..., ...
 COLUMNS = ("Subject", "Gender", "Age", "Handedness")
 IMAGE, SEG = "_procimg.nii.gz", "_seg.nii.gz"
+SEG_VARIANT = ".seg.nii.gz"  # how one script names the SS subjects' label maps (SS_084.seg.nii.gz)
 # (CMA label value, class name) in class order: class id = position + 1
 STRUCTURES = (
     (2, "left cerebral white matter"),
@@ -62,6 +63,14 @@ def _demographic_files(root: Path) -> list[Path]:
     return found
 
 
+def _seg_name(folder: Path, subject: str) -> str | None:
+    """The subject's label-map file name: ``<Subject>_seg.nii.gz``, else ``<Subject>.seg.nii.gz``."""
+    for name in (f"{subject}{SEG}", f"{subject}{SEG_VARIANT}"):
+        if (folder / subject / name).is_file():
+            return name
+    return None
+
+
 def read(root: Path, options: Mapping[str, str]) -> RawTable:
     """Raw table of CANDI Share, one row per subject (one T1 volume each).
 
@@ -69,7 +78,7 @@ def read(root: Path, options: Mapping[str, str]) -> RawTable:
     -------
     RawTable
         id and subject (``Subject``), path (``<Subject>/<Subject>_procimg.nii.gz`` beside the
-        group's demographics file), meta/mask (``_seg.nii.gz``), raw/sex (``Gender``),
+        group's demographics file), meta/mask (``_seg.nii.gz``, or ``.seg.nii.gz``), raw/sex (``Gender``),
         raw/age (``Age``), raw/handedness (``Handedness``).
     """
     frames = []
@@ -81,10 +90,12 @@ def read(root: Path, options: Mapping[str, str]) -> RawTable:
         df["Subject"] = df["Subject"].str.strip()
         folder = path.parent.relative_to(root).as_posix()
         df["_dir"] = "" if folder == "." else f"{folder}/"
-        missing = [s for s in df["Subject"] if not (path.parent / s / f"{s}{SEG}").is_file()]
+        segs = [_seg_name(path.parent, s) for s in df["Subject"]]
+        missing = [s for s, seg in zip(df["Subject"], segs) if seg is None]
         if missing:
             raise DatasetError(f"{KEY}: {len(missing)} subject(s) of {path.name} have no {missing[0]}/{missing[0]}{SEG} "
                                f"in {path.parent}; unpack the whole archive beside its demographics file")
+        df["_seg"] = segs
         frames.append(df)
     df = pd.concat(frames, ignore_index=True)
     dup = df["Subject"][df["Subject"].duplicated()]
@@ -92,7 +103,7 @@ def read(root: Path, options: Mapping[str, str]) -> RawTable:
         raise DatasetError(f"{KEY}: Subject {dup.iloc[0]!r} is listed twice in the demographics files; keep one copy")
     base = df["_dir"] + df["Subject"] + "/" + df["Subject"]
     raw = pd.DataFrame({"id": df["Subject"], "subject": df["Subject"], "path": base + IMAGE})
-    raw["meta/mask"] = base + SEG
+    raw["meta/mask"] = df["_dir"] + df["Subject"] + "/" + df["_seg"]
     raw["raw/sex"] = blank_to_none(df["Gender"].str.strip())
     raw["raw/age"] = blank_to_none(df["Age"].str.strip())
     raw["raw/handedness"] = blank_to_none(df["Handedness"].str.strip())
@@ -122,7 +133,8 @@ the four SchizBull_2008_<group>_segimg.tar.gz archives unpacked into --data
   HC_Basic_Demographics.csv     Subject,Gender,Age,Handedness
                                 e.g. HC_001,male,13.5,RH
   HC_001/HC_001_procimg.nii.gz  T1, normalised to MNI152 and cropped
-  HC_001/HC_001_seg.nii.gz      CMA label map (FreeSurfer-style values)
+  HC_001/HC_001_seg.nii.gz      CMA label map (FreeSurfer-style values;
+                                SS_084.seg.nii.gz also read)
   BPDwithoutPsy_Basic_Demographics.csv, BPDwoPsy_030/..., BPDwithPsy_...,
   BPDwPsy_065/..., SS_Basic_Demographics.csv, SS_084/...
 Classes (CMA value): 1 left cerebral white matter (2), 2 left cerebral cortex
