@@ -94,6 +94,10 @@ def test_kits23_table_groups_and_bmi_boundaries(kits23_root):
         "case_00461": "unknown", "case_00587": "underweight", "case_00588": "overweight",
     }
     assert ds.rules["bmi"].groups == ("underweight", "normal", "overweight", "obese")
+    # age_at_nephrectomy 0 is a missing age; 60 is old
+    assert counts(ds.table["sa/age"], {"young": 0, "old": 1, "unknown": -1}) == {"young": 5, "old": 4, "unknown": 2}
+    age = by_id(ds, "sa/age")
+    assert age["case_00401"] == 1 and age["case_00400"] == -1 and by_id(ds, "sa_raw/age")["case_00400"] == "0"
     assert_volumetric_table(ds)
 
 

@@ -161,7 +161,8 @@ def _decode_every_image(ds, report: CheckReport, progress: bool) -> None:
 
 
 def _check_mask(ds, i: int, image, report: CheckReport) -> None:
-    """Decode row ``i``'s mask (values are checked by ``Dataset.mask``) and compare its size with the image's."""
+    """Decode row ``i``'s mask (values are checked by ``Dataset.mask``) and compare its size with the image's
+    (a label volume: its voxel grid with the image volume's)."""
     row_id = str(ds.table["id"].iloc[i])
     try:
         mask = ds.mask_volume(i) if ds.spec.volume is not None else ds.mask(i)

@@ -34,7 +34,7 @@ KITS_CASES = [
     ("case_00004", "male", 25.0, 58, False),
     ("case_00005", "transgender_male_to_female", 29.99, 45, False),
     ("case_00400", "female", 30.0, 0, True),
-    ("case_00401", "male", 72.23, 62, False),
+    ("case_00401", "male", 72.23, 60, False),
     ("case_00461", "male", None, 55, False),
     ("case_00587", "female", 16.1, 39, True),
     ("case_00588", "male", 27.3, 90, False),
