@@ -11,7 +11,8 @@ Choices the scope leaves open, made here:
   series' stem (FairMedFM's reader gives every series row 0's sex: a defect). The exact
   header and spellings are not published: the column may be ``sex``, ``Sex``,
   ``PatientSex``, ``Patient Sex``, ``gender`` or ``Gender``, the values ``M`` / ``F`` /
-  ``male`` / ``female`` in any case; ``O`` / ``U`` / ``unknown`` and blanks are unknown.
+  ``male`` / ``female`` (lower, capitalised or upper case); ``O`` / ``U`` / ``unknown`` and
+  blanks are unknown; any other value is an error naming the file.
 * Only the series whose image is in ``images/`` are rows (overview.csv may list more);
   the release's own ``subset`` (training / validation) is not used: the split is
   fmcache's seeded patient-level split.
