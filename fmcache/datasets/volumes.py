@@ -43,6 +43,8 @@ PLANE_AXES: dict[str, tuple[int, int, int]] = {"axial": (2, 1, 0), "coronal": (1
 
 # Lung window: level -600 HU, width 1500 HU (the usual chest-CT lung setting)
 LUNG_WINDOW = (-1350.0, 150.0)
+# Abdominal soft-tissue window: level 40 HU, width 400 (kidney, liver, tumours, cysts)
+ABDOMEN_WINDOW = (-160.0, 240.0)
 # level -500, width 1500: the "common lung window" FairMedFM's COVID_CT_MD reader clips to
 FAIRMEDFM_CT_WINDOW = (-1250.0, 250.0)
 MRI_PERCENTILES = (0.5, 99.5)

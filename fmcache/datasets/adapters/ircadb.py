@@ -30,7 +30,7 @@ from fmcache.datasets.adapters._common import read_csv, require_columns
 from fmcache.datasets.attributes import categorical
 from fmcache.datasets.spec import DatasetSpec, RawTable
 from fmcache.datasets.volume_grid import Volume, read_dicom_volume
-from fmcache.datasets.volumes import window
+from fmcache.datasets.volumes import ABDOMEN_WINDOW, window
 from fmcache.errors import DatasetError
 
 KEY = "ircadb"
@@ -49,8 +49,6 @@ ORGANS = (
     ("portal vein", ("portalvein", "portalvein1")),
 )
 SEXES = {"M": "male", "F": "female", "male": "male", "female": "female", "Male": "male", "Female": "female"}
-# soft-tissue abdominal window, level 40 HU width 400
-ABDOMEN_WINDOW = (-160.0, 240.0)
 
 
 def _collection(root: Path) -> Path:

@@ -28,7 +28,7 @@ from fmcache.datasets.adapters._common import blank_to_none
 from fmcache.datasets.attributes import bins, categorical, threshold
 from fmcache.datasets.spec import AttributeRule, DatasetSpec, RawTable
 from fmcache.datasets.volume_grid import Volume, read_nifti_volume, remap_labels
-from fmcache.datasets.volumes import window
+from fmcache.datasets.volumes import ABDOMEN_WINDOW, window
 from fmcache.errors import DatasetError
 
 KEY = "kits23"
@@ -41,8 +41,6 @@ LABELS = {1: 1, 2: 2, 3: 3}  # kits23/configuration/labels.py: 1 kidney, 2 tumor
 KEYS = ("case_id", "gender", "bmi", "age_at_nephrectomy")
 BMI_EDGES = (18.5, 25.0, 30.0)
 BMI_GROUPS = ("underweight", "normal", "overweight", "obese")
-# soft-tissue abdominal window, level 40 HU width 400: kidney, tumour and cyst contrast
-ABDOMEN_WINDOW = (-160.0, 240.0)
 
 
 def _base(root: Path) -> Path:
