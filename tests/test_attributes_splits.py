@@ -128,6 +128,13 @@ def test_every_rule_description_states_what_the_rule_does(name, rule):
             high, cut, low = m[1], float(m[2]), m[3]
             years = {True: f"{int(cut):03d}Y", False: f"{int(cut) - 1:03d}Y"} if dicom_ages else {True: cut, False: cut - 1}
             assert (_group(rule, years[True]), _group(rule, years[False])) == (high, low), name
+        elif m := re.fullmatch(r"(\S+) if < ([\d.]+)", clause):  # numeric classes (bins): the lowest
+            assert _group(rule, float(m[2]) - 0.01) == m[1] and _group(rule, m[2]) != m[1], name
+        elif m := re.fullmatch(r"(\S+) if ([\d.]+) to < ([\d.]+)", clause):
+            lo, hi = float(m[2]), float(m[3])
+            assert _group(rule, lo) == _group(rule, hi - 0.01) == m[1] != _group(rule, hi) != _group(rule, lo - 0.01), name
+        elif m := re.fullmatch(r"(\S+) if >= ([\d.]+)", clause):  # the highest
+            assert _group(rule, m[2]) == m[1] != _group(rule, float(m[2]) - 0.01), name
         elif m := re.fullmatch(r"(\S+) if the value contains '(.+)' in any case, else (\S+)", clause):
             word = m[2]
             assert _group(rule, f"x {word.lower()} y") == m[1] and _group(rule, word.upper()) == m[1], name

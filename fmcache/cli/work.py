@@ -116,6 +116,10 @@ def embed(
                                  "are switches of the classification protocols", param_hint="'--model' / '-m'")
     from fmcache.datasets import get_dataset, load_dataset
 
+    if segmentation:
+        from fmcache.datasets.registry import refuse_volumetric_segmentation
+
+        refuse_volumetric_segmentation(dataset, model)  # before the release is read
     opts = dataset_options(option)
     if dataset_config is not None:
         opts["config"] = str(dataset_config)
@@ -356,7 +360,9 @@ def segment(
       fmcache segment -m sam -d ham10000_seg --data ~/data/HAM10000 --prompts center,bbox
     """
     import fmcache
+    from fmcache.datasets.registry import refuse_volumetric_segmentation
 
+    refuse_volumetric_segmentation(dataset, model)
     fmcache.open_cache(root).embeddings(dataset, model)  # named before torch is imported
     from fmcache.segment.sweep import SegmentConfig, run_segment
     from fmcache.views import make_console, segmentation_table

@@ -107,6 +107,45 @@ def threshold(
     )
 
 
+def bins(
+    edges: tuple[float, ...],
+    *,
+    groups: tuple[str, ...],
+    source: str = "",
+    valid: tuple[float, float] = (0.0, float("inf")),
+) -> AttributeRule:
+    """Numeric classes split at ``edges``: ``groups[k]`` for ``edges[k-1] <= raw < edges[k]``.
+
+    E.g. BMI classes ``bins((18.5, 25, 30), groups=("underweight", "normal", "overweight",
+    "obese"))``: 25.0 is overweight, 30.0 obese. Blank is unknown; non-numeric values and
+    values outside ``valid`` are errors.
+    """
+    if len(groups) != len(edges) + 1 or list(edges) != sorted(edges):
+        raise ValueError(f"{len(edges)} increasing edges need {len(edges) + 1} groups, got {groups}")
+
+    def assign(raw: pd.Series) -> pd.Series:
+        def one(v: object) -> object:
+            if v is None:
+                return None
+            try:
+                x = float(v)
+            except ValueError:
+                raise ValueError(v) from None
+            if not valid[0] <= x <= valid[1]:
+                raise ValueError(v)
+            return groups[int(np.searchsorted(edges, x, side="right"))]
+
+        return _clean(raw).map(one)
+
+    bounds = [f"< {edges[0]:g}", *(f"{a:g} to < {b:g}" for a, b in zip(edges, edges[1:])), f">= {edges[-1]:g}"]
+    return AttributeRule(
+        groups=groups,
+        assign=assign,
+        description="; ".join(f"{g} if {b}" for g, b in zip(groups, bounds)) + f"; {BLANK}",
+        source=source,
+    )
+
+
 # DICOM age strings (AS): nnnD / nnnW / nnnM / nnnY
 _AGE = re.compile(r"^(\d{1,3})\s*([DWMY]?)$", re.IGNORECASE)
 _AGE_UNIT_YEARS = {"": 1.0, "Y": 1.0, "M": 1 / 12, "W": 7 / 365.25, "D": 1 / 365.25}

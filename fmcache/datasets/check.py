@@ -136,9 +136,11 @@ def _decode_every_image(ds, report: CheckReport, progress: bool) -> None:
     rows = [i for i, p in enumerate(ds.table["path"].astype(str)) if p not in missing]
     with _progress_bar(progress, f"decoding {ds.name}") as bar:
         task = bar.add_task("decode", total=len(rows)) if bar else None
+        # a volumetric segmentation dataset is decoded with its grid, which its label volume must share
+        read = ds.volume if ds.spec.volume is not None else ds.image
         for i in rows:
             try:
-                image = ds.image(i)
+                image = read(i)
             except DatasetError as e:
                 report.unreadable.append((str(ds.table["id"].iloc[i]), str(e)))
                 image = None
@@ -159,18 +161,29 @@ def _decode_every_image(ds, report: CheckReport, progress: bool) -> None:
 
 
 def _check_mask(ds, i: int, image, report: CheckReport) -> None:
-    """Decode row ``i``'s mask (values are checked by ``Dataset.mask``) and compare its size with the image's."""
+    """Decode row ``i``'s mask (values are checked by ``Dataset.mask``) and compare its size with the image's
+    (a label volume: its voxel grid with the image volume's)."""
     row_id = str(ds.table["id"].iloc[i])
     try:
-        mask = ds.mask(i)
+        mask = ds.mask_volume(i) if ds.spec.volume is not None else ds.mask(i)
     except DatasetError as e:
         report.bad_masks.append((row_id, str(e)))
+        return
+    if ds.spec.volume is not None:
+        if not mask.same_grid(image):
+            report.bad_masks.append((row_id, f"label volume {ds.mask_file(i)} is not on its image's voxel grid: shape "
+                                             f"{mask.shape} vs {image.shape}, spacing {_mm(mask.spacing)} vs "
+                                             f"{_mm(image.spacing)} mm, or another position / orientation"))
         return
     height_width = (image.size[1], image.size[0])
     if mask.shape != height_width:
         why = (f"mask {ds.mask_file(i)} is {mask.shape[0]} x {mask.shape[1]} (H x W) but its image is "
                f"{height_width[0]} x {height_width[1]}")
         report.bad_masks.append((row_id, why))
+
+
+def _mm(spacing) -> str:
+    return " x ".join(f"{s:.3g}" for s in spacing)
 
 
 def _progress_bar(enabled: bool, label: str):

@@ -8,6 +8,7 @@ from typing import Mapping
 from fmcache.datasets.adapters import (
     adni,
     brset,
+    candi,
     chexpert,
     covid_ct_md,
     csv_table,
@@ -16,9 +17,12 @@ from fmcache.datasets.adapters import (
     gf3300,
     ham10000,
     ham10000_seg,
+    ircadb,
+    kits23,
     mimic_cxr,
     montgomery,
     papila,
+    spider,
     synthetic,
     tusc,
 )
@@ -34,7 +38,7 @@ from fmcache.datasets.samples import (
     split_suffix,
 )
 from fmcache.datasets.spec import DatasetSpec
-from fmcache.errors import UnknownNameError, did_you_mean
+from fmcache.errors import FmcacheError, UnknownNameError, did_you_mean
 
 # the order `fmcache datasets` lists them in
 DATASETS: dict[str, DatasetSpec] = {
@@ -55,6 +59,10 @@ DATASETS: dict[str, DatasetSpec] = {
         montgomery,
         fairseg,
         tusc,
+        kits23,
+        candi,
+        ircadb,
+        spider,
     )
 }
 
@@ -66,6 +74,15 @@ def get_dataset(key: str) -> DatasetSpec:
         raise UnknownNameError(
             f"unknown dataset {key!r}{did_you_mean(key, list(DATASETS))}; `fmcache datasets` lists them"
         ) from None
+
+
+def refuse_volumetric_segmentation(name: str, model: str) -> None:
+    """FmcacheError when dataset ``name`` (a key, or a cache name made from one) holds volumes with
+    label volumes: the SAM-family models are 2D, and running them slice by slice is not there yet."""
+    spec = DATASETS.get(name) or DATASETS.get(name.split("_split-")[0])
+    if spec is not None and spec.volumetric_segmentation:
+        raise FmcacheError(f"{name} is a volumetric segmentation dataset ({spec.title}): volumetric segmentation "
+                           f"datasets are not supported by the 2D segmentation models yet, {model} included")
 
 
 def load_dataset(

@@ -7,7 +7,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -17,6 +17,9 @@ from fmcache.datasets.pixels import open_image
 from fmcache.datasets.spec import AttributeRule, DatasetSpec, RawTable
 from fmcache.datasets.splits import DEFAULT_FRACTIONS, balance_test, patient_split
 from fmcache.errors import DatasetError
+
+if TYPE_CHECKING:
+    from fmcache.datasets.volume_grid import Volume
 
 SPLIT_POLICY = "patient-level, stratified by first label x first attribute"
 # a segmentation table has no label columns: its ground truth is a mask per row
@@ -91,16 +94,40 @@ class Dataset:
 
     def mask(self, i: int) -> np.ndarray:
         """Ground-truth label map of row ``i``: uint8 (H, W), 0 background, ``c`` the class
-        ``spec.mask_classes[c - 1]``; aligned with :meth:`image`. DatasetError naming the file
-        when the adapter's map is not 2D or holds a value that is no class."""
+        ``spec.mask_classes[c - 1]``; aligned with :meth:`image`. For a volumetric dataset the
+        label volume as uint8 (slices, H, W), voxel for voxel on the grid of :meth:`image`'s
+        slices (:meth:`mask_volume` keeps its geometry). DatasetError naming the file when the
+        adapter's map has the wrong number of axes or holds a value that is no class."""
+        if self.spec.dim == "3d":
+            return self.mask_volume(i).slices()
         if self.spec.mask is None:
             raise DatasetError(f"{self.spec.key} has no segmentation masks (task {self.spec.task})")
-        array = np.asarray(self.spec.mask(self.root or Path("."), self.table.iloc[i]))
+        return self._labels(i, np.asarray(self.spec.mask(self.root or Path("."), self.table.iloc[i])), 2)
+
+    def volume(self, i: int) -> Volume:
+        """The image of row ``i`` as a :class:`~fmcache.datasets.volume_grid.Volume`: canonical
+        (RAS+) array in the file's units with its spacing and affine (volumetric datasets only)."""
+        if self.spec.volume is None:
+            raise DatasetError(f"{self.spec.key} has no volumes with a voxel grid (dimension {self.spec.dim})")
+        return self.spec.volume(self.root or Path("."), self.table.iloc[i])
+
+    def mask_volume(self, i: int) -> Volume:
+        """The label volume of row ``i`` as a :class:`~fmcache.datasets.volume_grid.Volume` of uint8
+        class ids (as :meth:`mask`) on the grid of :meth:`volume` (volumetric datasets only)."""
+        from fmcache.datasets.volume_grid import Volume
+
+        if self.spec.mask is None or self.spec.dim != "3d":
+            raise DatasetError(f"{self.spec.key} has no label volumes (task {self.spec.task}, dimension {self.spec.dim})")
+        vol = self.spec.mask(self.root or Path("."), self.table.iloc[i])
+        return Volume(self._labels(i, np.asarray(vol.array), 3), vol.affine)
+
+    def _labels(self, i: int, array: np.ndarray, ndim: int) -> np.ndarray:
+        """``array`` as uint8 class ids, checked: ``ndim`` axes, values 0 to the number of classes."""
         if array.dtype == bool:
             array = array.astype(np.uint8)
         where = f"{self.spec.key}: mask {self.mask_file(i)} of {self.table['id'].iloc[i]}"
-        if array.ndim != 2:
-            raise DatasetError(f"{where} has shape {array.shape}, expected (H, W)")
+        if array.ndim != ndim:
+            raise DatasetError(f"{where} has shape {array.shape}, expected {'(H, W)' if ndim == 2 else '(X, Y, Z)'}")
         n = len(self.spec.mask_classes)
         bad = array[(array < 0) | (array > n) | (array != np.round(array))] if array.size else array
         if bad.size:

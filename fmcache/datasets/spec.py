@@ -31,12 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping
 
-import numpy as np
 import pandas as pd
 
 Options = Mapping[str, str]
 LoadFn = Callable[[Path, pd.Series], Any]  # -> PIL.Image.Image
-MaskFn = Callable[[Path, pd.Series], np.ndarray]
+MaskFn = Callable[[Path, pd.Series], Any]  # -> np.ndarray (2D) or Volume (3D)
+VolumeFn = Callable[[Path, pd.Series], Any]  # -> fmcache.datasets.volume_grid.Volume
 Task = Literal["binary", "multilabel", "multiclass", "segmentation"]
 
 
@@ -108,6 +108,15 @@ class DatasetSpec:
     options: Mapping[str, str] = field(default_factory=dict)  # option -> help (with default)
     needs_data: bool = True  # False for generated datasets
     # segmentation: the ground-truth label map of a row, an int array (H, W) aligned pixel
-    # for pixel with the image `load` / `path` gives; 0 background, i the class mask_classes[i-1]
+    # for pixel with the image `load` / `path` gives; 0 background, i the class mask_classes[i-1].
+    # 3D ("volumetric segmentation"): a Volume of such class ids on the grid of `volume`'s image
     mask: MaskFn | None = None
     mask_classes: tuple[str, ...] = ()
+    # 3D segmentation: the image of a row as a Volume (canonical RAS+ array in the file's
+    # units, spacing and affine kept), what a volumetric model reads; `load` gives its slices
+    volume: VolumeFn | None = None
+
+    @property
+    def volumetric_segmentation(self) -> bool:
+        """Whether rows are volumes with label volumes (3D models; 2D models only slice by slice)."""
+        return self.dim == "3d" and self.task == "segmentation"

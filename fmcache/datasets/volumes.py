@@ -43,6 +43,8 @@ PLANE_AXES: dict[str, tuple[int, int, int]] = {"axial": (2, 1, 0), "coronal": (1
 
 # Lung window: level -600 HU, width 1500 HU (the usual chest-CT lung setting)
 LUNG_WINDOW = (-1350.0, 150.0)
+# Abdominal soft-tissue window: level 40 HU, width 400 (kidney, liver, tumours, cysts)
+ABDOMEN_WINDOW = (-160.0, 240.0)
 # level -500, width 1500: the "common lung window" FairMedFM's COVID_CT_MD reader clips to
 FAIRMEDFM_CT_WINDOW = (-1250.0, 250.0)
 MRI_PERCENTILES = (0.5, 99.5)
@@ -97,8 +99,19 @@ def load_nifti(path: str | Path, *, plane: Plane = "axial") -> np.ndarray:
         data = data[..., 0]
     if data.ndim != 3:
         raise DatasetError(f"NIfTI {p} has shape {data.shape}; a 3D volume is expected")
+    return canonical_to_slices(data, plane)
+
+
+def canonical_to_slices(data: np.ndarray, plane: Plane = "axial") -> np.ndarray:
+    """A volume in canonical (RAS+) voxel order as ``(slices, H, W)`` cut in ``plane``.
+
+    The layout every loader here returns (see the module docstring); the dtype is kept, so
+    a label volume cut this way stays aligned voxel for voxel with its image.
+    """
+    if plane not in PLANE_AXES:
+        raise ValueError(f"plane must be one of {', '.join(PLANE_AXES)}, got {plane!r}")
     s, r, c = PLANE_AXES[plane]
-    return np.ascontiguousarray(np.transpose(data, (s, r, c))[:, ::-1, ::-1], dtype=np.float32)
+    return np.ascontiguousarray(np.transpose(data, (s, r, c))[:, ::-1, ::-1])
 
 
 # ---------------------------------------------------------------------------- DICOM
@@ -127,18 +140,29 @@ def load_dicom_series(folder: str | Path) -> np.ndarray:
         Naming the folder when it has no ``.dcm`` files, mixes series or image sizes, or
         lacks every ordering tag; naming the file when one cannot be decoded.
     """
+    slices = dicom_series_slices(folder)
+    return np.stack([dicom_pixels(p, ds) for p, ds in slices]).astype(np.float32, copy=False)
+
+
+def dicom_series_slices(folder: str | Path, *, any_name: bool = False) -> list:
+    """The ``(path, pydicom dataset)`` pairs of one DICOM series folder, first slice first.
+
+    ``any_name``: read every file of the folder, not only ``*.dcm`` (releases such as
+    3D-IRCADb store their slices as ``image_0``, ``image_1``, ... without an extension).
+    Ordering and errors as for :func:`load_dicom_series`.
+    """
     d = Path(folder)
     if not d.is_dir():
         raise DatasetError(f"DICOM series folder not found: {d} (check --data points at the dataset root)")
-    files = sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() == ".dcm")
+    files = sorted(p for p in d.iterdir() if p.is_file() and (any_name or p.suffix.lower() == ".dcm")
+                   and not p.name.startswith("."))
     if not files:
-        raise DatasetError(f"no DICOM (.dcm) files in {d}")
+        raise DatasetError(f"no DICOM {'' if any_name else '(.dcm) '}files in {d}")
     slices = [(p, ds) for p in files if not _is_localizer(ds := _read_dicom(p))]
     if not slices:
         raise DatasetError(f"DICOM series {d} holds only localizer images")
     _check_one_series(d, slices)
-    order = _slice_order(d, slices)
-    return np.stack([_pixels(*slices[i]) for i in order]).astype(np.float32, copy=False)
+    return [slices[i] for i in _slice_order(d, slices)]
 
 
 def _read_dicom(path: Path):
@@ -198,7 +222,9 @@ def _slice_order(folder: Path, slices: list) -> np.ndarray:
     return np.argsort(key, kind="stable")
 
 
-def _pixels(path: Path, ds) -> np.ndarray:
+def dicom_pixels(path: Path, ds, *, rescale: bool = True) -> np.ndarray:
+    """One slice's pixels as float32 in modality units (RescaleSlope / Intercept applied);
+    ``rescale=False``: the stored values as they are (label masks stored as DICOM)."""
     try:
         arr = ds.pixel_array
     # pydicom: ValueError (length), AttributeError (no PixelData), RuntimeError / NotImplementedError (no decoder)
@@ -209,6 +235,8 @@ def _pixels(path: Path, ds) -> np.ndarray:
         ) from None
     if arr.ndim != 2:
         raise DatasetError(f"DICOM {path} holds pixel data of shape {arr.shape}; single-frame grayscale slices are expected")
+    if not rescale:
+        return arr
     slope = float(ds.get("RescaleSlope", 1) or 1)
     intercept = float(ds.get("RescaleIntercept", 0) or 0)
     return arr.astype(np.float32) * slope + intercept

@@ -72,6 +72,10 @@ def embed_features(
     overwrite, wait, on_wait, on_repair, on_chunk, progress
         As for :func:`fmcache.embed.encode.embed`.
     """
+    if dataset.spec.volumetric_segmentation:
+        from fmcache.datasets.registry import refuse_volumetric_segmentation
+
+        refuse_volumetric_segmentation(dataset.spec.key, model)
     if dataset.spec.dim == "3d":
         raise FmcacheError(f"{dataset.name} holds volumes: SAM-family features are cached for 2D datasets only")
     device = resolve_device(device)
