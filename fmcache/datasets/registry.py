@@ -24,6 +24,7 @@ from fmcache.datasets.adapters import (
     papila,
     spider,
     synthetic,
+    synthetic_seg,
     tusc,
 )
 from fmcache.datasets.samples import (
@@ -56,6 +57,7 @@ DATASETS: dict[str, DatasetSpec] = {
         papila,
         synthetic,
         ham10000_seg,
+        synthetic_seg,
         montgomery,
         fairseg,
         tusc,
