@@ -1,27 +1,22 @@
 """Tiny random-weight SAM-family models saved as the official checkpoints are: one flat state dict.
 
-The real input geometry is kept (1024 px, patch 16, a 64 x 64 feature grid, 256 x 256
-low-res masks) so the real resize, padding and post-processing apply; the widths are small
-(ViT: 2 blocks of width 32; features and decoder: 64 channels instead of 256), which keeps
-an image well under a second on two CPU cores. The MobileSAM-style model has the same
+The SAM is the demo's (:func:`fmcache.segment.demo_model.tiny_random_sam`) at the real
+input geometry (1024 px, patch 16, a 64 x 64 feature grid, 256 x 256 low-res masks), so the
+real resize, padding and post-processing apply; the widths are small (ViT: 2 blocks of width
+32; features and decoder: 64 channels instead of 256), which keeps an image well under a
+second on two CPU cores. The MobileSAM-style model has the same
 decoder and a TinyViT of the release's structure (four stages, windowed attention with
 biases, the classifier head the files keep) at small widths.
 """
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
-SEED = 0
-# the prompt / feature width (256 in SAM): 64 keeps the neck and the decoder fast on CPUs
-DIM = 64
-TINY_SAM = {"img_size": 1024, "patch_size": 16, "embed_dim": 32, "depth": 2, "num_heads": 1, "mlp_ratio": 2.0,
-            "out_chans": DIM, "qkv_bias": True, "window_size": 14, "global_attn_indexes": (1,)}
-
+from fmcache.segment.demo_model import DIM, SEED, tiny_random_sam, tiny_sam_around
 
 # MobileSAM's TinyViT at small widths; heads and windows differ per stage (and from the release's),
 # so they must be read off the tensors, and windows of 5 and 7 need padding on 128 and 64 grids
@@ -32,15 +27,7 @@ TINY_TINY_VIT = {"embed_dims": (8, 16, 24, 32), "depths": (1, 2, 2, 1), "num_hea
 
 def tiny_sam() -> torch.nn.Module:
     """A seeded ``segment_anything.modeling.Sam`` of the real geometry, small widths, eval mode."""
-    from segment_anything.modeling import ImageEncoderViT
-
-    torch.manual_seed(SEED)
-    sam = _sam(ImageEncoderViT(**TINY_SAM, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True))
-    with torch.no_grad():
-        for name, p in sam.named_parameters():
-            if "rel_pos" in name:
-                p.normal_(std=0.5)  # SAM zero-initialises them; random ones make the geometry matter
-    return sam.eval()
+    return tiny_random_sam(img_size=1024, window_size=14, seed=SEED)
 
 
 def tiny_mobile_sam() -> torch.nn.Module:
@@ -52,7 +39,7 @@ def tiny_mobile_sam() -> torch.nn.Module:
     from fmcache.embed.tiny_vit import TinyViT
 
     torch.manual_seed(SEED)
-    sam = _sam(TinyViT(img_size=1024, **TINY_TINY_VIT))
+    sam = tiny_sam_around(TinyViT(img_size=1024, **TINY_TINY_VIT))
     randomise_norms(sam.image_encoder)
     return sam.eval()
 
@@ -74,21 +61,6 @@ def randomise_norms(module: torch.nn.Module) -> None:
                 b.uniform_(0.5, 2.0)
             elif name.endswith("num_batches_tracked"):
                 b.fill_(1000)
-
-
-def _sam(image_encoder: torch.nn.Module) -> torch.nn.Module:
-    from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
-
-    size = image_encoder.img_size
-    grid = size // 16
-    return Sam(
-        image_encoder=image_encoder,
-        prompt_encoder=PromptEncoder(embed_dim=DIM, image_embedding_size=(grid, grid), input_image_size=(size, size),
-                                     mask_in_chans=16),
-        mask_decoder=MaskDecoder(num_multimask_outputs=3,
-                                 transformer=TwoWayTransformer(depth=2, embedding_dim=DIM, mlp_dim=64, num_heads=8),
-                                 transformer_dim=DIM, iou_head_depth=3, iou_head_hidden_dim=32),
-    )
 
 
 def save_flat(sam: torch.nn.Module, path: Path, drop: tuple[str, ...] = (), extra: dict | None = None) -> Path:
