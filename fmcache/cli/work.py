@@ -472,7 +472,10 @@ def demo(
     Generates chest-X-ray-like images whose lesion is harder to see in one group, embeds them
     with real pretrained weights that ship with the installation, shows what the cache holds,
     trains every head type on the cached features, says which heads shrink the planted gap
-    and at what cost, and writes the HTML report.
+    and at what cost. Then segmentation on generated lesion images with masks: a tiny SAM
+    with random weights (no SAM weights ship with fmcache) caches image features, prompts are
+    decoded and Dice per group printed; those masks only exercise the pipeline. Last, the
+    HTML report of both runs.
     """
     from fmcache.demo import run_demo
     from fmcache.embed.registry import get_model

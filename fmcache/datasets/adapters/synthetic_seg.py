@@ -229,7 +229,7 @@ SPEC = DatasetSpec(
         "sex": categorical({"M": "male", "F": "female"}, groups=("male", "female"), source="generated column sex"),
         "age": threshold(AGE_THRESHOLD, source="generated column age (years)"),
     },
-    layout="no files: images and masks are rendered on demand from each row's id and the seed\n(--data is ignored)",
+    layout="no files: images and masks are rendered on demand from each row's id and the\nseed (--data is ignored)",
     obtain="generated on the fly; nothing to download",
     load=load,
     options={
