@@ -26,8 +26,6 @@ from fmcache.segment.sam import (
     valid_cells,
 )
 
-# (H, W): portrait, landscape; prompts in original pixels (x, y)
-
 
 @pytest.fixture(scope="module")
 def sam_file(tmp_path_factory):

@@ -71,7 +71,7 @@ def save_flat(sam: torch.nn.Module, path: Path, drop: tuple[str, ...] = (), extr
     return path
 
 
-# Two images of other aspect ratios, and one point and one box prompt per image (x, y pixels)
+# (H, W) of two images, portrait and landscape, and one point and one box per image in their pixels (x, y)
 SIZES = [(300, 200), (120, 480)]
 POINTS = np.array([[[100.0, 150.0]], [[240.0, 60.0]]])
 BOXES = np.array([[20.0, 30.0, 150.0, 250.0], [100.0, 10.0, 400.0, 100.0]])

@@ -17,7 +17,6 @@ bytes, whatever the order or the process that renders it.
 
 from __future__ import annotations
 
-import hashlib
 from functools import lru_cache
 from pathlib import Path
 
@@ -25,9 +24,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from fmcache.datasets.adapters.generated import disparity_option, int_option, seeded_rng
 from fmcache.datasets.attributes import categorical, threshold
 from fmcache.datasets.spec import DatasetSpec, Options, PromptSet, RawTable
-from fmcache.errors import DatasetError
 
 KEY = "synthetic"
 AGE_THRESHOLD = 60
@@ -44,31 +43,15 @@ DEFAULTS = {"size": 600, "seed": 0, "image_size": 128, "disparity": 0.5}
 
 
 def _int_option(options: Options, key: str, lo: int, hi: int) -> int:
-    text = options.get(key, str(DEFAULTS[key]))
-    try:
-        v = int(text)
-    except ValueError:
-        v = None
-    if v is None or not lo <= v <= hi:
-        raise DatasetError(f"{KEY}: option {key} must be an integer in [{lo}, {hi}], got {text!r} (-o {key}=N)")
-    return v
+    return int_option(KEY, options, DEFAULTS, key, lo, hi)
 
 
 def _disparity(options: Options) -> float:
-    text = options.get("disparity", str(DEFAULTS["disparity"]))
-    try:
-        d = float(text)
-    except ValueError:
-        d = float("nan")
-    if not 0.0 <= d <= 1.0:
-        raise DatasetError(f"{KEY}: option disparity must be a number in [0, 1], got {text!r} (-o disparity=0.5)")
-    return d
+    return disparity_option(KEY, options, DEFAULTS)
 
 
 def _rng(seed: int, kind: str, key: str) -> np.random.Generator:
-    # a content hash, not hash(): the same on every process and every run
-    digest = hashlib.blake2b(f"{seed}/{kind}/{key}".encode(), digest_size=8).digest()
-    return np.random.default_rng(int.from_bytes(digest, "little"))
+    return seeded_rng(seed, kind, key)
 
 
 def read(root: Path, options: Options) -> RawTable:
