@@ -185,7 +185,7 @@ def build_sam_for(sd: Mapping[str, torch.Tensor], spec: SamSpec) -> tuple[Any, i
     enc_sd = {k.removeprefix("image_encoder."): v for k, v in sd.items() if k.startswith("image_encoder.")}
     image_encoder, img_size = ENCODERS[spec.encoder](enc_sd, spec)
     dec = _decoder_geometry(sd)
-    grid = img_size // FEATURE_STRIDE
+    grid = img_size // spec.feature_stride
     sam = Sam(
         image_encoder=image_encoder,
         prompt_encoder=PromptEncoder(embed_dim=dec["dim"], image_embedding_size=(grid, grid),
@@ -217,22 +217,27 @@ def _vit_encoder(enc_sd: Mapping[str, torch.Tensor], spec: SamSpec) -> tuple[Any
 
 
 def _tiny_vit_encoder(enc_sd: Mapping[str, torch.Tensor], spec: SamSpec) -> tuple[Any, int]:
-    """MobileSAM's TinyViT fitting the tensors, at the entry's input size (no tensor holds it)."""
+    """The TinyViT fitting the tensors (MobileSAM's or LiteMedSAM's stem), at the entry's input
+    size (no tensor holds it)."""
     from fmcache.embed.tiny_vit import TinyViT, geometry
 
-    return TinyViT(img_size=spec.input.size, **geometry(enc_sd, ARCHS[spec.arch])), spec.input.size
+    module = TinyViT(img_size=spec.input.size, **geometry(enc_sd, ARCHS[spec.arch]))
+    if module.feature_stride != spec.feature_stride:
+        # the stems differ in kernel: LiteMedSAM's 1 x 1 keeps 4x the resolution of MobileSAM's 3 x 3
+        raise ModelError(f"the weights for {spec.key!r} hold a TinyViT of feature stride {module.feature_stride} "
+                         f"(a {'1 x 1' if module.feature_stride == 4 else '3 x 3'} stem), but the entry's is "
+                         f"{spec.feature_stride}: load them with an entry of that encoder")
+    return module, spec.input.size
 
 
 # Image-encoder families: each builds an untrained encoder fitting the image_encoder.* tensors
-# (prefix removed) and returns it with its input size; its output is (B, C, size/16, size/16)
+# (prefix removed) and returns it with its input size; its output is (B, C, size/r, size/r), r the
+# entry's feature_stride
 ENCODERS: dict[str, Callable[[Mapping[str, torch.Tensor], SamSpec], tuple[Any, int]]] = {
     "vit": _vit_encoder,
     "vit_adapter": vit_adapter_encoder,
     "tiny_vit": _tiny_vit_encoder,
 }
-# Input pixels per feature cell in every SAM-family encoder (ViT patch 16; TinyViT's stem and stages)
-FEATURE_STRIDE = 16
-
 
 # Heads of the mask decoder's attention: not visible in the tensors' shapes; 8 in every SAM release
 DECODER_HEADS = 8
