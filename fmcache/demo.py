@@ -152,9 +152,8 @@ def _step_segment_embed(ctx: DemoContext) -> None:
     )
     sam, line = _demo_sam(ctx)
     ctx.console.print(line, markup=False)
-    t0 = time.perf_counter()
     summary = embed_features(ds, sam.key, root=ctx.root, overwrite=ctx.overwrite, sam=sam)
-    ctx.console.print(f"{summary.line()} ({time.perf_counter() - t0:.0f} s)", markup=False)
+    ctx.console.print(summary.line())
     ctx.facts.update(seg_dataset=ds.name, seg_planted=planted, sam=sam)
 
 
@@ -178,8 +177,10 @@ def _step_segment(ctx: DemoContext) -> None:
                               f"[{g['ci_low']:.3f}, {g['ci_high']:.3f}]", markup=False)
     if sam.key == SEG_MODEL:
         ctx.console.print(f"These gaps are {sam.key}'s, with its pretrained weights, on {run.config['n_items']} "
-                          f"images: the {attribute} gap of the box prompt measures how this model meets the planted "
-                          "bias, the age gap is the control (its interval should cover 0).", markup=False)
+                          f"images: the {attribute} gap of the box prompt (the prompt it was trained with) measures "
+                          "how this model meets the planted bias. Nothing is planted on age, so the age gaps show "
+                          "what chance alone gives on this many images (a gap is a distance, so its interval "
+                          "stays above 0).", markup=False)
     else:
         ctx.console.print(f"These gaps come from {sam.key}, whose weights are random: they test the pipeline, not a "
                           "model, and are no evidence about how any segmentation model meets the planted bias.",

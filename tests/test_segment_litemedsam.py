@@ -122,3 +122,14 @@ def test_a_box_prompt_delineates_the_lesions(lite, lesions):
         out = decode(lite, features, meta, boxes=boxes, multimask=multimask)
         dice = [_dice(p, t) for p, t in zip(out.masks, masks)]
         assert min(dice) > 0.9, (multimask, dice)
+
+
+def test_the_nominal_geometry_is_the_wheels_encoder(reference):
+    # what a file lacking tensors falls back on: every key and shape of the wheel's own encoder
+    from fmcache.embed.tiny_vit import TinyViT
+    from fmcache.segment.models import ARCHS
+
+    with torch.device("meta"):
+        nominal = TinyViT(img_size=256, **ARCHS[SAM_MODELS["litemedsam"].arch])
+    want = {k: v.shape for k, v in reference.image_encoder.state_dict().items()}
+    assert {k: v.shape for k, v in nominal.state_dict().items()} == want
