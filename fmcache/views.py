@@ -204,7 +204,7 @@ def segmentation_models_table(specs) -> Table:
 def segmentation_model_detail(s, weights_folder: str) -> list[str]:
     """Everything the registry knows of one segmentation model, as lines of text."""
     rule = s.input
-    grid = rule.size // 16  # input pixels per feature cell in every SAM-family encoder
+    grid = rule.size // s.feature_stride
     return [
         f"{s.key}: {s.title} (SAM family, {s.arch} encoder)",
         *_weights_lines(s, weights_folder),

@@ -472,10 +472,11 @@ def demo(
     Generates chest-X-ray-like images whose lesion is harder to see in one group, embeds them
     with real pretrained weights that ship with the installation, shows what the cache holds,
     trains every head type on the cached features, says which heads shrink the planted gap
-    and at what cost. Then segmentation on generated lesion images with masks: a tiny SAM
-    with random weights (no SAM weights ship with fmcache) caches image features, prompts are
-    decoded and Dice per group printed; those masks only exercise the pipeline. Last, the
-    HTML report of both runs.
+    and at what cost. Then segmentation on generated lesion images with masks: LiteMedSAM,
+    whose pretrained weights ship with the installation, caches image features, prompts are
+    decoded and Dice per group printed with intervals (sex, where a bias is planted, and age,
+    the control); without its weights, a tiny SAM with random weights stands in and its masks
+    only exercise the pipeline. Last, the HTML report of both runs.
     """
     from fmcache.demo import run_demo
     from fmcache.embed.registry import get_model

@@ -7,11 +7,15 @@ stages. MobileSAM distilled SAM's ViT-H encoder into TinyViT-5M (widths 64, 128,
 and changed two things for 1024 px inputs: the merging into the last stage keeps the
 resolution (stride 1), so the output is 1/16 of the input like SAM's ViT (64 x 64 at 1024),
 and a SAM-style neck maps the last stage to 256 channels. TinySAM uses the same encoder.
+LiteMedSAM (MedSAM distilled into TinyViT-5M for 256 px inputs) changes the stem instead:
+its two convolutions are 1 x 1 at stride 1, so the output is 1/4 of the input (64 x 64 at
+256), and it keeps no ImageNet classifier. The stem's kernel is in its tensors' shapes, so
+:func:`geometry` tells the two apart.
 
 Module and tensor names follow the released files (``patch_embed.seq``, ``layers.<i>.blocks``,
 ``layers.<i>.downsample``, ``c``/``bn`` of a convolution with BatchNorm, ``attention_biases``,
 ``local_conv``, ``neck``), so their ``image_encoder.*`` tensors load strictly, the unused
-ImageNet classifier (``norm_head``, ``head``) included. Inference only: no dropout or
+ImageNet classifier (``norm_head``, ``head``) of MobileSAM and TinySAM included. Inference only: no dropout or
 stochastic depth (both are 0 in these releases).
 """
 
@@ -38,11 +42,19 @@ class ConvBN(nn.Sequential):
 
 
 class PatchEmbed(nn.Module):
-    """The stem: two 3 x 3 stride-2 convolutions (to half the width, then the width), GELU between."""
+    """The stem: two convolutions (to half the width, then the width), GELU between.
 
-    def __init__(self, in_chans: int, dim: int):
+    ``kernel`` 3: each at stride 2, so the stem divides the resolution by 4 (TinyViT, MobileSAM);
+    ``kernel`` 1: each at stride 1, the resolution kept (LiteMedSAM).
+    """
+
+    def __init__(self, in_chans: int, dim: int, kernel: int = 3):
         super().__init__()
-        self.seq = nn.Sequential(ConvBN(in_chans, dim // 2, 3, 2), nn.GELU(), ConvBN(dim // 2, dim, 3, 2))
+        if kernel not in STEM_STRIDES:
+            raise ValueError(f"TinyViT's stem convolutions are 3 x 3 or 1 x 1, got {kernel} x {kernel}")
+        stride = 2 if kernel == 3 else 1
+        self.seq = nn.Sequential(ConvBN(in_chans, dim // 2, kernel, stride), nn.GELU(),
+                                 ConvBN(dim // 2, dim, kernel, stride))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.seq(x)
@@ -183,13 +195,19 @@ class LayerNorm2d(nn.Module):
         return F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], self.weight, self.bias, self.eps).permute(0, 3, 1, 2)
 
 
+# Input pixels per output cell of the stem, by the kernel of its convolutions (two stride-2
+# 3 x 3, or two stride-1 1 x 1); the stages after it divide by 4 more (two stride-2 mergings)
+STEM_STRIDES = {3: 4, 1: 1}
+
+
 class TinyViT(nn.Module):
-    """TinyViT with SAM's neck: (B, in_chans, S, S) images to (B, out_chans, S/16, S/16) features.
+    """TinyViT with SAM's neck: (B, in_chans, S, S) images to (B, out_chans, S/r, S/r) features,
+    r the :attr:`feature_stride` (16 with the usual stem, 4 with LiteMedSAM's).
 
     Parameters
     ----------
     img_size
-        The input side S (1024 in MobileSAM and TinySAM); a multiple of 16.
+        The input side S (1024 in MobileSAM and TinySAM, 256 in LiteMedSAM); a multiple of r.
     in_chans
         Input channels.
     embed_dims, depths
@@ -205,23 +223,27 @@ class TinyViT(nn.Module):
         Kernel of the depthwise convolution between attention and MLP.
     num_classes
         Outputs of the ImageNet classifier the released files keep (``norm_head``, ``head``);
-        not used by :meth:`forward`; 0 for none.
+        not used by :meth:`forward`; 0 for none (LiteMedSAM's: neither module exists).
     out_chans
         Channels of the neck, the features' width (256 in SAM).
+    stem_kernel
+        3 for TinyViT's stem (two 3 x 3 stride-2 convolutions), 1 for LiteMedSAM's (two 1 x 1
+        at stride 1).
     """
 
     def __init__(self, img_size: int = 1024, in_chans: int = 3, embed_dims: Sequence[int] = (64, 128, 160, 320),
                  depths: Sequence[int] = (2, 2, 6, 2), num_heads: Sequence[int] = (2, 4, 5, 10),
                  window_sizes: Sequence[int] = (7, 7, 14, 7), mlp_ratio: float = 4.0,
                  mbconv_expand_ratio: float = 4.0, local_conv_size: int = 3, num_classes: int = 1000,
-                 out_chans: int = 256):
+                 out_chans: int = 256, stem_kernel: int = 3):
         super().__init__()
         if not len(embed_dims) == len(depths) == len(num_heads) == len(window_sizes) == 4:
             raise ValueError("TinyViT has four stages: embed_dims, depths, num_heads and window_sizes need 4 values")
-        if img_size % 16:
-            raise ValueError(f"TinyViT's input side must be a multiple of 16, got {img_size}")
+        self.patch_embed = PatchEmbed(in_chans, embed_dims[0], stem_kernel)
+        self.feature_stride = STEM_STRIDES[stem_kernel] * 4
+        if img_size % self.feature_stride:
+            raise ValueError(f"this TinyViT's input side must be a multiple of {self.feature_stride}, got {img_size}")
         self.img_size = img_size
-        self.patch_embed = PatchEmbed(in_chans, embed_dims[0])
         self.layers = nn.ModuleList()
         for i, (dim, depth) in enumerate(zip(embed_dims, depths)):
             if i == 0:
@@ -229,13 +251,14 @@ class TinyViT(nn.Module):
             else:
                 blocks = [TinyViTBlock(dim, num_heads[i], window_sizes[i], mlp_ratio, local_conv_size)
                           for _ in range(depth)]
-            # stem /4, two stride-2 mergings to /16, and the merging into the last stage keeps
-            # the resolution: MobileSAM's change for SAM's 1/16 feature grid
+            # two stride-2 mergings after the stem (to /16 after TinyViT's stem), and the merging
+            # into the last stage keeps the resolution: MobileSAM's change for SAM's 1/16 grid
             last = i == len(embed_dims) - 1
             merge = None if last else PatchMerging(dim, embed_dims[i + 1], stride=1 if i == len(embed_dims) - 2 else 2)
             self.layers.append(Stage(blocks, merge))
-        self.norm_head = nn.LayerNorm(embed_dims[-1])
-        self.head = nn.Linear(embed_dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            self.norm_head = nn.LayerNorm(embed_dims[-1])
+            self.head = nn.Linear(embed_dims[-1], num_classes)
         self.neck = nn.Sequential(
             nn.Conv2d(embed_dims[-1], out_chans, 1, bias=False),
             LayerNorm2d(out_chans),
@@ -257,7 +280,8 @@ class TinyViT(nn.Module):
 def geometry(sd: Mapping[str, torch.Tensor], nominal: Mapping[str, Any]) -> dict[str, Any]:
     """:class:`TinyViT` arguments (all but ``img_size``) that fit the state dict ``sd``.
 
-    Every value is read off a tensor's shape where one holds it: widths off the convolutions,
+    Every value is read off a tensor's shape where one holds it: widths and the stem's kernel
+    (hence its stride) off the convolutions,
     depths off the block numbers, heads and window side off ``attention_biases``
     (heads x window², as heads are not otherwise visible), the ratios off the hidden layers.
     Where the keys lack, the value is ``nominal``'s, so a damaged file then fails the strict
@@ -309,6 +333,8 @@ def geometry(sd: Mapping[str, torch.Tensor], nominal: Mapping[str, Any]) -> dict
         "local_conv_size": size([("layers.1.blocks.0.local_conv.c.weight", 3)], nominal["local_conv_size"]),
         "num_classes": size([("head.weight", 0), ("head.bias", 0)], nominal["num_classes"]),
         "out_chans": size([("neck.0.weight", 0)], nominal["out_chans"]),
+        "stem_kernel": size([("patch_embed.seq.0.c.weight", 3), ("patch_embed.seq.2.c.weight", 3)],
+                            nominal.get("stem_kernel", 3)),
     }
 
 

