@@ -1,7 +1,9 @@
-"""Reading steps the adapters share: checked options, text CSVs, official headers, cache names, NPZ arrays."""
+"""Reading steps the adapters share: checked options, text CSVs, official headers, cache names, NPZ arrays,
+and the generated datasets' numeric options and seeded random streams."""
 
 from __future__ import annotations
 
+import hashlib
 import zipfile
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -76,3 +78,35 @@ def as_gray(array: np.ndarray, path: Path) -> np.ndarray:
     if array.ndim != 2:
         raise DatasetError(f"{path.name}: image array has shape {array.shape}, expected (H, W)")
     return array
+
+
+def int_option(dataset: str, options: Mapping[str, str], defaults: Mapping[str, object], key: str, lo: int,
+               hi: int) -> int:
+    """Option ``key`` as an integer in [lo, hi] (its default where not given)."""
+    text = options.get(key, str(defaults[key]))
+    try:
+        v = int(text)
+    except ValueError:
+        v = None
+    if v is None or not lo <= v <= hi:
+        raise DatasetError(f"{dataset}: option {key} must be an integer in [{lo}, {hi}], got {text!r} (-o {key}=N)")
+    return v
+
+
+def disparity_option(dataset: str, options: Mapping[str, str], defaults: Mapping[str, object]) -> float:
+    """Option ``disparity`` as a fraction in [0, 1] (its default where not given)."""
+    text = options.get("disparity", str(defaults["disparity"]))
+    try:
+        d = float(text)
+    except ValueError:
+        d = float("nan")
+    if not 0.0 <= d <= 1.0:
+        raise DatasetError(f"{dataset}: option disparity must be a number in [0, 1], got {text!r} (-o disparity=0.5)")
+    return d
+
+
+def seeded_rng(*parts: object) -> np.random.Generator:
+    """A random stream named by ``parts`` (joined by "/")."""
+    # a content hash, not hash(): the same on every process and every run
+    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
+    return np.random.default_rng(int.from_bytes(digest, "little"))

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from fmcache.datasets.adapters.generated import disparity_option, int_option, seeded_rng
+from fmcache.datasets.adapters._common import disparity_option, int_option, seeded_rng
 from fmcache.datasets.attributes import categorical, threshold
 from fmcache.datasets.spec import DatasetSpec, Options, PromptSet, RawTable
 
