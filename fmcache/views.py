@@ -215,7 +215,11 @@ def segmentation_model_detail(s, weights_folder: str) -> list[str]:
 
 
 def _weights_lines(m, weights_folder: str) -> list[str]:
-    return [f"weights: {m.weights}", f"  local copies: {weights_folder} ($FMCACHE_WEIGHTS), or --weights PATH"]
+    if m.weights.startswith("package:"):
+        where = "installed with that Python package (no download)"
+    else:
+        where = f"local copies: {weights_folder} ($FMCACHE_WEIGHTS)"
+    return [f"weights: {m.weights}", f"  {where}, or --weights PATH"]
 
 
 def _licence_lines(m) -> list[str]:
