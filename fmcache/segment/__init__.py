@@ -12,6 +12,9 @@ A run saved with ``--save-masks`` gives back each predicted mask:
     from fmcache.segment import predicted_mask
     mask = predicted_mask(run, "bbox", item_id, "left lung")   # bool (H, W)
 
+A volume goes to a 3D model's input block and a prediction comes back onto its voxels with
+``to_model_input`` / ``to_original_grid`` (``fmcache.segment.volume_input``, MONAI).
+
 Nothing heavy loads at import: the prompt builders need only NumPy and SciPy.
 """
 
@@ -23,12 +26,15 @@ _LAZY = {
     "N_POINTS": "fmcache.segment.prompts",
     "PROMPT_TYPES": "fmcache.segment.prompts",
     "Prompt": "fmcache.segment.prompts",
+    "VolumeGeometry": "fmcache.segment.volume_input",
     "build_prompts": "fmcache.segment.prompts",
     "class_prompts": "fmcache.segment.prompts",
     "make_prompt": "fmcache.segment.prompts",
     "nsd_per_sample": "fmcache.segment.surface",
     "predicted_mask": "fmcache.runs.masks",
     "prompt_at": "fmcache.segment.prompts",
+    "to_model_input": "fmcache.segment.volume_input",
+    "to_original_grid": "fmcache.segment.volume_input",
 }
 __all__ = sorted(_LAZY)
 

@@ -1,0 +1,150 @@
+"""A volume to a 3D model's input block and a prediction back: a sphere of known position on an
+anisotropic, oblique grid stored in a non-canonical axis order survives the round trip."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from fmcache.datasets.volume_grid import read_nifti_volume
+from fmcache.errors import SegmentInputError
+from fmcache.segment.volume_input import VolumeGeometry, to_model_input, to_original_grid
+
+FILE_SHAPE = (40, 160, 128)  # stored slice-first: superior, left, posterior
+RADIUS_MM = 8.0
+SPACING = 1.5
+SIZE = 64
+
+
+def _rotation(axis: int, degrees: float) -> np.ndarray:
+    t = np.deg2rad(degrees)
+    i, j = [a for a in range(3) if a != axis]
+    r = np.eye(3)
+    r[i, i] = r[j, j] = np.cos(t)
+    r[i, j], r[j, i] = -np.sin(t), np.sin(t)
+    return r
+
+
+def _file_affine() -> np.ndarray:
+    axes = np.zeros((3, 3))
+    axes[2, 0], axes[0, 1], axes[1, 2] = 3.0, -0.8, -0.8  # 3 mm toward S, 0.8 mm toward L and P
+    affine = np.eye(4)
+    affine[:3, :3] = _rotation(0, 12) @ _rotation(2, -7) @ axes  # oblique: canonical axes stay tilted
+    affine[:3, 3] = (30.0, 40.0, -50.0)
+    return affine
+
+
+def _sphere_file(tmp_path, name: str, center_file_voxel) -> tuple:
+    """The NIfTI of a sphere around a file voxel, read back canonical, and its centre in mm."""
+    affine = _file_affine()
+    center_mm = (affine @ np.append(center_file_voxel, 1.0))[:3]
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in FILE_SHAPE], indexing="ij"), -1)
+    mm = idx @ affine[:3, :3].T + affine[:3, 3]
+    labels = (np.linalg.norm(mm - center_mm, axis=-1) <= RADIUS_MM).astype(np.uint8)
+    path = tmp_path / name
+    nib.save(nib.Nifti1Image(labels, affine), str(path))
+    volume = read_nifti_volume(path, labels=True)
+    return volume, center_mm
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * float((a.astype(bool) & b.astype(bool)).sum()) / float(a.astype(bool).sum() + b.astype(bool).sum())
+
+
+@pytest.fixture(scope="module")
+def centred(tmp_path_factory):
+    return _sphere_file(tmp_path_factory.mktemp("vol"), "centred.nii.gz", (np.array(FILE_SHAPE) - 1) / 2)
+
+
+@pytest.fixture(scope="module")
+def near_corner(tmp_path_factory):
+    # 15 mm above the bottom, 10 mm from the left edge, 10 mm from the posterior edge
+    return _sphere_file(tmp_path_factory.mktemp("vol"), "corner.nii.gz", (5, 12, 115))
+
+
+def test_the_geometry_records_the_hand_computed_grid_and_block(centred):
+    volume, _ = centred
+    _, geometry = to_model_input(volume, spacing=SPACING, size=SIZE, mode="nearest")
+    # canonical order R, A, S: file axis 1 (left) flipped, axis 2 (posterior) flipped, axis 0 last
+    assert geometry.original_shape == (160, 128, 40)
+    assert geometry.orientation == ("R", "A", "S")
+    np.testing.assert_allclose(geometry.original_spacing, (0.8, 0.8, 3.0), atol=1e-6)  # float32 in the file
+    assert geometry.target_spacing == (1.5, 1.5, 1.5)
+    # voxel centres span (n - 1) * spacing mm; the resampled grid keeps the first voxel and the directions
+    assert geometry.resampled_shape == tuple(round((n - 1) * s / SPACING) + 1
+                                             for n, s in zip((160, 128, 40), (0.8, 0.8, 3.0)))
+    assert geometry.resampled_shape == (86, 69, 79)
+    expected = volume.affine.copy()
+    expected[:3, :3] = volume.affine[:3, :3] * (SPACING / np.array(volume.spacing))
+    np.testing.assert_allclose(geometry.resampled_affine, expected, atol=1e-6)
+    assert not np.allclose(np.abs(expected[:3, :3]), np.diag(np.abs(expected[:3, :3]).diagonal()))  # still oblique
+    assert geometry.box_start == ((86 - 64) // 2, (69 - 64) // 2, (79 - 64) // 2) == (11, 2, 7)
+    assert geometry.box_size == (64, 64, 64)
+
+
+def test_a_centred_sphere_comes_back_on_its_original_voxels(centred):
+    volume, center_mm = centred
+    truth = volume.array
+    soft, geometry = to_model_input(volume, spacing=SPACING, size=SIZE, mode="bilinear")
+    # the block's voxel positions: the sphere's centre of mass sits where the input affine says
+    com = np.array(np.nonzero(soft > 0.5)).mean(axis=1)
+    np.testing.assert_allclose((geometry.input_affine @ np.append(com, 1.0))[:3], center_mm, atol=0.5)
+    assert _dice(to_original_grid(soft, geometry, threshold=0.5), truth) >= 0.98  # measured 0.993
+    # a 0/1 mask at 1.5 mm moves each boundary by up to 0.75 mm on the 0.8 mm grid
+    hard, _ = to_model_input(volume, spacing=SPACING, size=SIZE, mode="nearest")
+    back = to_original_grid(hard.astype(np.uint8), geometry)
+    assert back.dtype == np.uint8 and back.shape == truth.shape
+    assert _dice(back, truth) >= 0.9  # measured 0.933
+
+
+def test_a_block_around_a_given_centre_near_the_border_round_trips(near_corner):
+    volume, center_mm = near_corner
+    center_voxel = np.linalg.solve(volume.affine, np.append(center_mm, 1.0))[:3]  # canonical voxel
+    soft, geometry = to_model_input(volume, spacing=SPACING, size=SIZE, center=center_voxel)
+    # same origin and directions: a voxel's resampled index is its index scaled by spacing / 1.5
+    at = np.floor(center_voxel * np.array(volume.spacing) / SPACING + 0.5).astype(int)
+    assert geometry.box_start == tuple(int(c) - SIZE // 2 for c in at)
+    end = np.array(geometry.box_start) + SIZE
+    assert min(geometry.box_start) < 0 and (end > np.array(geometry.resampled_shape)).any()  # pads and crops
+    assert soft[SIZE // 2, SIZE // 2, SIZE // 2] > 0.9  # the given centre lands in the block's middle
+    com = np.array(np.nonzero(soft > 0.5)).mean(axis=1)
+    np.testing.assert_allclose(com, SIZE // 2, atol=1.0)
+    assert _dice(to_original_grid(soft, geometry, threshold=0.5), volume.array) >= 0.98
+
+
+def test_the_geometry_survives_json(near_corner):
+    volume, center_mm = near_corner
+    center_voxel = np.linalg.solve(volume.affine, np.append(center_mm, 1.0))[:3]
+    soft, geometry = to_model_input(volume, spacing=SPACING, size=SIZE, center=center_voxel)
+    text = geometry.to_json()
+    json.loads(text)  # plain JSON, no custom encoder
+    decoded = VolumeGeometry.from_json(text)
+    assert decoded == geometry
+    np.testing.assert_array_equal(to_original_grid(soft, decoded, threshold=0.5),
+                                  to_original_grid(soft, geometry, threshold=0.5))
+    with pytest.raises(SegmentInputError, match="not a volume geometry record"):
+        VolumeGeometry.from_json(json.dumps({**json.loads(text), "box_start": [1, 2]}))
+
+
+def test_a_mask_of_another_shape_or_an_unthresholded_float_mask_is_refused(centred):
+    volume, _ = centred
+    soft, geometry = to_model_input(volume, spacing=SPACING, size=SIZE)
+    with pytest.raises(SegmentInputError, match="input block is"):
+        to_original_grid(soft[:-1], geometry, threshold=0.5)
+    with pytest.raises(SegmentInputError, match="needs a threshold"):
+        to_original_grid(soft, geometry)
+
+
+def test_reading_a_stored_geometry_loads_neither_monai_nor_torch(centred):
+    import subprocess
+    import sys
+
+    _, geometry = to_model_input(centred[0], spacing=SPACING, size=SIZE)
+    code = ("import sys; from fmcache.segment import VolumeGeometry; "
+            f"VolumeGeometry.from_json({geometry.to_json()!r}); "
+            "print(sorted(m for m in ('monai', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
