@@ -202,7 +202,7 @@ def test_stored_arrays_give_back_the_same_prompts(tmp_path):
 
 
 @pytest.mark.parametrize("call, fragment", [
-    (lambda: make_prompt(np.ones((2, 4, 4), bool), "center", seed=0, item_id="a"), "must be 2D"),
+    (lambda: make_prompt(np.ones((2, 2, 4, 4), bool), "center", seed=0, item_id="a"), "must be 2D"),
     (lambda: make_prompt(np.ones((4, 4), bool), "centre", seed=0, item_id="a"), "did you mean 'center'"),
     (lambda: make_prompt(np.ones((4, 4), bool), "bbox", seed=0, item_id="a", jitter=-1), "jitter"),
     (lambda: make_prompt(np.ones((4, 4), bool), "rand", seed=0.5, item_id="a"), "seed"),
