@@ -202,7 +202,7 @@ def test_stored_arrays_give_back_the_same_prompts(tmp_path):
 
 
 @pytest.mark.parametrize("call, fragment", [
-    (lambda: make_prompt(np.ones((2, 4, 4), bool), "center", seed=0, item_id="a"), "must be 2D"),
+    (lambda: make_prompt(np.ones((2, 2, 4, 4), bool), "center", seed=0, item_id="a"), "must be 2D"),
     (lambda: make_prompt(np.ones((4, 4), bool), "centre", seed=0, item_id="a"), "did you mean 'center'"),
     (lambda: make_prompt(np.ones((4, 4), bool), "bbox", seed=0, item_id="a", jitter=-1), "jitter"),
     (lambda: make_prompt(np.ones((4, 4), bool), "rand", seed=0.5, item_id="a"), "seed"),
@@ -224,3 +224,41 @@ def test_importing_the_stage_loads_no_torch():
     code = ("import sys, fmcache.segment; assert 'fmcache.segment.prompts' not in sys.modules; "
             "import fmcache.segment.prompts; assert 'torch' not in sys.modules and 'jax' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# Values these prompts had when they were first stored: a change to the draws, the seeding or the
+# tie-breaking would silently change every stored prompt set, so the exact numbers are pinned.
+_PINNED_2D = {
+    "blob": {"center": [[14.0, 12.0]], "box_center": [[18.0, 15.0]], "rand": [[18.0, 10.0]],
+             "rands": [[16.0, 13.0], [21.0, 25.0], [26.0, 23.0], [15.0, 10.0], [6.0, 12.0]],
+             "bbox": [5.0, 6.0, 29.0, 28.0]},
+    "c": {"center": [[11.0, 12.0]], "box_center": [[19.0, 20.0]], "rand": [[29.0, 10.0]],
+          "rands": [[31.0, 13.0], [18.0, 34.0], [14.0, 33.0], [26.0, 10.0], [30.0, 11.0]],
+          "bbox": [4.0, 7.0, 32.0, 37.0]},
+}
+
+
+@pytest.mark.parametrize("name, mask", [("blob", _blob()), ("c", _c_shape())])
+def test_2d_prompts_keep_their_pinned_values(name, mask):
+    for kind, expected in _PINNED_2D[name].items():
+        p = make_prompt(mask, kind, seed=3, item_id="img_1", cls=2, jitter=2)
+        assert (p.box if kind == "bbox" else p.points).tolist() == expected, kind
+
+
+def test_2d_stored_arrays_keep_their_pinned_values():
+    labels = np.zeros((16, 20), np.int64)
+    labels[2:9, 3:15] = 1
+    labels[10:15, 5:18] = 2
+    labels[4:6, 16:19] = 2
+    arrays = build_prompts([labels], ["x"], list(PROMPT_TYPES), seed=11, n_classes=3, jitter=1)
+    assert sorted(arrays) == ["bbox.box", "box_center.point_labels", "box_center.points", "center.point_labels",
+                              "center.points", "classes", "ids", "jitter", "present", "rand.point_labels",
+                              "rand.points", "rands.point_labels", "rands.points", "seed"]
+    nan = [np.nan, np.nan]
+    np.testing.assert_array_equal(arrays["rands.points"], [[
+        [[14.0, 3.0], [6.0, 6.0], [4.0, 4.0], [6.0, 3.0], [13.0, 4.0]],
+        [[13.0, 10.0], [9.0, 13.0], [8.0, 13.0], [15.0, 11.0], [8.0, 14.0]],
+        [nan] * 5]])
+    np.testing.assert_array_equal(arrays["bbox.box"], [[[2.0, 2.0, 14.0, 8.0], [5.0, 3.0, 17.0, 15.0], nan * 2]])
+    np.testing.assert_array_equal(arrays["center.points"], [[[[8.0, 5.0]], [[11.0, 12.0]], [nan]]])
+    assert arrays["rands.points"].shape == (1, 3, 5, 2) and arrays["bbox.box"].dtype == np.float32
