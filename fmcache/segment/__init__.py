@@ -1,8 +1,10 @@
 """The segmentation stage (torch): SAM-family promptable segmentation decoded from cached image
 features (``fmcache.segment.sam``).
 
-Prompts come from the ground-truth masks (``fmcache.segment.prompts``): the same item, class
-and prompt type get the same prompt in every run, whatever else the run holds.
+Prompts come from the ground-truth masks (``fmcache.segment.prompts``), 2D label maps or 3D
+label volumes (points (x, y, z), boxes of six numbers; ``center`` the deepest voxel in mm when
+given the spacing): the same item, class and prompt type get the same prompt in every run,
+whatever else the run holds.
 
     from fmcache.segment import build_prompts
     arrays = build_prompts(masks, ids, ["center", "bbox"], seed=0)
