@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fmcache.datasets.volumes import Plane, canonical_to_slices, dicom_series_slices, dicom_pixels
+from fmcache.datasets.volumes import Plane, canonical_to_slices, dicom_pixels, dicom_series_slices
 from fmcache.errors import DatasetError
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -190,6 +190,14 @@ def read_image_volume(path: Path, *, labels: bool = False) -> Volume:
 
 
 # ---------------------------------------------------------------------------- labels
+
+
+def class_volume(path: Path, table: dict[int, int], dataset: str) -> Volume:
+    """A label-volume file (NIfTI, or any format SimpleITK reads) as class ids on its grid:
+    :func:`remap_labels` of its stored values."""
+    read = read_nifti_volume if path.name.endswith((".nii", ".nii.gz")) else read_image_volume
+    labels = read(path, labels=True)
+    return Volume(remap_labels(labels.array, table, f"{dataset}: {path}"), labels.affine)
 
 
 def remap_labels(values: np.ndarray, table: dict[int, int], where: str) -> np.ndarray:

@@ -133,7 +133,7 @@ def _sweep_into(path, cfg: SegmentConfig, emb: Embeddings, ds: Dataset, sam: Sam
     classes = list(emb.dataset_info["mask_classes"])
     n_classes = len(classes)
     ids = emb.samples()["id"].to_numpy(dtype=str)
-    metric_names = ("dsc", "iou") + (("nsd",) if cfg.nsd_tolerance is not None else ())
+    metric_names = _metric_names(cfg.nsd_tolerance)
     scores = {k: {m: [] for m in metric_names} for k in cfg.prompts}
     prompt_parts = []
     masks = MaskWriter(path, cfg.prompts, classes) if cfg.save_masks else None
@@ -210,12 +210,16 @@ def _predict(sam: SamModel, features: np.ndarray, meta, shapes: list[tuple[int, 
     return out
 
 
+def _metric_names(nsd_tolerance: float | None) -> tuple[str, ...]:
+    """The per-item scores a sweep computes: Dice and IoU, and NSD where a tolerance is given."""
+    return ("dsc", "iou") + (("nsd",) if nsd_tolerance is not None else ())
+
+
 def _score(truth: list[np.ndarray], pred: list[list[np.ndarray]], empty: str,
            nsd_tolerance: float | None) -> dict[str, np.ndarray]:
     """(items, classes) Dice and IoU (and NSD with a tolerance) of one prompt type's masks."""
     n_classes = len(pred)
-    names = ("dsc", "iou") + (("nsd",) if nsd_tolerance is not None else ())
-    out = {m: np.zeros((len(truth), n_classes)) for m in names}
+    out = {m: np.zeros((len(truth), n_classes)) for m in _metric_names(nsd_tolerance)}
     for c in range(1, n_classes + 1):
         binary = [t == c for t in truth]
         out["dsc"][:, c - 1] = dice_per_sample(binary, pred[c - 1], n_classes=1, empty=empty)

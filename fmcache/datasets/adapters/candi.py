@@ -23,7 +23,7 @@ import pandas as pd
 from fmcache.datasets.adapters._common import blank_to_none, read_csv, require_columns
 from fmcache.datasets.attributes import categorical, threshold
 from fmcache.datasets.spec import DatasetSpec, RawTable
-from fmcache.datasets.volume_grid import Volume, read_nifti_volume, remap_labels
+from fmcache.datasets.volume_grid import Volume, class_volume, read_nifti_volume
 from fmcache.datasets.volumes import percentile_normalise
 from fmcache.errors import DatasetError
 
@@ -117,9 +117,7 @@ def volume(root: Path, row: pd.Series) -> Volume:
 
 def mask(root: Path, row: pd.Series) -> Volume:
     """``_seg``: the six chosen CMA labels as classes 1-6, every other label background."""
-    path = Path(root) / str(row["meta/mask"])
-    labels = read_nifti_volume(path, labels=True)
-    return Volume(remap_labels(labels.array, LABELS, f"{KEY}: {path}"), labels.affine)
+    return class_volume(Path(root) / str(row["meta/mask"]), LABELS, KEY)
 
 
 def load(root: Path, row: pd.Series) -> np.ndarray:

@@ -27,7 +27,7 @@ import pandas as pd
 from fmcache.datasets.adapters._common import blank_to_none
 from fmcache.datasets.attributes import bins, categorical, threshold
 from fmcache.datasets.spec import AttributeRule, DatasetSpec, RawTable
-from fmcache.datasets.volume_grid import Volume, read_nifti_volume, remap_labels
+from fmcache.datasets.volume_grid import Volume, class_volume, read_nifti_volume
 from fmcache.datasets.volumes import ABDOMEN_WINDOW, window
 from fmcache.errors import DatasetError
 
@@ -121,9 +121,7 @@ def volume(root: Path, row: pd.Series) -> Volume:
 
 def mask(root: Path, row: pd.Series) -> Volume:
     """segmentation.nii.gz: 1 kidney, 2 tumor, 3 cyst; any other value background."""
-    path = Path(root) / str(row["meta/mask"])
-    labels = read_nifti_volume(path, labels=True)
-    return Volume(remap_labels(labels.array, LABELS, f"{KEY}: {path}"), labels.affine)
+    return class_volume(Path(root) / str(row["meta/mask"]), LABELS, KEY)
 
 
 def load(root: Path, row: pd.Series) -> np.ndarray:

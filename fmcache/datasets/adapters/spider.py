@@ -29,7 +29,7 @@ import pandas as pd
 from fmcache.datasets.adapters._common import blank_to_none, read_csv, require_columns
 from fmcache.datasets.attributes import categorical
 from fmcache.datasets.spec import DatasetSpec, RawTable
-from fmcache.datasets.volume_grid import Volume, read_image_volume, remap_labels
+from fmcache.datasets.volume_grid import Volume, class_volume, read_image_volume
 from fmcache.datasets.volumes import percentile_normalise
 from fmcache.errors import DatasetError
 
@@ -105,9 +105,7 @@ def volume(root: Path, row: pd.Series) -> Volume:
 
 def mask(root: Path, row: pd.Series) -> Volume:
     """masks/<stem>.mha: vertebrae 1-7, canal 100, discs 201-207 as classes 1-15; other values background."""
-    path = Path(root) / str(row["meta/mask"])
-    labels = read_image_volume(path, labels=True)
-    return Volume(remap_labels(labels.array, LABELS, f"{KEY}: {path}"), labels.affine)
+    return class_volume(Path(root) / str(row["meta/mask"]), LABELS, KEY)
 
 
 def load(root: Path, row: pd.Series) -> np.ndarray:
