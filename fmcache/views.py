@@ -189,16 +189,38 @@ def models_table(specs) -> Table:
     return t
 
 
-def segmentation_models_table(specs) -> Table:
-    """The SAM-family models whose image features `embed` caches for `fmcache segment`."""
+def segmentation_models_table(specs, volume_specs=()) -> Table:
+    """The segmentation models whose image features `embed` caches for `fmcache segment`: the
+    2D SAM family (volumes slice by slice) and the 3D models."""
     t = table("segmentation models", caption="`fmcache embed -m KEY` caches their image features; "
-              "`fmcache segment` decodes prompts from them")
+              "`fmcache segment` decodes prompts from them. 2D models read a volume's foreground slices")
     t.add_column("key", no_wrap=True)
-    for col in ("model", "encoder", "input"):
+    for col in ("model", "encoder", "input", "prompts"):
         t.add_column(col)
     for s in specs:
-        t.add_row(s.key, s.title, s.arch, f"{s.input.size}px, {s.input.resize}, {s.input.normalise}")
+        t.add_row(s.key, s.title, s.arch, f"{s.input.size}px, {s.input.resize}, {s.input.normalise}", "all")
+    for s in volume_specs:
+        t.add_row(s.key, s.title, s.arch, _volume_input(s.input), ", ".join(s.prompts))
     return t
+
+
+def _volume_input(rule) -> str:
+    size = " x ".join(map(str, rule.size))
+    where = f"{rule.spacing[0]:g} mm, around each class" if rule.spacing else "whole volume resized"
+    return f"3D {size} (X x Y x Z), {where}, {rule.intensity}"
+
+
+def volume_model_detail(s, weights_folder: str) -> list[str]:
+    """Everything the registry knows of one 3D segmentation model, as lines of text."""
+    blocks = "one block per class present" if s.input.per_class else "one block per volume"
+    return [
+        f"{s.key}: {s.title} (3D, {s.family} family, {s.arch})",
+        *_weights_lines(s, weights_folder),
+        f"input: {_volume_input(s.input)}",
+        f"features cached: {blocks}, with its geometry (spacing, orientation, crop box) to map predictions back",
+        f"prompt types: {', '.join(s.prompts)}",
+        *_licence_lines(s),
+    ]
 
 
 def segmentation_model_detail(s, weights_folder: str) -> list[str]:
@@ -217,6 +239,8 @@ def segmentation_model_detail(s, weights_folder: str) -> list[str]:
 def _weights_lines(m, weights_folder: str) -> list[str]:
     if m.weights.startswith("package:"):
         where = "installed with that Python package (no download)"
+    elif m.weights.startswith("hf-hub:"):
+        where = "from the Hugging Face cache (downloaded once where the hub is reachable; HF_HUB_OFFLINE=1 reads the cache only)"
     else:
         where = f"local copies: {weights_folder} ($FMCACHE_WEIGHTS)"
     return [f"weights: {m.weights}", f"  {where}, or --weights PATH"]

@@ -396,7 +396,8 @@ class Embeddings:
                 raise CacheMissError(f"{self.where}: rows {a}-{b - 1} (chunk {undone[0]}) are not encoded yet; "
                                      f"rerun `fmcache embed --model {self.model}` to finish the entry")
             values = checked.read(arr, rows, f"{self.where}, {name}", remedy)
-            out.append(values.astype(np.float32) if np.issubdtype(values.dtype, np.floating) else values)
+            # float16 features come out as float32; kinds stored wider (3D geometry, float64) keep their precision
+            out.append(values.astype(np.float32) if values.dtype == np.float16 else values)
         self._check_current()  # replaced while we read: what we read may be the new model's
         return out
 

@@ -18,22 +18,27 @@ def models(
     from fmcache.embed.models import MODELS
     from fmcache.embed.registry import get_model
     from fmcache.embed.weights import weights_dir
-    from fmcache.segment.models import SAM_MODELS
+    from fmcache.segment.models import SAM_MODELS, VOLUME_MODELS
     from fmcache.views import (
         make_console,
         model_detail,
         models_table,
         segmentation_model_detail,
         segmentation_models_table,
+        volume_model_detail,
     )
 
     console = make_console()
     if name is None:
         console.print(models_table(m for m in MODELS.values() if not m.hidden))
-        console.print(segmentation_models_table(SAM_MODELS.values()))
+        console.print(segmentation_models_table(SAM_MODELS.values(), VOLUME_MODELS.values()))
         return
-    lines = (segmentation_model_detail(SAM_MODELS[name], str(weights_dir())) if name in SAM_MODELS
-             else model_detail(get_model(name), str(weights_dir())))
+    if name in SAM_MODELS:
+        lines = segmentation_model_detail(SAM_MODELS[name], str(weights_dir()))
+    elif name in VOLUME_MODELS:
+        lines = volume_model_detail(VOLUME_MODELS[name], str(weights_dir()))
+    else:
+        lines = model_detail(get_model(name), str(weights_dir()))
     for line in lines:
         console.print(line, markup=False, highlight=False)
 

@@ -105,9 +105,9 @@ def embed(
     from fmcache.embed.registry import get_model
     from fmcache.protocols import dataset_options as protocol_options
     from fmcache.protocols import resolve
-    from fmcache.segment.models import SAM_MODELS
+    from fmcache.segment.models import is_segmentation_model
 
-    segmentation = model in SAM_MODELS
+    segmentation = is_segmentation_model(model)
     if not segmentation:
         get_model(model)  # a misspelt model is named before the data is read or torch is imported
     resolve(protocol, "embed", {"preprocess": preprocess, "queries": queries})  # and a misspelt switch
@@ -116,10 +116,6 @@ def embed(
                                  "are switches of the classification protocols", param_hint="'--model' / '-m'")
     from fmcache.datasets import get_dataset, load_dataset
 
-    if segmentation:
-        from fmcache.datasets.registry import refuse_volumetric_segmentation
-
-        refuse_volumetric_segmentation(dataset, model)  # before the release is read
     opts = dataset_options(option)
     if dataset_config is not None:
         opts["config"] = str(dataset_config)
@@ -128,7 +124,13 @@ def embed(
     try:
         if segmentation:
             from fmcache.segment.features import DEFAULT_CHUNK_ROWS, embed_features
+            from fmcache.segment.models import VOLUME_MODELS
 
+            if ds.spec.volumetric_segmentation and model not in VOLUME_MODELS:
+                from fmcache.segment.slices import slice_dataset
+
+                say(f"{model} is a 2D model: it reads the axial slices of {ds.name} that hold foreground")
+                ds = slice_dataset(ds)
             summary = embed_features(ds, model, root=root, weights=weights, device=device, batch_size=batch_size,
                                      chunk_rows=min(chunk_rows, DEFAULT_CHUNK_ROWS), overwrite=overwrite,
                                      wait=not no_wait, on_wait=say, on_repair=say)
@@ -360,10 +362,9 @@ def segment(
       fmcache segment -m sam -d ham10000_seg --data ~/data/HAM10000 --prompts center,bbox
     """
     import fmcache
-    from fmcache.datasets.registry import refuse_volumetric_segmentation
+    from fmcache.segment.models import entry_dataset
 
-    refuse_volumetric_segmentation(dataset, model)
-    fmcache.open_cache(root).embeddings(dataset, model)  # named before torch is imported
+    fmcache.open_cache(root).embeddings(entry_dataset(dataset, model), model)  # named before torch is imported
     from fmcache.segment.sweep import SegmentConfig, run_segment
     from fmcache.views import make_console, segmentation_table
 

@@ -78,15 +78,6 @@ def get_dataset(key: str) -> DatasetSpec:
         ) from None
 
 
-def refuse_volumetric_segmentation(name: str, model: str) -> None:
-    """FmcacheError when dataset ``name`` (a key, or a cache name made from one) holds volumes with
-    label volumes: the SAM-family models are 2D, and running them slice by slice is not there yet."""
-    spec = DATASETS.get(name) or DATASETS.get(name.split("_split-")[0])
-    if spec is not None and spec.volumetric_segmentation:
-        raise FmcacheError(f"{name} is a volumetric segmentation dataset ({spec.title}): volumetric segmentation "
-                           f"datasets are not supported by the 2D segmentation models yet, {model} included")
-
-
 def load_dataset(
     key: str,
     data: str | Path | None = None,

@@ -3,9 +3,9 @@ thumbnails of the report's overlays. NumPy only, like the rest of a run.
 
 ``masks.npz``     ``fmcache segment --save-masks``: every predicted mask, as np.load reads it.
                   ``<prompt>/<k>`` is item k's masks, one per class, as np.packbits along the
-                  last axis (C, H, ceil(W / 8)) uint8; ``id`` (n,) the item ids, ``row`` (n,)
-                  their rows in the cache entry, ``shape`` (n, 2) each item's (H, W) at its
-                  original size, ``classes`` the class names (class c is entry c - 1),
+                  last axis (C, H, ceil(W / 8)) uint8 (a volume: (C, X, Y, ceil(Z / 8)));
+                  ``id`` (n,) the item ids, ``row`` (n,) their rows in the cache entry,
+                  ``shape`` (n, 2) each item's (H, W) at its original size (volumes: (n, 3)), ``classes`` the class names (class c is entry c - 1),
                   ``prompts`` the prompt types. A class without a prompt (absent from the
                   truth) is an empty mask. :func:`predicted_mask` reads one back.
 ``overlays.npz``  always: thumbnails of a few items per group of the run's first attribute
@@ -40,10 +40,11 @@ class MaskWriter:
         self._file = (UPath(path) / MASKS).open("wb")
         self._zip = zipfile.ZipFile(self._file, "w", compression=zipfile.ZIP_DEFLATED)
         self.prompts, self.classes = list(prompts), list(classes)
-        self._shapes: dict[int, tuple[int, int]] = {}
+        self._shapes: dict[int, tuple[int, ...]] = {}
 
     def add(self, prompt: str, k: int, masks: list[np.ndarray]) -> None:
-        """Item ``k``'s (position in the run) predicted masks under ``prompt``, one bool (H, W) per class."""
+        """Item ``k``'s (position in the run) predicted masks under ``prompt``, one bool (H, W) (or
+        (X, Y, Z)) per class."""
         stacked = np.stack([np.asarray(m, bool) for m in masks])
         if self._shapes.setdefault(k, stacked.shape[1:]) != stacked.shape[1:]:
             raise FmcacheError(f"item {k}: masks of shape {stacked.shape[1:]} after {self._shapes[k]}")
@@ -56,7 +57,7 @@ class MaskWriter:
             raise FmcacheError(f"no masks were added for items {missing[:5]}")
         self._member("id", np.asarray(ids, dtype=str))
         self._member("row", np.asarray(rows, dtype=np.int64))
-        self._member("shape", np.array([self._shapes[k] for k in range(len(ids))], dtype=np.int64).reshape(-1, 2))
+        self._member("shape", np.array([self._shapes[k] for k in range(len(ids))], dtype=np.int64).reshape(len(ids), -1))
         self._member("classes", np.asarray(self.classes, dtype=str))
         self._member("prompts", np.asarray(self.prompts, dtype=str))
         self.abort()
@@ -94,7 +95,8 @@ def predicted_mask(run: Run | str | os.PathLike[str], prompt: str, item_id: str,
     Returns
     -------
     numpy.ndarray
-        bool (H, W) at the item's original size; all False where the class had no prompt.
+        bool (H, W) at the item's original size (a volume: (X, Y, Z) on its voxel grid); all
+        False where the class had no prompt.
 
     Examples
     --------
@@ -114,7 +116,7 @@ def predicted_mask(run: Run | str | os.PathLike[str], prompt: str, item_id: str,
             raise FmcacheError(f"item {item_id!r} is not in run {path.name} (its ids are the `id` of its predictions)")
         c = _class_index(cls, classes, path.name)
         k = where[0]
-        width = int(npz["shape"][k][1])
+        width = int(npz["shape"][k][-1])
         packed = npz[f"{prompt}/{k}"]
     return np.unpackbits(packed[c], axis=-1, count=width).astype(bool)
 

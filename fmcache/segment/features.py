@@ -7,6 +7,12 @@ h, w before padding), which decoding needs to map prompts in and masks out. A fe
 one chunk and a write unit of ``chunk_rows`` items one shard object, so a 10k-image dataset
 is a few hundred objects, each item still readable alone. The entry uses the classification
 entries' machinery: identity, lock, resume where it stopped, checksums, ``cache verify``.
+
+A 3D model's entry (:mod:`fmcache.segment.volumetric`) holds per volume the features of its
+K input blocks (K x C x g³: one block per class for SAM-Med3D, one for SegVol; an absent
+class's block is zeros), ``crops`` (K int32: which blocks exist), ``geometry`` (K x 47 float64:
+each block's :class:`~fmcache.segment.volume_input.VolumeGeometry`, spacing and orientation
+included) and ``pooled``; so decoding and mapping back onto the voxels never re-encode.
 """
 
 from __future__ import annotations
@@ -28,11 +34,15 @@ from fmcache.embed.encode import (
     resolve_device,
 )
 from fmcache.errors import DatasetError, FmcacheError
+from fmcache.segment.models import VOLUME_MODELS
 from fmcache.segment.sam import ImageMeta, SamModel, encode, load_sam
+from fmcache.segment.volumetric import VolumeModel, load_volume_model
 
 FEATURES, POOLED, SIZES = "features", "pooled", "sizes"
+CROPS, GEOMETRY = "crops", "geometry"  # 3D entries: which blocks a volume has, and where they lie
 DEFAULT_BATCH_SIZE = 4
 DEFAULT_CHUNK_ROWS = 16  # items per shard: ~32 MB of float16 256 x 64 x 64 maps
+DEFAULT_VOLUME_CHUNK_ROWS = 4  # volumes per shard: up to 15 blocks of 384 x 8³ each
 
 
 def embed_features(
@@ -52,19 +62,21 @@ def embed_features(
     on_wait: Callable[[str], None] | None = None,
     on_repair: Callable[[str], None] | None = None,
 ) -> EmbedSummary:
-    """Encode every image of ``dataset`` with a SAM-family ``model`` into the cache; resume if partial.
+    """Encode every image (volume) of ``dataset`` with a segmentation ``model`` into the cache; resume if partial.
 
     Parameters
     ----------
     dataset
-        A 2D dataset from :func:`fmcache.datasets.load_dataset`.
+        A 2D dataset from :func:`fmcache.datasets.load_dataset` (for a 2D model; a volumetric
+        one through :func:`fmcache.segment.slices.slice_dataset`), or a volumetric
+        segmentation dataset for a 3D model.
     model
-        Key of :data:`fmcache.segment.models.SAM_MODELS`.
+        Key of :data:`fmcache.segment.models.SAM_MODELS` or of ``VOLUME_MODELS``.
     weights
         Local checkpoint file replacing the entry's file.
     batch_size
         Images per encoder call; part of the entry's identity as for classification entries
-        (None: the resumed entry's, else 4).
+        (None: the resumed entry's, else 4). A 3D model encodes one block at a time.
     chunk_rows
         Items per shard: the unit that is written, marked done and resumed.
     sam
@@ -72,19 +84,22 @@ def embed_features(
     overwrite, wait, on_wait, on_repair, on_chunk, progress
         As for :func:`fmcache.embed.encode.embed`.
     """
-    if dataset.spec.volumetric_segmentation:
-        from fmcache.datasets.registry import refuse_volumetric_segmentation
-
-        refuse_volumetric_segmentation(dataset.spec.key, model)
-    if dataset.spec.dim == "3d":
-        raise FmcacheError(f"{dataset.name} holds volumes: SAM-family features are cached for 2D datasets only")
+    volumetric = model in VOLUME_MODELS or isinstance(sam, VolumeModel)
+    _check_dimensions(dataset, model, volumetric)
     device = resolve_device(device)
     check_images_exist(dataset)
     root_s = resolve_root(root)
-    sam = sam or load_sam(model, weights=weights, device=device)
-    if batch_size is None:
-        batch_size = recorded_batch_size(root_s, dataset.name, model) or DEFAULT_BATCH_SIZE
-    provenance = entry_provenance(sam, model, dataset, batch_size)
+    if volumetric:
+        sam = sam or load_volume_model(model, weights=weights, device=device)
+        batch_size, chunk_rows = 1, min(chunk_rows, DEFAULT_VOLUME_CHUNK_ROWS)
+        provenance = volume_entry_provenance(sam, model, dataset)
+        encode_rows = _encode_volumes
+    else:
+        sam = sam or load_sam(model, weights=weights, device=device)
+        if batch_size is None:
+            batch_size = recorded_batch_size(root_s, dataset.name, model) or DEFAULT_BATCH_SIZE
+        provenance = entry_provenance(sam, model, dataset, batch_size)
+        encode_rows = _encode_rows
     kinds = dict(provenance["dims"])
     if not overwrite and is_intact(root_s, dataset.name, dataset.fingerprint, model, provenance):
         return EmbedSummary(dataset.name, model, root_s, len(dataset.table), 0, 0.0, device, kinds)
@@ -101,11 +116,8 @@ def embed_features(
             for chunk in pending:
                 a, b = writer.rows(chunk)
                 # batches never straddle chunks: a resumed entry equals an uninterrupted one
-                parts = [_encode_rows(dataset, sam, range(lo, min(lo + batch_size, b))) for lo in range(a, b, batch_size)]
-                features = np.concatenate([f for f, _ in parts])
-                meta = [m for _, m in parts]
-                writer.write_chunk(chunk, {FEATURES: features, POOLED: np.concatenate([m.pooled for m in meta]),
-                                           SIZES: np.concatenate([m.sizes() for m in meta])})
+                parts = [encode_rows(dataset, sam, range(lo, min(lo + batch_size, b))) for lo in range(a, b, batch_size)]
+                writer.write_chunk(chunk, {k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
                 if on_chunk is not None:
                     on_chunk(chunk)
                 if prog:
@@ -136,19 +148,91 @@ def entry_provenance(sam: SamModel, model: str, dataset: Dataset, batch_size: in
     }
 
 
-def _encode_rows(dataset: Dataset, sam: SamModel, rows: range) -> tuple[np.ndarray, ImageMeta]:
-    images = []
-    for row in rows:
-        try:
-            images.append(np.asarray(dataset.image(row).convert("RGB")))
-        except DatasetError as e:
-            raise DatasetError(f"{e} (row {dataset.table['id'].iloc[row]!r}); the chunks encoded so far are kept "
-                               "and a rerun resumes once it is fixed") from None
-    features, meta = encode(sam, images, batch_size=len(images))
+def _check_dimensions(dataset: Dataset, model: str, volumetric: bool) -> None:
+    """A 3D model reads volumes with their grid; a 2D model images (a volume's slices through
+    :func:`fmcache.segment.slices.slice_dataset`)."""
+    if volumetric and not dataset.spec.volumetric_segmentation:
+        raise FmcacheError(f"{model} is a 3D segmentation model; {dataset.name} is not a volumetric segmentation "
+                           f"dataset (kits23, candi, ircadb, spider are): use a 2D model such as sam or medsam")
+    if not volumetric and dataset.spec.dim == "3d":
+        raise FmcacheError(f"{dataset.name} holds volumes: a 2D model reads their slices "
+                           f"(fmcache.segment.slices.slice_dataset; `fmcache embed` does this itself)")
+
+
+def _reading(dataset: Dataset, row: int, read):
+    try:
+        return read(row)
+    except DatasetError as e:
+        raise DatasetError(f"{e} (row {dataset.table['id'].iloc[row]!r}); the chunks encoded so far are kept "
+                           "and a rerun resumes once it is fixed") from None
+
+
+def _check_finite(model: str, features: np.ndarray, rows: range) -> None:
     if not np.isfinite(features).all() or np.abs(features).max() > 65504:
-        raise FmcacheError(f"{sam.key} produced non-finite or float16-overflowing features for rows "
+        raise FmcacheError(f"{model} produced non-finite or float16-overflowing features for rows "
                            f"{rows.start}-{rows.stop - 1}; check those images and the model's weights")
-    return features, meta
+
+
+def _encode_rows(dataset: Dataset, sam: SamModel, rows: range) -> dict[str, np.ndarray]:
+    images = [np.asarray(_reading(dataset, row, dataset.image).convert("RGB")) for row in rows]
+    features, meta = encode(sam, images, batch_size=len(images))
+    _check_finite(sam.key, features, rows)
+    return {FEATURES: features, POOLED: meta.pooled, SIZES: meta.sizes()}
+
+
+def _encode_volumes(dataset: Dataset, model, rows: range) -> dict[str, np.ndarray]:
+    """Each volume's blocks encoded (see :mod:`fmcache.segment.volumetric`), with their geometry."""
+    from fmcache.segment.volume_input import VECTOR_LENGTH
+    from fmcache.segment.volumetric import encode_blocks, prepare_blocks
+
+    n_classes = len(dataset.spec.mask_classes)
+    parts: dict[str, list[np.ndarray]] = {FEATURES: [], POOLED: [], CROPS: [], GEOMETRY: []}
+    for row in rows:
+        volume = _reading(dataset, row, dataset.volume)
+        labels = _reading(dataset, row, dataset.mask_volume)
+        if not volume.same_grid(labels):
+            raise DatasetError(f"{dataset.name}: the label volume {dataset.mask_file(row)} is not on its image's "
+                               "voxel grid (`fmcache datasets check` lists every such case)")
+        blocks, geometries = prepare_blocks(model, volume, labels.array, n_classes)
+        present = np.array([g is not None for g in geometries])
+        features = np.zeros((len(blocks), *volume_feature_shape(model)), np.float32)
+        features[present] = encode_blocks(model, blocks[present])
+        _check_finite(model.key, features, range(row, row + 1))
+        parts[FEATURES].append(features)
+        parts[POOLED].append(features[present].mean(axis=(0, 2, 3, 4)))
+        parts[CROPS].append(present.astype(np.int32))
+        parts[GEOMETRY].append(np.stack([g.to_vector() if g is not None else np.zeros(VECTOR_LENGTH)
+                                         for g in geometries]))
+    return {k: np.stack(v) for k, v in parts.items()}
+
+
+def volume_feature_shape(model) -> tuple[int, ...]:
+    """(C, g, g, g): a 3D model's encoder output per block."""
+    return tuple(int(n) for n in model.net.feature_shape)
+
+
+def volume_entry_provenance(model, key: str, dataset: Dataset) -> dict[str, Any]:
+    """What a 3D entry records: per volume, K blocks' features (K the classes for a per-class
+    rule, else 1), which blocks exist (``crops``) and where each lies (``geometry``)."""
+    shape = list(volume_feature_shape(model))
+    k = len(dataset.spec.mask_classes) if model.spec.input.per_class else 1
+    from fmcache.segment.volume_input import VECTOR_LENGTH
+
+    return {
+        "model": key,
+        "model_title": model.spec.title,
+        "family": "sam3d",
+        "weights_id": model.weights_id,
+        "weights_sha256": model.weights_sha256,
+        "preprocess": model.spec.input.to_attrs(),
+        "dims": {FEATURES: [k, *shape], POOLED: shape[0], CROPS: k, GEOMETRY: [k, VECTOR_LENGTH]},
+        "kind_dtypes": {CROPS: "int32", GEOMETRY: "float64"},
+        "row_fingerprint": dataset.fingerprint,
+        "volume": None,
+        "compute_dtype": "float32",
+        "batch_size": 1,
+        "task": "segmentation",
+    }
 
 
 def cached_items(emb, rows: np.ndarray | list[int]) -> tuple[np.ndarray, ImageMeta]:
@@ -163,3 +247,13 @@ def cached_items(emb, rows: np.ndarray | list[int]) -> tuple[np.ndarray, ImageMe
     """
     got = emb.items(rows, (FEATURES, SIZES, POOLED))
     return got[FEATURES], ImageMeta.from_sizes(got[SIZES], got[POOLED])
+
+
+def cached_volume(emb, row: int) -> tuple[np.ndarray, list]:
+    """A cached volume's block features (K, C, g, g, g) float32 and geometries (None: no block)."""
+    from fmcache.segment.volume_input import VolumeGeometry
+
+    got = emb.items([int(row)], (FEATURES, CROPS, GEOMETRY))
+    geometries = [VolumeGeometry.from_vector(v) if present else None
+                  for v, present in zip(got[GEOMETRY][0], got[CROPS][0])]
+    return np.asarray(got[FEATURES][0], np.float32), geometries

@@ -114,8 +114,80 @@ SAM_MODELS: dict[str, SamSpec] = {
 }
 
 
+@dataclass(frozen=True)
+class VolumeRule:
+    """How a volume becomes a 3D model's input block (see :mod:`fmcache.segment.volume_input`).
+
+    ``spacing`` (mm) resamples the volume to that voxel size and cuts a ``size`` block around
+    each class's bounding-box centre (SAM-Med3D: one block, one encoding per class present);
+    None resizes the whole volume to ``size`` (SegVol's zoom-out: one block per volume).
+    ``size`` is in the volume's (X, Y, Z) axis order. ``intensity`` names the recipe of
+    :mod:`fmcache.segment.volume_intensity` applied before the encoder.
+    """
+
+    size: tuple[int, int, int]
+    intensity: str
+    spacing: tuple[float, float, float] | None = None
+
+    @property
+    def per_class(self) -> bool:
+        return self.spacing is not None
+
+    def to_attrs(self) -> dict[str, Any]:
+        return {"size": list(self.size), "intensity": self.intensity,
+                "spacing": None if self.spacing is None else list(self.spacing)}
+
+
+@dataclass(frozen=True)
+class VolumeSpec:
+    """A registered 3D segmentation model: encoder, prompt encoder and mask decoder all 3D.
+
+    ``family`` names the implementation (``sam3d``: :mod:`fmcache.embed.sam3d`, SAM-Med3D and
+    its distilled FastSAM3D; ``segvol``: :mod:`fmcache.embed.segvol`); ``arch`` its nominal
+    geometry; ``weights`` ``file:<name>`` in the weights directory or ``hf-hub:<repo>/<file>``
+    (``hf-hub:<repo>`` for a whole snapshot folder); ``prompts`` the prompt types the model's
+    prompt encoder takes (others are refused, naming these).
+    """
+
+    key: str
+    title: str
+    family: str
+    arch: str
+    weights: str
+    input: VolumeRule
+    prompts: tuple[str, ...]
+    license: str = ""
+    notes: str = ""
+    container: str | None = None
+
+
+SAM_MED3D_INPUT = VolumeRule(size=(128, 128, 128), intensity="znorm_positive", spacing=(1.5, 1.5, 1.5))
+# SegVol's (D, H, W) = (32, 256, 256) with D the slice axis, in the volumes' (X, Y, Z) order
+SEGVOL_INPUT = VolumeRule(size=(256, 256, 32), intensity="segvol")
+
+VOLUME_MODELS: dict[str, VolumeSpec] = {
+    s.key: s
+    for s in [
+        VolumeSpec("sam_med3d", "SAM-Med3D-turbo (3D ViT-B, 128³ at 1.5 mm)", "sam3d", "vit_b_ori",
+                   "hf-hub:blueyo0/SAM-Med3D/sam_med3d_turbo.pth", SAM_MED3D_INPUT, ("center", "rand", "rands"),
+                   "Apache-2.0", "uni-medical/SAM-Med3D; {'model_state_dict': ...}; its prompt encoder takes points "
+                   "only", container="model_state_dict"),
+        VolumeSpec("fastsam3d", "FastSAM3D (6-block distilled encoder)", "sam3d", "fastsam3d",
+                   "hf-hub:techlove/FastSAM3D/FastSAM3D.pth", SAM_MED3D_INPUT, ("center", "rand", "rands"),
+                   "Apache-2.0", "arcadelab/FastSAM3D; SAM-Med3D-turbo distilled into 6 blocks (the first two "
+                   "MLP-only, all global attention); the file pickles its training arguments, which fmcache does "
+                   "not unpickle: save its 'model_state_dict' entry alone (loading it prints the command)",
+                   container="model_state_dict"),
+        VolumeSpec("segvol", "SegVol (3D ViT-B, zoom-out 32 x 256 x 256)", "segvol", "segvol",
+                   "hf-hub:BAAI/SegVol", SEGVOL_INPUT, ("center", "rand", "rands", "bbox"), "MIT",
+                   "BAAI-DCAI/SegVol; the Hugging Face release's pytorch_model.bin loaded into fmcache's own port "
+                   "(no remote code); the cached features are the zoom-out pass's"),
+    ]
+}
+
+
 def get_sam_model(key: str) -> SamSpec:
-    """The entry of a registered segmentation model, or :class:`UnknownNameError`."""
+    """The entry of a registered 2D segmentation model, or :class:`UnknownNameError`."""
     try:
         return SAM_MODELS[key]
     except KeyError:
@@ -123,3 +195,33 @@ def get_sam_model(key: str) -> SamSpec:
             f"unknown segmentation model {key!r}{did_you_mean(key, list(SAM_MODELS))}; "
             f"registered: {', '.join(SAM_MODELS)}"
         ) from None
+
+
+def is_segmentation_model(key: str) -> bool:
+    """Whether ``key`` names a registered segmentation model, 2D or 3D."""
+    return key in SAM_MODELS or key in VOLUME_MODELS
+
+
+def get_volume_model(key: str) -> VolumeSpec:
+    """The entry of a registered 3D segmentation model, or :class:`UnknownNameError`."""
+    try:
+        return VOLUME_MODELS[key]
+    except KeyError:
+        known = list(VOLUME_MODELS)
+        raise UnknownNameError(f"unknown 3D segmentation model {key!r}{did_you_mean(key, known)}; "
+                               f"registered: {', '.join(known)}") from None
+
+
+SLICES_SUFFIX = "_slices"
+
+
+def entry_dataset(dataset: str, model: str) -> str:
+    """The cache dataset a segmentation model's features of ``dataset`` live under: a 2D model
+    on a volumetric dataset reads its foreground slices, cached as ``<dataset>_slices``
+    (:func:`fmcache.segment.slices.slice_dataset`), whose rows are slices, not volumes."""
+    from fmcache.datasets.registry import DATASETS
+
+    spec = DATASETS.get(dataset) or DATASETS.get(dataset.split("_split-")[0])
+    if spec is not None and spec.volumetric_segmentation and model not in VOLUME_MODELS:
+        return dataset + SLICES_SUFFIX
+    return dataset

@@ -2,7 +2,8 @@
 
 Dice counts pixels; NSD asks how much of the predicted and true boundaries lie within a
 tolerance of each other, so a mask that is right in area but ragged at its edge scores lower.
-The tolerance is in pixels of the original image, where the masks are compared.
+The tolerance is in pixels of the original image, where the masks are compared, or in mm
+when the voxel spacing is given (volumes: their anisotropic voxels measured as they are).
 """
 
 from __future__ import annotations
@@ -18,14 +19,15 @@ EMPTY_RULES = ("one", "skip")
 
 
 def nsd_per_class(y_true: np.ndarray | Sequence[np.ndarray], y_pred: np.ndarray | Sequence[np.ndarray], *,
-                  tolerance: float, n_classes: int | None = None) -> np.ndarray:
+                  tolerance: float, n_classes: int | None = None,
+                  spacings: Sequence[Sequence[float] | None] | None = None) -> np.ndarray:
     """NSD of each sample and foreground class, NaN where the class is absent from both masks.
 
     NSD_c = (|{b in dA_c : d(b, dB_c) <= tol}| + |{b in dB_c : d(b, dA_c) <= tol}|) / (|dA_c| + |dB_c|),
     with dA_c, dB_c the boundary pixels of the true and predicted masks of class c (the pixels
     of the mask with a 4-neighbour outside it) and d the Euclidean distance in pixels: the
     share of both boundaries that lies within ``tolerance`` of the other. Computed by
-    ``monai.metrics.compute_surface_dice`` (pixel spacing 1, boundaries counted in pixels, not
+    ``monai.metrics.compute_surface_dice`` (pixel spacing 1 unless ``spacings``; boundaries counted in pixels, not
     sub-pixel areas). A class present in only one of the masks scores 0.
 
     Parameters
@@ -37,6 +39,9 @@ def nsd_per_class(y_true: np.ndarray | Sequence[np.ndarray], y_pred: np.ndarray 
         Largest boundary deviation, in pixels, that still counts as agreement (>= 0).
     n_classes : int, optional
         Number of foreground classes; default the largest label seen.
+    spacings : list of n voxel sizes (or None), optional
+        Per sample, the size of a pixel / voxel along each array axis (mm): distances, and so
+        ``tolerance``, are then in mm (MONAI's ``spacing``); None for a sample: in pixels.
 
     Returns
     -------
@@ -48,6 +53,8 @@ def nsd_per_class(y_true: np.ndarray | Sequence[np.ndarray], y_pred: np.ndarray 
     truth, pred = _as_list(y_true, "y_true"), _as_list(y_pred, "y_pred")
     if len(truth) != len(pred):
         raise MetricInputError(f"y_true has {len(truth)} masks but y_pred has {len(pred)}")
+    if spacings is not None and len(spacings) != len(truth):
+        raise MetricInputError(f"{len(truth)} masks but {len(spacings)} spacings: give one per mask (or None)")
     if not np.isfinite(tolerance) or tolerance < 0:
         raise MetricInputError(f"the NSD tolerance must be a finite number of pixels >= 0; got {tolerance!r}")
     if n_classes is None:
@@ -68,14 +75,16 @@ def nsd_per_class(y_true: np.ndarray | Sequence[np.ndarray], y_pred: np.ndarray 
             # deprecated argument it passes to itself
             warnings.simplefilter("ignore", UserWarning)
             warnings.simplefilter("ignore", FutureWarning)
+            spacing = None if spacings is None or spacings[i] is None else [float(x) for x in spacings[i]]
             out = compute_surface_dice(onehot_p, onehot_t, class_thresholds=[float(tolerance)] * n_classes,
-                                       include_background=True)
+                                       include_background=True, spacing=spacing)
         values[i] = out[0].double().numpy()
     return values
 
 
 def nsd_per_sample(y_true: np.ndarray | Sequence[np.ndarray], y_pred: np.ndarray | Sequence[np.ndarray], *,
-                   tolerance: float, n_classes: int | None = None, empty: str = "one") -> np.ndarray:
+                   tolerance: float, n_classes: int | None = None, empty: str = "one",
+                   spacings: Sequence[Sequence[float] | None] | None = None) -> np.ndarray:
     """NSD of each sample (see `nsd_per_class`), averaged over foreground classes.
 
     Empty masks follow :func:`fmcache.fairness.dice_per_sample`: a class absent from both the
@@ -89,7 +98,7 @@ def nsd_per_sample(y_true: np.ndarray | Sequence[np.ndarray], y_pred: np.ndarray
     """
     if empty not in EMPTY_RULES:
         raise MetricInputError(f"empty must be 'one' or 'skip'; got {empty!r}")
-    per_class = nsd_per_class(y_true, y_pred, tolerance=tolerance, n_classes=n_classes)
+    per_class = nsd_per_class(y_true, y_pred, tolerance=tolerance, n_classes=n_classes, spacings=spacings)
     if empty == "one":
         return np.where(np.isnan(per_class), 1.0, per_class).mean(axis=1)
     with warnings.catch_warnings():

@@ -47,9 +47,12 @@ from fmcache.runs import (
     write_run,
 )
 from fmcache.runs.masks import MaskWriter, write_overlays
-from fmcache.segment.features import POOLED, cached_items
+from fmcache.segment.features import POOLED, cached_items, cached_volume
+from fmcache.segment.models import VOLUME_MODELS, entry_dataset
 from fmcache.segment.prompts import PROMPT_TYPES, build_prompts, prompt_at
 from fmcache.segment.sam import SamModel, decode, load_sam
+from fmcache.segment.slices import is_slice_entry, slice_dataset
+from fmcache.segment.volumetric import VolumeModel, check_prompt_types, decode_blocks, load_volume_model
 from fmcache.segment.surface import nsd_per_sample
 from fmcache.segment.thumbnails import THUMBNAIL, choose_items, pad_to, thumbnail
 
@@ -70,19 +73,23 @@ class SegmentConfig:
     n_boot: int = 1000
     batch_size: int = 8  # items decoded at once
     empty: str = "one"  # a class absent from truth and prediction: 1 ("one") or left out ("skip")
-    nsd_tolerance: float | None = None  # pixels of the original image: also the normalised surface distance
+    nsd_tolerance: float | None = None  # also the normalised surface distance: pixels (images) or mm (volumes)
     save_masks: bool = False  # keep every predicted mask in the run (masks.npz)
 
 
 def run_segment(cfg: SegmentConfig, *, data: str | os.PathLike[str] | None = None,
                 root: str | os.PathLike[str] | None = None, runs: str | os.PathLike[str] | None = None,
-                weights: str | None = None, sam: SamModel | None = None,
+                weights: str | None = None, sam: Any = None,
                 on_batch: Callable[[int, int], None] | None = None) -> Run:
     """Decode every prompt type of ``cfg`` for the chosen split, evaluate, write a run.
 
     ``data`` is the dataset's release (for the masks; default ``$FMCACHE_DATA/<adapter>``),
     ``weights`` / ``sam`` the model (its prompt encoder and mask decoder run here; the image
     encoder's output comes from the cache). ``on_batch(done, total)`` reports progress.
+
+    A volumetric dataset is scored per volume: with a 3D model from its cached blocks; with a
+    2D model from its cached foreground slices (the entry ``<dataset>_slices``), each slice
+    prompted from its own mask and the predicted slices restacked into the volume.
     """
     for kind in cfg.prompts:
         if kind not in PROMPT_TYPES:
@@ -92,23 +99,31 @@ def run_segment(cfg: SegmentConfig, *, data: str | os.PathLike[str] | None = Non
     if cfg.empty not in ("one", "skip"):
         raise FmcacheError(f"empty rule {cfg.empty!r}: use one or skip")
     if cfg.nsd_tolerance is not None and not (math.isfinite(cfg.nsd_tolerance) and cfg.nsd_tolerance >= 0):
-        raise FmcacheError(f"NSD tolerance {cfg.nsd_tolerance!r}: give a number of pixels >= 0")
-    emb = open_cache(root).embeddings(cfg.dataset, cfg.model)
-    if emb.provenance.get("family") != "sam":
+        raise FmcacheError(f"NSD tolerance {cfg.nsd_tolerance!r}: give a number >= 0 (pixels; mm for volumes)")
+    volumetric = cfg.model in VOLUME_MODELS or isinstance(sam, VolumeModel)
+    if volumetric:
+        check_prompt_types(sam or VOLUME_MODELS[cfg.model], cfg.prompts)
+    emb = open_cache(root).embeddings(entry_dataset(cfg.dataset, cfg.model), cfg.model)
+    family = emb.provenance.get("family")
+    if family not in ("sam", "sam3d"):
         raise FmcacheError(f"{cfg.dataset}/{cfg.model} holds classification features, not SAM-family image "
                            f"features: embed the dataset with a segmentation model (e.g. `fmcache embed -m sam`)")
     ds = _masks_source(emb, data)
     attributes = cfg.attributes or emb.attributes
     for a in attributes:
         emb.groups(a)  # an unknown attribute is named before any work
-    sam = sam or load_sam(str(emb.provenance["model"]), weights=weights)
-    split = emb.samples()["split"].to_numpy()
-    rows = np.arange(len(split)) if cfg.split == "all" else np.flatnonzero(split == SPLIT_NAMES[cfg.split])
+    if family == "sam3d":
+        sam = sam or load_volume_model(str(emb.provenance["model"]), weights=weights)
+        source: _Source = _Volumes(emb, ds, sam, cfg)
+    else:
+        sam = sam or load_sam(str(emb.provenance["model"]), weights=weights)
+        source = _Slices(emb, ds, sam, cfg) if ds.spec.volumetric_segmentation else _Images(emb, ds, sam, cfg)
+    rows = source.item_rows(cfg.split)
     if not len(rows):
         raise FmcacheError(f"{cfg.dataset} has no {cfg.split} items")
     path = new_run_dir(f"{cfg.dataset}-{cfg.model}-segment", root, runs)
     try:
-        _sweep_into(path, cfg, emb, ds, sam, rows, attributes, str(cache_root(root)), on_batch)
+        _sweep_into(path, cfg, source, rows, attributes, str(cache_root(root)), on_batch)
     except BaseException:
         discard_run(path)
         raise
@@ -116,53 +131,221 @@ def run_segment(cfg: SegmentConfig, *, data: str | os.PathLike[str] | None = Non
 
 
 def _masks_source(emb: Embeddings, data: str | os.PathLike[str] | None) -> Dataset:
-    """The dataset as the cache recorded it, from the user's copy, checked to be the same samples."""
+    """The dataset as the cache recorded it, from the user's copy, checked to be the same samples
+    (for a slice entry: the volumetric dataset its slices came from)."""
     info = emb.dataset_info
     if not info.get("mask_classes"):
         raise FmcacheError(f"{emb.dataset} has no segmentation masks (its adapter {info.get('adapter')!r} is not a "
                            "segmentation dataset)")
     ds = load_dataset(str(info["adapter"]), data, options=info.get("options") or {}, seed=int(info.get("split_seed", 0)))
-    if ds.fingerprint != info.get("source_fingerprint"):
+    expected = info.get("source_fingerprint")
+    if is_slice_entry(info):
+        view = slice_dataset(ds)
+        ok = view.fingerprint == expected
+    else:
+        ok = ds.fingerprint == expected
+    if not ok:
         raise DatasetError(f"the data at {ds.root} is not what {emb.dataset} was cached from (other files, options "
                            "or seed): pass --data the copy it was embedded from")
     return ds
 
 
-def _sweep_into(path, cfg: SegmentConfig, emb: Embeddings, ds: Dataset, sam: SamModel, rows: np.ndarray,
-                attributes: list[str], root: str, on_batch) -> None:
-    classes = list(emb.dataset_info["mask_classes"])
-    n_classes = len(classes)
-    ids = emb.samples()["id"].to_numpy(dtype=str)
+@dataclass
+class _Unit:
+    """One step of a sweep: items' true label maps, per prompt type and class the predicted
+    masks (``pred[kind][c][j]``), the prompts as stored, and per item the spacing (or None)."""
+
+    truth: list[np.ndarray]
+    pred: dict[str, list[list[np.ndarray]]]
+    prompts: dict[str, np.ndarray]
+    spacings: list[tuple[float, ...] | None]
+
+
+class _Source:
+    """Where a sweep's items, their truth and their predictions come from."""
+
+    def __init__(self, emb: Embeddings, ds: Dataset, model, cfg: SegmentConfig):
+        self.emb, self.ds, self.model, self.cfg = emb, ds, model, cfg
+        self.classes = list(emb.dataset_info["mask_classes"])
+        self.n_classes = len(self.classes)
+
+    def item_rows(self, split: str) -> np.ndarray:
+        values = self.emb.samples()["split"].to_numpy()
+        return np.arange(len(values)) if split == "all" else np.flatnonzero(values == SPLIT_NAMES[split])
+
+    def ids(self) -> np.ndarray:
+        return self.emb.samples()["id"].to_numpy(dtype=str)
+
+    def groups(self, attribute: str) -> np.ndarray:
+        return self.emb.groups(attribute)
+
+    def units(self, rows: np.ndarray) -> list[np.ndarray]:
+        """Positions (into ``rows``) decoded together."""
+        return [np.arange(lo, min(lo + self.cfg.batch_size, len(rows))) for lo in range(0, len(rows), self.cfg.batch_size)]
+
+    def predict(self, rows: np.ndarray, kinds: list[str]) -> _Unit:
+        raise NotImplementedError
+
+    def overlay(self, row: int, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Item ``row``'s image (H, W, 3) uint8, true and predicted label maps (a volume: the
+        axial slice where the truth is largest)."""
+        unit = self.predict(np.array([row]), [kind])
+        label = np.zeros(unit.truth[0].shape, np.uint8)
+        for c in range(self.n_classes):
+            label[unit.pred[kind][c][0]] = c + 1
+        return self._picture(row, unit.truth[0], label)
+
+    def _picture(self, row, truth, label):
+        return np.asarray(self.ds.image(int(row)).convert("RGB")), truth, label
+
+
+class _Images(_Source):
+    """A 2D dataset: items are images, features the cached encoder output per image."""
+
+    def predict(self, rows: np.ndarray, kinds: list[str]) -> _Unit:
+        truth = [self.ds.mask(int(i)) for i in rows]
+        return _Unit(truth, *self._decode(rows, truth, kinds, self.ids()[rows]), [None] * len(rows))
+
+    def _decode(self, entry_rows, truth, kinds, ids):
+        features, meta = cached_items(self.emb, entry_rows)
+        prompts = build_prompts(truth, ids, kinds, seed=self.cfg.seed, n_classes=self.n_classes,
+                                jitter=self.cfg.jitter)
+        pred = {k: _predict(self.model, features, meta, [t.shape for t in truth], prompts, np.arange(len(truth)), k,
+                            self.n_classes) for k in kinds}
+        return pred, prompts
+
+
+class _Slices(_Images):
+    """A volumetric dataset through a 2D model: items are volumes; each foreground slice (a row
+    of the ``_slices`` entry) is prompted from its own mask and decoded from its cached
+    features, the predicted slices are restacked into the volume, which is scored whole."""
+
+    def __init__(self, emb, ds, model, cfg):
+        super().__init__(emb, ds, model, cfg)
+        samples = emb.samples()
+        self.view = samples
+        self.slice_ids = samples["id"].to_numpy(dtype=str)
+        self.volume_rows = self.ds.table["id"].to_numpy(dtype=str)
+        volume_of = samples["meta/volume_row"].to_numpy(dtype=np.int64) if "meta/volume_row" in samples else \
+            _volume_rows_by_id(samples, self.volume_rows)
+        self.slice_of = samples["meta/slice"].to_numpy(dtype=np.int64)
+        self.by_volume = {int(v): np.flatnonzero(volume_of == v) for v in np.unique(volume_of)}
+
+    def item_rows(self, split: str) -> np.ndarray:
+        split_of = self.ds.table["split"].to_numpy()
+        rows = np.array(sorted(self.by_volume), dtype=np.int64)
+        return rows if split == "all" else rows[split_of[rows] == SPLIT_NAMES[split]]
+
+    def ids(self) -> np.ndarray:
+        return self.volume_rows
+
+    def groups(self, attribute: str) -> np.ndarray:
+        per_slice = self.emb.groups(attribute)
+        out = np.full(len(self.ds.table), -1, np.int8)
+        for v, slices in self.by_volume.items():
+            out[v] = per_slice[slices[0]]  # every slice inherits its volume's group
+        return out
+
+    def units(self, rows: np.ndarray) -> list[np.ndarray]:
+        return [np.array([k]) for k in range(len(rows))]
+
+    def predict(self, rows: np.ndarray, kinds: list[str]) -> _Unit:
+        (v,) = rows
+        volume_truth = self.ds.mask(int(v))  # (slices, H, W)
+        slices = self.by_volume[int(v)]
+        stacked = {k: [np.zeros(volume_truth.shape, bool) for _ in range(self.n_classes)] for k in kinds}
+        parts = []
+        for lo in range(0, len(slices), self.cfg.batch_size):
+            batch = slices[lo:lo + self.cfg.batch_size]
+            truth = [volume_truth[self.slice_of[i]] for i in batch]
+            pred, prompts = self._decode(batch, truth, kinds, self.slice_ids[batch])
+            parts.append(prompts)
+            for k in kinds:
+                for c in range(self.n_classes):
+                    stacked[k][c][self.slice_of[batch]] = np.stack(pred[k][c])
+        return _Unit([volume_truth], {k: [[m] for m in stacked[k]] for k in kinds}, _concat_prompts(parts),
+                     [_slice_spacing(self.ds, int(v))])
+
+    def _picture(self, row, truth, label):
+        z = int(np.argmax((truth > 0).sum(axis=(1, 2))))
+        image = np.asarray(self.ds.image(int(row))[z])
+        return np.repeat(np.round(image * 255).astype(np.uint8)[..., None], 3, axis=-1), truth[z], label[z]
+
+
+class _Volumes(_Source):
+    """A volumetric dataset through a 3D model: items are volumes, decoded from their cached
+    blocks, the masks mapped back onto the volume's voxels and scored there."""
+
+    def units(self, rows: np.ndarray) -> list[np.ndarray]:
+        return [np.array([k]) for k in range(len(rows))]
+
+    def predict(self, rows: np.ndarray, kinds: list[str]) -> _Unit:
+        (v,) = rows
+        truth = self.ds.mask_volume(int(v))
+        features, geometries = cached_volume(self.emb, int(v))
+        prompts = build_prompts([truth.array], [self.ids()[v]], kinds, seed=self.cfg.seed, n_classes=self.n_classes,
+                                jitter=self.cfg.jitter, spacings=[truth.spacing])
+        pred = {}
+        for k in kinds:
+            per_class = decode_blocks(self.model, features, geometries,
+                                      [prompt_at(prompts, k, 0, c) for c in range(1, self.n_classes + 1)])
+            pred[k] = [[m] for m in per_class]
+        return _Unit([truth.array], pred, prompts, [truth.spacing])
+
+    def _picture(self, row, truth, label):
+        from fmcache.datasets.volume_grid import Volume
+
+        affine = self.ds.mask_volume(int(row)).affine
+        t, p = Volume(truth, affine).slices(), Volume(label, affine).slices()
+        z = int(np.argmax((t > 0).sum(axis=(1, 2))))
+        image = np.asarray(self.ds.image(int(row))[z])
+        return np.repeat(np.round(image * 255).astype(np.uint8)[..., None], 3, axis=-1), t[z], p[z]
+
+
+def _volume_rows_by_id(samples, volume_ids: np.ndarray) -> np.ndarray:
+    index = {v: i for i, v in enumerate(volume_ids)}
+    return np.array([index[v] for v in samples["meta/volume"].astype(str)], dtype=np.int64)
+
+
+def _slice_spacing(ds: Dataset, row: int, plane: str = "axial") -> tuple[float, ...]:
+    """mm per voxel along the axes of ``ds.mask(row)``'s (slices, H, W) stack."""
+    from fmcache.datasets.volumes import PLANE_AXES
+
+    spacing = ds.mask_volume(row).spacing
+    return tuple(float(spacing[a]) for a in PLANE_AXES[plane])
+
+
+def _sweep_into(path, cfg: SegmentConfig, source: _Source, rows: np.ndarray, attributes: list[str], root: str,
+                on_batch) -> None:
+    classes = source.classes
+    ids = source.ids()
     metric_names = _metric_names(cfg.nsd_tolerance)
     scores = {k: {m: [] for m in metric_names} for k in cfg.prompts}
     prompt_parts = []
     masks = MaskWriter(path, cfg.prompts, classes) if cfg.save_masks else None
+    done = 0
     try:
-        for lo in range(0, len(rows), cfg.batch_size):
-            batch = rows[lo:lo + cfg.batch_size]
-            truth = [ds.mask(int(i)) for i in batch]
-            features, meta = cached_items(emb, batch)
-            prompts = build_prompts(truth, ids[batch], cfg.prompts, seed=cfg.seed, n_classes=n_classes,
-                                    jitter=cfg.jitter)
-            prompt_parts.append(prompts)
+        for unit_pos in source.units(rows):
+            unit = source.predict(rows[unit_pos], cfg.prompts)
+            prompt_parts.append(unit.prompts)
             for kind in cfg.prompts:
-                pred = _predict(sam, features, meta, [t.shape for t in truth], prompts, np.arange(len(batch)), kind,
-                                n_classes)
-                for m, values in _score(truth, pred, cfg.empty, cfg.nsd_tolerance).items():
+                for m, values in _score(unit.truth, unit.pred[kind], cfg.empty, cfg.nsd_tolerance,
+                                        unit.spacings).items():
                     scores[kind][m].append(values)
                 if masks is not None:
-                    for j in range(len(batch)):
-                        masks.add(kind, lo + j, [p[j] for p in pred])
+                    for j, k in enumerate(unit_pos):
+                        masks.add(kind, int(k), [p[j] for p in unit.pred[kind]])
+            done += len(unit_pos)
             if on_batch:
-                on_batch(min(lo + cfg.batch_size, len(rows)), len(rows))
+                on_batch(done, len(rows))
         if masks is not None:
             masks.close(ids[rows], rows)
     except BaseException:
         if masks is not None:
             masks.abort()
         raise
-    groups = {a: emb.groups(a)[rows] for a in attributes}
-    names = {a: emb.group_names(a) for a in attributes}
+    groups = {a: source.groups(a)[rows] for a in attributes}
+    names = {a: source.emb.group_names(a) for a in attributes}
     all_prompts = _concat_prompts(prompt_parts)
     blocks, predictions = [], {"prompts": all_prompts}
     per_item = {}
@@ -178,10 +361,10 @@ def _sweep_into(path, cfg: SegmentConfig, emb: Embeddings, ds: Dataset, sam: Sam
             predictions[prediction_key(kind, LABEL, a)] = {**values, "row": rows, "id": ids[rows], "group": groups[a]}
     metrics = pd.concat(blocks, ignore_index=True).assign(dataset=cfg.dataset, model=cfg.model)
     if attributes:
-        _write_overlays(path, emb, ds, sam, rows, all_prompts, per_item, attributes[0], groups[attributes[0]],
-                        names[attributes[0]], classes)
-    write_run(path, config=_config(cfg, emb, attributes, names, rows, root), metrics=metrics, sweep=pd.DataFrame(),
-              predictions=predictions)
+        _write_overlays(path, source, rows, per_item, attributes[0], groups[attributes[0]], names[attributes[0]],
+                        ids)
+    write_run(path, config=_config(cfg, source, attributes, names, rows, root), metrics=metrics,
+              sweep=pd.DataFrame(), predictions=predictions)
 
 
 def _class_mean(values: np.ndarray) -> np.ndarray:
@@ -215,9 +398,10 @@ def _metric_names(nsd_tolerance: float | None) -> tuple[str, ...]:
     return ("dsc", "iou") + (("nsd",) if nsd_tolerance is not None else ())
 
 
-def _score(truth: list[np.ndarray], pred: list[list[np.ndarray]], empty: str,
-           nsd_tolerance: float | None) -> dict[str, np.ndarray]:
-    """(items, classes) Dice and IoU (and NSD with a tolerance) of one prompt type's masks."""
+def _score(truth: list[np.ndarray], pred: list[list[np.ndarray]], empty: str, nsd_tolerance: float | None,
+           spacings: list[tuple[float, ...] | None] | None = None) -> dict[str, np.ndarray]:
+    """(items, classes) Dice and IoU (and NSD with a tolerance: in mm where an item has a
+    spacing, else in pixels) of one prompt type's masks."""
     n_classes = len(pred)
     out = {m: np.zeros((len(truth), n_classes)) for m in _metric_names(nsd_tolerance)}
     for c in range(1, n_classes + 1):
@@ -226,13 +410,12 @@ def _score(truth: list[np.ndarray], pred: list[list[np.ndarray]], empty: str,
         out["iou"][:, c - 1] = iou_per_sample(binary, pred[c - 1], n_classes=1, empty=empty)
         if nsd_tolerance is not None:
             out["nsd"][:, c - 1] = nsd_per_sample(binary, pred[c - 1], tolerance=nsd_tolerance, n_classes=1,
-                                                  empty=empty)
+                                                  empty=empty, spacings=spacings)
     return out
 
 
-def _write_overlays(path, emb: Embeddings, ds: Dataset, sam: SamModel, rows: np.ndarray, prompts: dict[str, np.ndarray],
-                    per_item: dict[str, dict[str, np.ndarray]], attribute: str, groups: np.ndarray,
-                    group_names: list[str] | None, classes: list[str]) -> None:
+def _write_overlays(path, source: _Source, rows: np.ndarray, per_item: dict[str, dict[str, np.ndarray]],
+                    attribute: str, groups: np.ndarray, group_names: list[str] | None, ids: np.ndarray) -> None:
     """Thumbnails of the lowest, median and highest Dice items of each group of ``attribute``
     under the best prompt type, decoded again from the cache (a handful of items)."""
     with warnings.catch_warnings():
@@ -244,26 +427,20 @@ def _write_overlays(path, emb: Embeddings, ds: Dataset, sam: SamModel, rows: np.
     if not chosen:
         return
     pos = np.array([k for k, _ in chosen])
-    features, meta = cached_items(emb, rows[pos])
-    truth = [ds.mask(int(rows[k])) for k in pos]
-    pred = _predict(sam, features, meta, [t.shape for t in truth], prompts, pos, best, len(classes))
     parts: dict[str, list] = {"image": [], "truth": [], "pred": [], "size": []}
-    for j, k in enumerate(pos):
-        label = np.zeros(truth[j].shape, np.uint8)
-        for c in range(len(classes)):
-            label[pred[c][j]] = c + 1
-        image = np.asarray(ds.image(int(rows[k])).convert("RGB"))
-        im, t, p = thumbnail(image, truth[j], label)
+    for k in pos:
+        im, t, p = thumbnail(*source.overlay(int(rows[k]), best))
         parts["image"].append(pad_to(im))
         parts["truth"].append(pad_to(t))
         parts["pred"].append(pad_to(p))
         parts["size"].append(t.shape)
     write_overlays(path, {
         **{k: np.stack(v) for k, v in parts.items()},
-        "id": np.asarray(emb.samples()["id"].to_numpy(dtype=str)[rows[pos]]),
+        "id": np.asarray(ids[rows[pos]]),
         "group": groups[pos], "dsc": per_item[best]["dsc"][pos], "pick": np.array([p for _, p in chosen]),
         "attribute": np.array(attribute), "prompt": np.array(best), "thumbnail": np.array(THUMBNAIL),
-        "group_names": np.array(group_names or [str(g) for g in range(n_groups)]), "classes": np.array(classes),
+        "group_names": np.array(group_names or [str(g) for g in range(n_groups)]),
+        "classes": np.array(source.classes),
     })
 
 
@@ -276,7 +453,8 @@ def _concat_prompts(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]
             else np.atleast_1d(v) for k, v in first.items()}
 
 
-def _config(cfg: SegmentConfig, emb: Embeddings, attributes, names, rows, root: str) -> dict[str, Any]:
+def _config(cfg: SegmentConfig, source: _Source, attributes, names, rows, root: str) -> dict[str, Any]:
+    emb = source.emb
     return {
         **asdict(cfg),
         "task": "segmentation",
@@ -287,6 +465,8 @@ def _config(cfg: SegmentConfig, emb: Embeddings, attributes, names, rows, root: 
         "mask_classes": list(emb.dataset_info["mask_classes"]),
         "feature_kind": POOLED,  # what the report's representation analyses read
         "n_items": int(len(rows)),
+        "items": {"_Images": "images", "_Slices": "volumes (2D model, slice by slice)",
+                  "_Volumes": "volumes (3D model)"}[type(source).__name__],
         "cache": {k: emb.provenance.get(k) for k in ("weights_id", "weights_sha256", "preprocess", "row_fingerprint",
                                                      "created")},
         "versions": {"fmcache": __version__},

@@ -11,8 +11,8 @@ predicted mask back on the original voxels, where it is scored against the label
 The geometry record is plain numbers (JSON) and this module imports MONAI (and so torch) only
 inside the two functions: reading a stored record next to cached 3D features loads neither.
 
-Not here yet: the recipes' intensity steps (SAM-Med3D's z-score over voxels > 0, SegVol's
-foreground percentile clip and z-score, CT windows); the image is resampled as it is read.
+SegVol's zoom-out resizes the whole volume instead (:func:`resize_to_model_input`), which
+is the same kind of record. The intensity recipes are :mod:`fmcache.segment.volume_intensity`'s.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from fmcache.errors import SegmentInputError
 if TYPE_CHECKING:
     from fmcache.datasets.volume_grid import Volume
 
+VECTOR_LENGTH = 47  # VolumeGeometry.to_vector: 5 triples and 2 affines
 Triple = tuple[float, float, float]
 IntTriple = tuple[int, int, int]
 Affine = tuple[tuple[float, float, float, float], ...]
@@ -70,6 +71,36 @@ class VolumeGeometry:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
+
+    def to_vector(self) -> np.ndarray:
+        """The record as :data:`VECTOR_LENGTH` float64 numbers (how the cache stores it per block).
+
+        Spacing and orientation are not stored twice: they are read off the original affine.
+        """
+        return np.concatenate([np.asarray(v, np.float64).ravel() for v in (
+            self.original_shape, self.target_spacing, self.resampled_shape, self.box_start, self.box_size,
+            self.original_affine, self.resampled_affine)])
+
+    @classmethod
+    def from_vector(cls, v: np.ndarray) -> "VolumeGeometry":
+        """The record :meth:`to_vector` wrote."""
+        v = np.asarray(v, np.float64)
+        if v.shape != (VECTOR_LENGTH,):
+            raise SegmentInputError(f"a volume geometry vector has {VECTOR_LENGTH} numbers, got shape {v.shape}")
+        original = v[15:31].reshape(4, 4)
+        import nibabel as nib
+
+        return cls(
+            original_shape=_ints(v[0:3]),
+            original_spacing=_floats(np.sqrt((original[:3, :3] ** 2).sum(axis=0))),
+            original_affine=_affine(original),
+            orientation=tuple(nib.aff2axcodes(original)),  # type: ignore[arg-type]
+            target_spacing=_floats(v[3:6]),
+            resampled_shape=_ints(v[6:9]),
+            resampled_affine=_affine(v[31:47].reshape(4, 4)),
+            box_start=_ints(v[9:12]),
+            box_size=_ints(v[12:15]),
+        )
 
     @classmethod
     def from_json(cls, text: str) -> "VolumeGeometry":
@@ -190,6 +221,56 @@ def to_model_input(volume: "Volume", spacing=(1.5, 1.5, 1.5), size=(128, 128, 12
         box_size=block,  # type: ignore[arg-type]
     )
     return np.asarray(out.array[0], dtype=np.float32), geometry
+
+
+def resize_to_model_input(volume: "Volume", size, mode: str = "trilinear") -> tuple[np.ndarray, VolumeGeometry]:
+    """The whole volume resized to ``size`` (SegVol's zoom-out), with its :class:`VolumeGeometry`.
+
+    A resize is a resampling: voxel j of the output along an axis of n voxels resized to m
+    lies where input voxel (j + 0.5) n / m - 0.5 lies (the half-voxel-centred rule of MONAI's
+    ``Resize`` and torch's interpolation without corner alignment), so the record is the same
+    kind as :func:`to_model_input`'s and :func:`to_original_grid` maps a prediction back.
+
+    Parameters
+    ----------
+    size
+        The model's input shape in the volume's (X, Y, Z) order.
+    mode
+        MONAI ``Resize`` mode: ``trilinear``, ``nearest``, ``nearest-exact``, ``area``.
+    """
+    from monai.transforms import Resize
+
+    block = _triple(size, "size", int)
+    data = np.asarray(volume.array)
+    if data.ndim != 3:
+        raise SegmentInputError(f"a 3D volume is expected, got shape {data.shape}")
+    resize = Resize(spatial_size=block, mode=mode) if mode in ("nearest", "nearest-exact", "area") else \
+        Resize(spatial_size=block, mode=mode, align_corners=False)
+    out = np.asarray(resize(data.astype(np.float32, copy=False)[None]))[0]
+    ratio = np.array(data.shape, np.float64) / np.array(block, np.float64)
+    scale = np.eye(4)
+    scale[:3, :3] = np.diag(ratio)
+    scale[:3, 3] = (ratio - 1.0) / 2.0
+    affine = np.asarray(volume.affine, np.float64)
+    geometry = VolumeGeometry(
+        original_shape=tuple(int(n) for n in data.shape),  # type: ignore[arg-type]
+        original_spacing=tuple(float(s) for s in volume.spacing),  # type: ignore[arg-type]
+        original_affine=_affine(affine),
+        orientation=tuple(volume.orientation),  # type: ignore[arg-type]
+        target_spacing=tuple(float(s * r) for s, r in zip(volume.spacing, ratio)),  # type: ignore[arg-type]
+        resampled_shape=block,  # type: ignore[arg-type]
+        resampled_affine=_affine(affine @ scale),
+        box_start=(0, 0, 0),
+        box_size=block,  # type: ignore[arg-type]
+    )
+    return np.asarray(out, dtype=np.float32), geometry
+
+
+def to_block_coords(points: np.ndarray, geometry: VolumeGeometry) -> np.ndarray:
+    """Voxel positions (..., 3) of the original grid as positions in the model's input block."""
+    p = np.asarray(points, dtype=np.float64)
+    world = np.asarray(geometry.original_affine) @ np.concatenate([p.reshape(-1, 3).T, np.ones((1, p.size // 3))])
+    return np.linalg.solve(geometry.input_affine, world)[:3].T.reshape(p.shape)
 
 
 def to_original_grid(mask: np.ndarray, geometry: VolumeGeometry, threshold: float | None = None) -> np.ndarray:
