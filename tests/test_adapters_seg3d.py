@@ -22,7 +22,6 @@ from helpers import official_layouts as ol
 from helpers import seg3d_layouts as s3
 
 SEX = {"male": 0, "female": 1, "unknown": -1}
-NOT_2D = "volumetric segmentation datasets are not supported by the 2D segmentation models yet"
 
 
 def counts(values, names: dict[str, int]) -> dict[str, int]:
@@ -297,24 +296,34 @@ def test_check_names_a_label_volume_off_its_image_grid(tmp_path):
     assert [r for r, _ in report.unreadable] == ["case_00001"]
 
 
-# ---------------------------------------------------------------------------- the 2D models refuse
+# ---------------------------------------------------------------------------- which model reads what
 
 
-def test_sam_embedding_refuses_volumetric_segmentation(kits23_root, tmp_path):
+def test_a_2d_model_reads_volumes_only_through_their_slices(kits23_root, tmp_path):
     from fmcache.segment.features import embed_features
 
     ds = load_dataset("kits23", data=kits23_root, seed=0)
-    with pytest.raises(FmcacheError, match=NOT_2D):
+    with pytest.raises(FmcacheError, match="holds volumes: a 2D model reads their slices"):
         embed_features(ds, "sam", root=tmp_path / "cache")
     assert not (tmp_path / "cache").exists()
 
 
-@pytest.mark.parametrize("command", ["embed", "segment"])
-def test_cli_refuses_volumetric_segmentation_with_one_line(command, run_cli, kits23_root, tmp_path):
-    code, out, err = run_cli(command, "-m", "sam", "-d", "kits23", "--data", str(kits23_root),
-                             "--root", str(tmp_path / "cache"))
+def test_a_3d_model_refuses_a_2d_dataset(tmp_path):
+    from helpers import seg_layouts
+
+    from fmcache.segment.features import embed_features
+
+    ds = load_dataset("montgomery", data=seg_layouts.write_montgomery(tmp_path / "m"))
+    with pytest.raises(FmcacheError, match="sam_med3d is a 3D segmentation model; montgomery is not a volumetric"):
+        embed_features(ds, "sam_med3d", root=tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_cli_segment_refuses_a_prompt_type_the_3d_model_lacks(run_cli, kits23_root, tmp_path):
+    code, out, err = run_cli("segment", "-m", "sam_med3d", "-d", "kits23", "--data", str(kits23_root),
+                             "--root", str(tmp_path / "cache"), "--prompts", "center,bbox")
     assert code == 1 and "Traceback" not in err
-    assert NOT_2D in err and "kits23" in err
+    assert "sam_med3d takes the prompt types center, rand, rands, not bbox" in err
 
 
 def test_classification_embedding_of_volumes_is_2_5d(candi_root, tmp_path):

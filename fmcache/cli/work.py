@@ -362,8 +362,10 @@ def segment(
       fmcache segment -m sam -d ham10000_seg --data ~/data/HAM10000 --prompts center,bbox
     """
     import fmcache
-    from fmcache.segment.models import entry_dataset
+    from fmcache.segment.models import VOLUME_MODELS, check_prompt_types, entry_dataset
 
+    if model in VOLUME_MODELS:
+        check_prompt_types(VOLUME_MODELS[model], _csv(prompts) or [])
     fmcache.open_cache(root).embeddings(entry_dataset(dataset, model), model)  # named before torch is imported
     from fmcache.segment.sweep import SegmentConfig, run_segment
     from fmcache.views import make_console, segmentation_table

@@ -39,7 +39,7 @@ from fmcache.datasets.samples import (
     split_suffix,
 )
 from fmcache.datasets.spec import DatasetSpec
-from fmcache.errors import FmcacheError, UnknownNameError, did_you_mean
+from fmcache.errors import UnknownNameError, did_you_mean
 
 # the order `fmcache datasets` lists them in
 DATASETS: dict[str, DatasetSpec] = {

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from fmcache.embed.spec import IMAGENET_MEAN, IMAGENET_STD
-from fmcache.errors import UnknownNameError, did_you_mean
+from fmcache.errors import SegmentInputError, UnknownNameError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -212,9 +212,6 @@ def get_volume_model(key: str) -> VolumeSpec:
                                f"registered: {', '.join(known)}") from None
 
 
-SLICES_SUFFIX = "_slices"
-
-
 def entry_dataset(dataset: str, model: str) -> str:
     """The cache dataset a segmentation model's features of ``dataset`` live under: a 2D model
     on a volumetric dataset reads its foreground slices, cached as ``<dataset>_slices``
@@ -223,5 +220,16 @@ def entry_dataset(dataset: str, model: str) -> str:
 
     spec = DATASETS.get(dataset) or DATASETS.get(dataset.split("_split-")[0])
     if spec is not None and spec.volumetric_segmentation and model not in VOLUME_MODELS:
-        return dataset + SLICES_SUFFIX
+        from fmcache.segment.slices import SUFFIX
+
+        return dataset + SUFFIX
     return dataset
+
+
+def check_prompt_types(spec: VolumeSpec, kinds: list[str]) -> None:
+    """SegmentInputError naming the prompt types a 3D model takes, for any other in ``kinds``."""
+    wrong = [k for k in kinds if k not in spec.prompts]
+    if wrong:
+        why = "its prompt encoder has no box embedding" if "bbox" in wrong else "its prompt encoder takes points"
+        raise SegmentInputError(f"{spec.key} takes the prompt types {', '.join(spec.prompts)}, not {', '.join(wrong)} "
+                                f"({why}): pass --prompts {','.join(spec.prompts)}")

@@ -48,13 +48,13 @@ from fmcache.runs import (
 )
 from fmcache.runs.masks import MaskWriter, write_overlays
 from fmcache.segment.features import POOLED, cached_items, cached_volume
-from fmcache.segment.models import VOLUME_MODELS, entry_dataset
+from fmcache.segment.models import VOLUME_MODELS, check_prompt_types, entry_dataset
 from fmcache.segment.prompts import PROMPT_TYPES, build_prompts, prompt_at
 from fmcache.segment.sam import SamModel, decode, load_sam
-from fmcache.segment.slices import is_slice_entry, slice_dataset
-from fmcache.segment.volumetric import VolumeModel, check_prompt_types, decode_blocks, load_volume_model
+from fmcache.segment.slices import is_slice_view, rebuild, restack, volume_groups
 from fmcache.segment.surface import nsd_per_sample
 from fmcache.segment.thumbnails import THUMBNAIL, choose_items, pad_to, thumbnail
+from fmcache.segment.volumetric import VolumeModel, decode_blocks, load_volume_model
 
 LABEL = "mask"  # the label column of a segmentation run's tables
 
@@ -102,7 +102,7 @@ def run_segment(cfg: SegmentConfig, *, data: str | os.PathLike[str] | None = Non
         raise FmcacheError(f"NSD tolerance {cfg.nsd_tolerance!r}: give a number >= 0 (pixels; mm for volumes)")
     volumetric = cfg.model in VOLUME_MODELS or isinstance(sam, VolumeModel)
     if volumetric:
-        check_prompt_types(sam or VOLUME_MODELS[cfg.model], cfg.prompts)
+        check_prompt_types(sam.spec if sam is not None else VOLUME_MODELS[cfg.model], cfg.prompts)
     emb = open_cache(root).embeddings(entry_dataset(cfg.dataset, cfg.model), cfg.model)
     family = emb.provenance.get("family")
     if family not in ("sam", "sam3d"):
@@ -117,7 +117,7 @@ def run_segment(cfg: SegmentConfig, *, data: str | os.PathLike[str] | None = Non
         source: _Source = _Volumes(emb, ds, sam, cfg)
     else:
         sam = sam or load_sam(str(emb.provenance["model"]), weights=weights)
-        source = _Slices(emb, ds, sam, cfg) if ds.spec.volumetric_segmentation else _Images(emb, ds, sam, cfg)
+        source = _Slices(emb, ds, sam, cfg) if is_slice_view(emb.dataset_info) else _Images(emb, ds, sam, cfg)
     rows = source.item_rows(cfg.split)
     if not len(rows):
         raise FmcacheError(f"{cfg.dataset} has no {cfg.split} items")
@@ -137,14 +137,10 @@ def _masks_source(emb: Embeddings, data: str | os.PathLike[str] | None) -> Datas
     if not info.get("mask_classes"):
         raise FmcacheError(f"{emb.dataset} has no segmentation masks (its adapter {info.get('adapter')!r} is not a "
                            "segmentation dataset)")
+    if is_slice_view(info):
+        return rebuild(info, data)
     ds = load_dataset(str(info["adapter"]), data, options=info.get("options") or {}, seed=int(info.get("split_seed", 0)))
-    expected = info.get("source_fingerprint")
-    if is_slice_entry(info):
-        view = slice_dataset(ds)
-        ok = view.fingerprint == expected
-    else:
-        ok = ds.fingerprint == expected
-    if not ok:
+    if ds.fingerprint != info.get("source_fingerprint"):
         raise DatasetError(f"the data at {ds.root} is not what {emb.dataset} was cached from (other files, options "
                            "or seed): pass --data the copy it was embedded from")
     return ds
@@ -217,33 +213,30 @@ class _Images(_Source):
 
 class _Slices(_Images):
     """A volumetric dataset through a 2D model: items are volumes; each foreground slice (a row
-    of the ``_slices`` entry) is prompted from its own mask and decoded from its cached
-    features, the predicted slices are restacked into the volume, which is scored whole."""
+    of the ``_slices`` entry, :mod:`fmcache.segment.slices`) is prompted from its own mask and
+    decoded from its cached features, the predicted slices are restacked into the volume,
+    which is scored whole (empty slices are background in both)."""
 
-    def __init__(self, emb, ds, model, cfg):
-        super().__init__(emb, ds, model, cfg)
-        samples = emb.samples()
-        self.view = samples
-        self.slice_ids = samples["id"].to_numpy(dtype=str)
-        self.volume_rows = self.ds.table["id"].to_numpy(dtype=str)
-        volume_of = samples["meta/volume_row"].to_numpy(dtype=np.int64) if "meta/volume_row" in samples else \
-            _volume_rows_by_id(samples, self.volume_rows)
-        self.slice_of = samples["meta/slice"].to_numpy(dtype=np.int64)
-        self.by_volume = {int(v): np.flatnonzero(volume_of == v) for v in np.unique(volume_of)}
+    def __init__(self, emb, view, model, cfg):
+        super().__init__(emb, view, model, cfg)
+        self.view = view
+        self.by_volume = volume_groups(view)
+        self.slice_of = view.table["meta/slice"].to_numpy(dtype=np.int64)
+        self.slice_ids = emb.samples()["id"].to_numpy(dtype=str)
 
     def item_rows(self, split: str) -> np.ndarray:
-        split_of = self.ds.table["split"].to_numpy()
         rows = np.array(sorted(self.by_volume), dtype=np.int64)
+        split_of = self.view.source.table["split"].to_numpy()
         return rows if split == "all" else rows[split_of[rows] == SPLIT_NAMES[split]]
 
     def ids(self) -> np.ndarray:
-        return self.volume_rows
+        return self.view.source.table["id"].to_numpy(dtype=str)
 
     def groups(self, attribute: str) -> np.ndarray:
         per_slice = self.emb.groups(attribute)
-        out = np.full(len(self.ds.table), -1, np.int8)
+        out = np.full(len(self.view.source.table), -1, np.int8)
         for v, slices in self.by_volume.items():
-            out[v] = per_slice[slices[0]]  # every slice inherits its volume's group
+            out[v] = per_slice[slices[0]]  # every slice carries its volume's group
         return out
 
     def units(self, rows: np.ndarray) -> list[np.ndarray]:
@@ -251,25 +244,26 @@ class _Slices(_Images):
 
     def predict(self, rows: np.ndarray, kinds: list[str]) -> _Unit:
         (v,) = rows
-        volume_truth = self.ds.mask(int(v))  # (slices, H, W)
+        truth = self.view.label_stack(int(v))  # (slices, H, W) in the view's plane
         slices = self.by_volume[int(v)]
-        stacked = {k: [np.zeros(volume_truth.shape, bool) for _ in range(self.n_classes)] for k in kinds}
+        per_slice: dict[str, list[list[np.ndarray]]] = {k: [[] for _ in range(self.n_classes)] for k in kinds}
         parts = []
         for lo in range(0, len(slices), self.cfg.batch_size):
             batch = slices[lo:lo + self.cfg.batch_size]
-            truth = [volume_truth[self.slice_of[i]] for i in batch]
-            pred, prompts = self._decode(batch, truth, kinds, self.slice_ids[batch])
+            pred, prompts = self._decode(batch, [truth[self.slice_of[i]] for i in batch], kinds, self.slice_ids[batch])
             parts.append(prompts)
             for k in kinds:
                 for c in range(self.n_classes):
-                    stacked[k][c][self.slice_of[batch]] = np.stack(pred[k][c])
-        return _Unit([volume_truth], {k: [[m] for m in stacked[k]] for k in kinds}, _concat_prompts(parts),
-                     [_slice_spacing(self.ds, int(v))])
+                    per_slice[k][c].extend(pred[k][c])
+        stacked = {k: [[restack(truth.shape, self.slice_of[slices], per_slice[k][c]).astype(bool)]
+                       for c in range(self.n_classes)] for k in kinds}
+        return _Unit([truth], stacked, _concat_prompts(parts), [_slice_spacing(self.view, int(v))])
 
     def _picture(self, row, truth, label):
-        z = int(np.argmax((truth > 0).sum(axis=(1, 2))))
-        image = np.asarray(self.ds.image(int(row))[z])
-        return np.repeat(np.round(image * 255).astype(np.uint8)[..., None], 3, axis=-1), truth[z], label[z]
+        slices = self.by_volume[int(row)]
+        z = int(np.argmax((truth > 0).sum(axis=(1, 2))))  # a slice with foreground: one of the view's rows
+        image = self.view.image(int(slices[self.slice_of[slices] == z][0]))
+        return np.asarray(image.convert("RGB")), truth[z], label[z]
 
 
 class _Volumes(_Source):
@@ -302,17 +296,12 @@ class _Volumes(_Source):
         return np.repeat(np.round(image * 255).astype(np.uint8)[..., None], 3, axis=-1), t[z], p[z]
 
 
-def _volume_rows_by_id(samples, volume_ids: np.ndarray) -> np.ndarray:
-    index = {v: i for i, v in enumerate(volume_ids)}
-    return np.array([index[v] for v in samples["meta/volume"].astype(str)], dtype=np.int64)
-
-
-def _slice_spacing(ds: Dataset, row: int, plane: str = "axial") -> tuple[float, ...]:
-    """mm per voxel along the axes of ``ds.mask(row)``'s (slices, H, W) stack."""
+def _slice_spacing(view, row: int) -> tuple[float, ...]:
+    """mm per voxel along the axes of a volume's (slices, H, W) stack in the view's plane."""
     from fmcache.datasets.volumes import PLANE_AXES
 
-    spacing = ds.mask_volume(row).spacing
-    return tuple(float(spacing[a]) for a in PLANE_AXES[plane])
+    spacing = view.source.mask_volume(row).spacing
+    return tuple(float(spacing[a]) for a in PLANE_AXES[view.plane])
 
 
 def _sweep_into(path, cfg: SegmentConfig, source: _Source, rows: np.ndarray, attributes: list[str], root: str,

@@ -25,10 +25,15 @@ import numpy as np
 import torch
 
 from fmcache.embed.weights import HUB_PREFIX, hub_file, hub_snapshot, hub_weights_id, local_path, sha256_file
-from fmcache.errors import ModelError, SegmentInputError
+from fmcache.errors import ModelError
 from fmcache.segment.models import VolumeSpec, get_volume_model
-from fmcache.segment.volume_input import VolumeGeometry, resize_to_model_input, to_block_coords, to_model_input, \
-    to_original_grid
+from fmcache.segment.volume_input import (
+    VolumeGeometry,
+    resize_to_model_input,
+    to_block_coords,
+    to_model_input,
+    to_original_grid,
+)
 from fmcache.segment.volume_intensity import apply_recipe
 
 # SegVol's zoom-out resize of the image (its inference's Resize mode)
@@ -138,15 +143,6 @@ def encode_blocks(model: VolumeModel, blocks: np.ndarray) -> np.ndarray:
     out = [model.net.encode(torch.from_numpy(np.ascontiguousarray(b))[None, None].to(model.device)).float().cpu()
            for b in blocks]
     return torch.cat(out).numpy()
-
-
-def check_prompt_types(model: VolumeModel | VolumeSpec, kinds: list[str]) -> None:
-    """SegmentInputError naming the types the model's prompt encoder takes, for any other."""
-    spec = model.spec if isinstance(model, VolumeModel) else model
-    wrong = [k for k in kinds if k not in spec.prompts]
-    if wrong:
-        raise SegmentInputError(f"{spec.key} takes the prompt types {', '.join(spec.prompts)}; not "
-                                f"{', '.join(wrong)} ({'its prompt encoder has no box embedding' if 'bbox' in wrong else 'unsupported'})")
 
 
 @torch.no_grad()
