@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -547,6 +547,11 @@ class Sam3D(nn.Module):
     def grid(self) -> int:
         return self.geometry["img_size"] // self.geometry["patch_size"]
 
+    @property
+    def feature_shape(self) -> tuple[int, int, int, int]:
+        """(C, g, g, g): what :meth:`encode` returns per block."""
+        return (self.geometry["out_chans"], self.grid, self.grid, self.grid)
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Image features (B, C, g, g, g) of a (B, 1, S, S, S) float block, S = ``img_size``
         (128 in the releases, giving C=384, g=8), already z-normalised as the releases expect."""
@@ -615,9 +620,10 @@ def build_sam3d(sd: Mapping[str, torch.Tensor], nominal: str | Mapping[str, Any]
     """An untrained :class:`Sam3D` shaped like the state dict ``sd``.
 
     Widths, depths, patch and image size, window size and (where some blocks are windowed) the
-    global blocks, attention-free leading blocks, the prompt encoder's mask channels and the
-    decoder's depth, MLP width, mask-token count and IoU head are read off the tensor shapes;
-    head counts and the block style come from ``nominal`` (an :data:`ARCHS` key or a mapping of
+    global blocks, attention-free leading blocks, the encoder's heads (from its relative-position
+    tables' width), the prompt encoder's mask channels and the decoder's depth, MLP width,
+    mask-token count and IoU head are read off the tensor shapes; the decoder's heads and the
+    block style come from ``nominal`` (an :data:`ARCHS` key or a mapping of
     overrides), as do any parts ``sd`` lacks (the strict load then names those keys).
     """
     g = _nominal(nominal)
@@ -647,6 +653,11 @@ def build_sam3d(sd: Mapping[str, torch.Tensor], nominal: str | Mapping[str, Any]
             )
         if (s := shape(f"{enc}blocks.{depth - 1}.mlp.lin1.weight")) is not None:
             g["mlp_ratio"] = s[0] / g["embed_dim"]
+        # a relative-position table is (length, head width): the encoder's heads are embed / width
+        widths = {shape(f"{enc}blocks.{i}.attn.rel_pos_d")[1] for i in range(depth)
+                  if attends[i] and shape(f"{enc}blocks.{i}.attn.rel_pos_d") is not None}
+        if len(widths) == 1 and g["embed_dim"] % next(iter(widths)) == 0:
+            g["num_heads"] = g["embed_dim"] // next(iter(widths))
     if (s := shape(enc + "neck.0.weight")) is not None:
         g["out_chans"] = s[0]
     if (s := shape("prompt_encoder.mask_downscaling.3.weight")) is not None:
@@ -686,7 +697,7 @@ def load_sam3d(
     nominal: str | Mapping[str, Any],
     container: str | None = "model_state_dict",
     *,
-    decoder_from: str | Path | None = None,
+    decoder_from: str | Path | Callable[[], Path] | None = None,
 ) -> Sam3D:
     """A :class:`Sam3D` in eval mode with the weights of ``path``, loaded strictly.
 
@@ -708,7 +719,8 @@ def load_sam3d(
         For a file holding only an image encoder (keys ``blocks.``, ``patch_embed.``, ``neck.``,
         ``pos_embed``: what FastSAM3D's distillation saves), a SAM-Med3D checkpoint
         (``sam_med3d_turbo.pth``) whose prompt encoder and mask decoder complete the model, as
-        FastSAM3D's evaluation does. Without it such a file raises :class:`ModelError`.
+        FastSAM3D's evaluation does; or a function returning one, called only for such a file.
+        Without it such a file raises :class:`ModelError`.
 
     Raises
     ------
@@ -725,7 +737,7 @@ def load_sam3d(
                 f"not a full model: FastSAM3D's prompt encoder and mask decoder are SAM-Med3D's, so pass "
                 f"SAM-Med3D's checkpoint (sam_med3d_turbo.pth) as decoder_from"
             )
-        other = Path(decoder_from)
+        other = Path(decoder_from() if callable(decoder_from) else decoder_from)
         rest = _state_dict(read_weights(other, key, container), container, other, key)
         sd = {"image_encoder." + k: v for k, v in sd.items()} | {
             k: v for k, v in rest.items() if k.startswith(("prompt_encoder.", "mask_decoder."))

@@ -159,6 +159,7 @@ class VolumeSpec:
     license: str = ""
     notes: str = ""
     container: str | None = None
+    decoder_from: str | None = None  # the entry whose prompt encoder and decoder complete a bare encoder file
 
 
 SAM_MED3D_INPUT = VolumeRule(size=(128, 128, 128), intensity="znorm_positive", spacing=(1.5, 1.5, 1.5))
@@ -175,9 +176,10 @@ VOLUME_MODELS: dict[str, VolumeSpec] = {
         VolumeSpec("fastsam3d", "FastSAM3D (6-block distilled encoder)", "sam3d", "fastsam3d",
                    "hf-hub:techlove/FastSAM3D/FastSAM3D.pth", SAM_MED3D_INPUT, ("center", "rand", "rands"),
                    "Apache-2.0", "arcadelab/FastSAM3D; SAM-Med3D-turbo distilled into 6 blocks (the first two "
-                   "MLP-only, all global attention); the file pickles its training arguments, which fmcache does "
-                   "not unpickle: save its 'model_state_dict' entry alone (loading it prints the command)",
-                   container="model_state_dict"),
+                   "MLP-only, all global attention); its key layout is not confirmed on the real file: a file holding the "
+                   "encoder alone is completed with SAM-Med3D's prompt encoder and mask decoder, as its evaluation "
+                   "does",
+                   container="model_state_dict", decoder_from="sam_med3d"),
         VolumeSpec("segvol", "SegVol (3D ViT-B, zoom-out 32 x 256 x 256)", "segvol", "segvol",
                    "hf-hub:BAAI/SegVol", SEGVOL_INPUT, ("center", "rand", "rands", "bbox"), "MIT",
                    "BAAI-DCAI/SegVol; the Hugging Face release's pytorch_model.bin loaded into fmcache's own port "

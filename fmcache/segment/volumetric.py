@@ -71,7 +71,9 @@ def load_volume_model(key: str | VolumeSpec, weights: str | None = None, device:
     if spec.family == "sam3d":
         from fmcache.embed.sam3d import ARCHS, load_sam3d
 
-        net = load_sam3d(path, spec.key, ARCHS[spec.arch], container=spec.container or "model_state_dict")
+        other = get_volume_model(spec.decoder_from) if spec.decoder_from else None
+        net = load_sam3d(path, spec.key, ARCHS[spec.arch], container=spec.container,
+                         decoder_from=(lambda: _weights_path(other, None)[0]) if other else None)
     elif spec.family == "segvol":
         from fmcache.embed.segvol import load_segvol
 
