@@ -323,7 +323,7 @@ def test_cli_segment_refuses_a_prompt_type_the_3d_model_lacks(run_cli, kits23_ro
     code, out, err = run_cli("segment", "-m", "sam_med3d", "-d", "kits23", "--data", str(kits23_root),
                              "--root", str(tmp_path / "cache"), "--prompts", "center,bbox")
     assert code == 1 and "Traceback" not in err
-    assert "sam_med3d takes the prompt types center, rand, rands, not bbox" in err
+    assert "sam_med3d takes the prompt types center, box_center, rand, rands, not bbox" in err
 
 
 def test_classification_embedding_of_volumes_is_2_5d(candi_root, tmp_path):

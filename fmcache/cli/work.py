@@ -95,6 +95,11 @@ def embed(
     cohort, volume intensities, HAM10000 label) are added unless -o sets them.
     `fmcache protocols` lists every switch.
 
+    A segmentation model caches image features for `fmcache segment`: a 2D one (sam, medsam,
+    ...) on a volumetric dataset reads its axial slices that hold foreground (cached as
+    DATASET_slices), a 3D one (sam_med3d, fastsam3d, segvol) each volume's input blocks with
+    their geometry.
+
     Examples:
 
       fmcache embed -m dinov2 -d ham10000 --data ~/data/HAM10000
@@ -334,10 +339,15 @@ def segment(
     nsd: Annotated[Optional[float], typer.Option(
         "--nsd", min=0, metavar="TOL", show_default=False,
         help="Also the normalised surface distance (surface Dice, by MONAI): the share of the true and predicted "
-        "boundaries within TOL pixels of the other, in the original image; per group and its gaps like Dice.")] = None,
+        "boundaries within TOL of the other, in pixels of the original image (volumes: mm, with their voxel "
+        "spacing); per group and its gaps like Dice.")] = None,
     save_masks: Annotated[bool, typer.Option(
         "--save-masks", help="Keep every predicted mask (per prompt type, item and class) in the run, compressed; "
         "fmcache.segment.predicted_mask(run, prompt, item_id, class) reads one back.")] = False,
+    zoom_in: Annotated[bool, typer.Option(
+        "--zoom-in", help="SegVol: also its zoom-in pass, sliding windows at full resolution around each zoom-out "
+        "prediction. Those windows depend on the prompt, so they are encoded afresh (an encoder pass per window "
+        "and prompt) and need --data's images; without it the sweep decodes the cached zoom-out pass only.")] = False,
     weights: Annotated[
         Optional[str], typer.Option("--weights", metavar="PATH", show_default=False,
                                     help="Local checkpoint file instead of the model's default file.")
@@ -349,7 +359,13 @@ def segment(
 
     Every image went through the image encoder once (`fmcache embed -m sam ...`); here each
     prompt type is decoded from those features: one prompt per item and class, built from the
-    ground-truth mask and seeded per item, so a rerun gives the same prompts. Dice and IoU per
+    ground-truth mask and seeded per item, so a rerun gives the same prompts.
+
+    Volumes (kits23, candi, ircadb, spider) are scored per volume, on their own voxels. A 3D
+    model (sam_med3d, fastsam3d, segvol) decodes its cached blocks and maps each prediction back
+    onto the volume; SAM-Med3D's prompt encoder takes points only (center, box_center, rand, rands). A 2D
+    model reads the volume's foreground slices (cached by `fmcache embed` as DATASET_slices),
+    each prompted from its own mask; the predicted slices are restacked into the volume. Dice and IoU per
     item (the mean over the dataset's classes), then per group with bootstrap intervals and
     the Dice gap, skew, spread and equity-scaled Dice; `fmcache report RUN` shows them, with
     the image and the true and predicted outlines of the lowest, median and highest Dice items
@@ -360,6 +376,8 @@ def segment(
 
       fmcache embed -m sam -d ham10000_seg --data ~/data/HAM10000
       fmcache segment -m sam -d ham10000_seg --data ~/data/HAM10000 --prompts center,bbox
+      fmcache embed -m sam_med3d -d kits23 --data ~/data/kits23
+      fmcache segment -m sam_med3d -d kits23 --data ~/data/kits23 --prompts center,rands --nsd 2
     """
     import fmcache
     from fmcache.segment.models import VOLUME_MODELS, check_prompt_types, entry_dataset
@@ -371,7 +389,8 @@ def segment(
     from fmcache.views import make_console, segmentation_table
 
     cfg = SegmentConfig(dataset=dataset, model=model, prompts=_csv(prompts) or [], attributes=_csv(attributes),
-                        split=split, seed=seed, jitter=jitter, n_boot=n_boot, nsd_tolerance=nsd, save_masks=save_masks)
+                        split=split, seed=seed, jitter=jitter, n_boot=n_boot, nsd_tolerance=nsd, save_masks=save_masks,
+                        zoom_in=zoom_in)
     console = make_console()
     try:
         with console.status(f"{dataset}/{model}: decoding") as status:

@@ -439,6 +439,12 @@ class SegVol(nn.Module):
         return (w, h, d)
 
     @property
+    def feature_shape(self) -> tuple[int, int, int, int]:
+        """(C, gx, gy, gz): what :meth:`encode` returns per block."""
+        gd, gh, gw = self.config.grid
+        return (self.config.hidden_size, gw, gh, gd)
+
+    @property
     def has_text(self) -> bool:
         return self.text_encoder is not None
 

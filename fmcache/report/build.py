@@ -277,6 +277,9 @@ def segmentation_section(runs) -> Section | None:
         sid = tables.slug("seg", ds, attr)
         sec.blocks.append(Subhead(sid, f"{ds}, by {attr}"))
         sec.blocks.append(tables.segmentation_table(seg, ds, attr))
+        volumes = _volume_runs(runs, ds)
+        if volumes:
+            sec.blocks.append(Note(f"{ds} is scored per volume, on its own voxels: " + "; ".join(volumes) + "."))
         sec.blocks.append(figures.group_bars(sl, id=f"f-{sid}", where=f"{ds}, by {attr}", metric="dsc", x="prompt",
                                              what="Dice"))
     for run, kind in runs:
@@ -285,11 +288,28 @@ def segmentation_section(runs) -> Section | None:
             continue
         ds, model, attr = run.config.get("dataset"), run.config.get("model"), str(ov["attribute"])
         sid = tables.slug("seg-examples", ds, model, attr)
-        sec.blocks.append(Subhead(sid, f"Examples: {ds} · {model}, by {attr}"))
+        slice_note = ", the axial slice where each volume's truth is largest" if _scores_volumes(run) else ""
+        sec.blocks.append(Subhead(sid, f"Examples: {ds} · {model}, by {attr}{slice_note}"))
         for g in dict.fromkeys(int(v) for v in ov["group"]):
             sec.blocks.append(figures.overlays(ov, g, id=tables.slug("f", sid, ov["group_names"][g]),
                                                where=f"{ds} · {model}"))
     return sec
+
+
+def _scores_volumes(run: Run) -> bool:
+    return str(run.config.get("items", "images")).startswith("volumes")
+
+
+def _volume_runs(runs, dataset: str) -> list[str]:
+    """How each segmentation run of ``dataset`` that scored volumes got them (model: how, NSD unit)."""
+    out = []
+    for run, kind in runs:
+        cfg = run.config
+        if kind == "segmentation" and cfg.get("dataset") == dataset and _scores_volumes(run):
+            how = str(cfg["items"]).split("(", 1)[-1].rstrip(")")
+            nsd = f", NSD within {cfg['nsd_tolerance']:g} mm" if cfg.get("nsd_tolerance") is not None else ""
+            out.append(f"{cfg.get('model')} ({how}{nsd})")
+    return list(dict.fromkeys(out))
 
 
 def build(runs: Sequence[str | os.PathLike[str] | Run], *, representation: bool = True) -> Report:

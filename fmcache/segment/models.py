@@ -170,18 +170,18 @@ VOLUME_MODELS: dict[str, VolumeSpec] = {
     s.key: s
     for s in [
         VolumeSpec("sam_med3d", "SAM-Med3D-turbo (3D ViT-B, 128³ at 1.5 mm)", "sam3d", "vit_b_ori",
-                   "hf-hub:blueyo0/SAM-Med3D/sam_med3d_turbo.pth", SAM_MED3D_INPUT, ("center", "rand", "rands"),
+                   "hf-hub:blueyo0/SAM-Med3D/sam_med3d_turbo.pth", SAM_MED3D_INPUT, ("center", "box_center", "rand", "rands"),
                    "Apache-2.0", "uni-medical/SAM-Med3D; {'model_state_dict': ...}; its prompt encoder takes points "
                    "only", container="model_state_dict"),
         VolumeSpec("fastsam3d", "FastSAM3D (6-block distilled encoder)", "sam3d", "fastsam3d",
-                   "hf-hub:techlove/FastSAM3D/FastSAM3D.pth", SAM_MED3D_INPUT, ("center", "rand", "rands"),
+                   "hf-hub:techlove/FastSAM3D/FastSAM3D.pth", SAM_MED3D_INPUT, ("center", "box_center", "rand", "rands"),
                    "Apache-2.0", "arcadelab/FastSAM3D; SAM-Med3D-turbo distilled into 6 blocks (the first two "
                    "MLP-only, all global attention); its key layout is not confirmed on the real file: a file holding the "
                    "encoder alone is completed with SAM-Med3D's prompt encoder and mask decoder, as its evaluation "
                    "does",
                    container="model_state_dict", decoder_from="sam_med3d"),
         VolumeSpec("segvol", "SegVol (3D ViT-B, zoom-out 32 x 256 x 256)", "segvol", "segvol",
-                   "hf-hub:BAAI/SegVol", SEGVOL_INPUT, ("center", "rand", "rands", "bbox"), "MIT",
+                   "hf-hub:BAAI/SegVol", SEGVOL_INPUT, ("center", "box_center", "rand", "rands", "bbox"), "MIT",
                    "BAAI-DCAI/SegVol; the Hugging Face release's pytorch_model.bin loaded into fmcache's own port "
                    "(no remote code); the cached features are the zoom-out pass's"),
     ]

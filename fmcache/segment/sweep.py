@@ -54,7 +54,7 @@ from fmcache.segment.sam import SamModel, decode, load_sam
 from fmcache.segment.slices import is_slice_view, rebuild, restack, volume_groups
 from fmcache.segment.surface import nsd_per_sample
 from fmcache.segment.thumbnails import THUMBNAIL, choose_items, pad_to, thumbnail
-from fmcache.segment.volumetric import VolumeModel, decode_blocks, load_volume_model
+from fmcache.segment.volumetric import VolumeModel, decode_blocks, load_volume_model, normalised_volume
 
 LABEL = "mask"  # the label column of a segmentation run's tables
 
@@ -75,6 +75,7 @@ class SegmentConfig:
     empty: str = "one"  # a class absent from truth and prediction: 1 ("one") or left out ("skip")
     nsd_tolerance: float | None = None  # also the normalised surface distance: pixels (images) or mm (volumes)
     save_masks: bool = False  # keep every predicted mask in the run (masks.npz)
+    zoom_in: bool = False  # SegVol: also its zoom-in pass (encodes windows around each prediction afresh)
 
 
 def run_segment(cfg: SegmentConfig, *, data: str | os.PathLike[str] | None = None,
@@ -102,7 +103,10 @@ def run_segment(cfg: SegmentConfig, *, data: str | os.PathLike[str] | None = Non
         raise FmcacheError(f"NSD tolerance {cfg.nsd_tolerance!r}: give a number >= 0 (pixels; mm for volumes)")
     volumetric = cfg.model in VOLUME_MODELS or isinstance(sam, VolumeModel)
     if volumetric:
-        check_prompt_types(sam.spec if sam is not None else VOLUME_MODELS[cfg.model], cfg.prompts)
+        spec = sam.spec if sam is not None else VOLUME_MODELS[cfg.model]
+        check_prompt_types(spec, cfg.prompts)
+    if cfg.zoom_in and not (volumetric and spec.family == "segvol"):
+        raise FmcacheError(f"--zoom-in is SegVol's second pass; {cfg.model} has none")
     emb = open_cache(root).embeddings(entry_dataset(cfg.dataset, cfg.model), cfg.model)
     family = emb.provenance.get("family")
     if family not in ("sam", "sam3d"):
@@ -277,12 +281,13 @@ class _Volumes(_Source):
         (v,) = rows
         truth = self.ds.mask_volume(int(v))
         features, geometries = cached_volume(self.emb, int(v))
+        volume = normalised_volume(self.model, self.ds.volume(int(v))) if self.cfg.zoom_in else None
         prompts = build_prompts([truth.array], [self.ids()[v]], kinds, seed=self.cfg.seed, n_classes=self.n_classes,
                                 jitter=self.cfg.jitter, spacings=[truth.spacing])
         pred = {}
         for k in kinds:
             per_class = decode_blocks(self.model, features, geometries,
-                                      [prompt_at(prompts, k, 0, c) for c in range(1, self.n_classes + 1)])
+                                      [prompt_at(prompts, k, 0, c) for c in range(1, self.n_classes + 1)], volume)
             pred[k] = [[m] for m in per_class]
         return _Unit([truth.array], pred, prompts, [truth.spacing])
 

@@ -8,8 +8,10 @@ A model's input rule (:class:`fmcache.segment.models.VolumeRule`) decides the bl
   box (in the original voxels), z-scored over its voxels above 0. A class absent from the
   volume gets no block (nor a prompt).
 * SegVol reads the whole volume, intensity-normalised and resized to 32 x 256 x 256: one block
-  for every class (its zoom-out pass). Its zoom-in pass re-encodes windows around each
-  prediction at full resolution; it is not what the cache holds.
+  for every class (its zoom-out pass), decoded with SegVol's own prompt mapping. Its zoom-in
+  pass (``fmcache segment --zoom-in``) encodes windows around each zoom-out prediction at full
+  resolution afresh, per prompt: those features depend on the prompt, so the cache cannot hold
+  them, and a zoom-in sweep costs an encoder pass per window.
 
 Blocks, their encoder features and their :class:`~fmcache.segment.volume_input.VolumeGeometry`
 are what the cache stores per volume; :func:`decode_blocks` needs nothing else.
@@ -123,7 +125,7 @@ def prepare_blocks(model: VolumeModel, volume, labels: np.ndarray, n_classes: in
     """
     rule = model.spec.input
     if not rule.per_class:
-        normalised = type(volume)(apply_recipe(rule.intensity, volume.array), volume.affine)
+        normalised = type(volume)(normalised_volume(model, volume), volume.affine)
         block, geometry = resize_to_model_input(normalised, rule.size, SEGVOL_RESIZE_MODE)
         return block[None], [geometry]
     blocks = np.zeros((n_classes, *rule.size), np.float32)
@@ -138,6 +140,11 @@ def prepare_blocks(model: VolumeModel, volume, labels: np.ndarray, n_classes: in
     return blocks, geometries
 
 
+def normalised_volume(model: VolumeModel, volume) -> np.ndarray:
+    """The whole volume through the model's intensity recipe (a whole-volume rule's input)."""
+    return apply_recipe(model.spec.input.intensity, volume.array)
+
+
 @torch.no_grad()
 def encode_blocks(model: VolumeModel, blocks: np.ndarray) -> np.ndarray:
     """Encoder features (K, C, g, g, g) float32 of blocks (K, X, Y, Z), one block at a time
@@ -149,12 +156,13 @@ def encode_blocks(model: VolumeModel, blocks: np.ndarray) -> np.ndarray:
 
 @torch.no_grad()
 def decode_blocks(model: VolumeModel, features: np.ndarray, geometries: list[VolumeGeometry | None],
-                  prompts: list[Any]) -> list[np.ndarray]:
+                  prompts: list[Any], volume: np.ndarray | None = None) -> list[np.ndarray]:
     """One bool mask on the original grid per class from cached features and prompts.
 
     ``prompts[c]`` is class c+1's :class:`~fmcache.segment.prompts.Prompt` in the volume's
     voxels (absent: an empty mask); ``features``/``geometries`` are the volume's blocks (one per
-    class, or one for all).
+    class, or one for all). ``volume`` (SegVol only): the intensity-normalised volume, for its
+    zoom-in pass, which encodes windows around each zoom-out prediction afresh.
     """
     masks = []
     for c, prompt in enumerate(prompts):
@@ -163,22 +171,34 @@ def decode_blocks(model: VolumeModel, features: np.ndarray, geometries: list[Vol
             shape = next(x for x in geometries if x is not None).original_shape
             masks.append(np.zeros(shape, bool))
             continue
-        logits = decode_block(model, features[c if len(features) > 1 else 0], g, prompt)
-        masks.append(to_original_grid(logits, g, threshold=0.0).astype(bool))
+        block_features = features[c if len(features) > 1 else 0]
+        if model.spec.family == "segvol":
+            masks.append(_segvol_mask(model, block_features, g, prompt, volume))
+        else:
+            masks.append(to_original_grid(decode_block(model, block_features, g, prompt), g, threshold=0.0)
+                         .astype(bool))
     return masks
 
 
+def _segvol_mask(model: VolumeModel, features: np.ndarray, geometry: VolumeGeometry, prompt,
+                 volume: np.ndarray | None) -> np.ndarray:
+    """SegVol's zoom-out prediction (its own prompt mapping into the resized grid and nearest
+    resize back), and with ``volume`` its zoom-in over the predicted region."""
+    from fmcache.embed.segvol import zoom_in, zoom_out_logits
+
+    feats = torch.as_tensor(features, dtype=torch.float32, device=model.device)[None]
+    prompt_kw = {"points": prompt.points, "labels": prompt.point_labels, "box": prompt.box}
+    logits = zoom_out_logits(model.net, feats, geometry.original_shape, **prompt_kw)
+    if volume is not None:
+        logits = zoom_in(model.net, volume, logits, **prompt_kw, generator=torch.Generator().manual_seed(0))
+    return (logits > 0).cpu().numpy()
+
+
+@torch.no_grad()
 def decode_block(model: VolumeModel, features: np.ndarray, geometry: VolumeGeometry, prompt) -> np.ndarray:
-    """The logits (X, Y, Z) on the input block of one prompt given in the volume's voxels."""
-    kw: dict[str, Any] = {}
+    """SAM-Med3D's logits (X, Y, Z) on its input block for one prompt given in the volume's voxels."""
     dev = model.device
-    if prompt.points is not None:
-        kw["points"] = torch.as_tensor(to_block_coords(prompt.points, geometry), dtype=torch.float32,
-                                       device=dev)[None]
-        kw["labels"] = torch.as_tensor(prompt.point_labels, dtype=torch.int64, device=dev)[None]
-    if prompt.box is not None:
-        corners = to_block_coords(np.asarray(prompt.box, np.float64).reshape(2, 3), geometry)
-        kw["boxes"] = torch.as_tensor(np.concatenate([corners.min(axis=0), corners.max(axis=0)]),
-                                      dtype=torch.float32, device=dev)[None]
+    points = torch.as_tensor(to_block_coords(prompt.points, geometry), dtype=torch.float32, device=dev)[None]
+    labels = torch.as_tensor(prompt.point_labels, dtype=torch.int64, device=dev)[None]
     feats = torch.as_tensor(features, dtype=torch.float32, device=dev)[None]
-    return model.net.decode(feats, **kw)[0].float().cpu().numpy()
+    return model.net.decode(feats, points, labels)[0].float().cpu().numpy()
