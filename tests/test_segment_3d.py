@@ -251,7 +251,7 @@ def test_release_file_is_found_in_the_hub_cache_offline(tmp_path):
     with pytest.raises(ModelError, match="blueyo0/SAM-Med3D"):
         load_volume_model("sam_med3d")
     commit = "0123456789abcdef0123456789abcdef01234567"
-    model = tiny_sam3d(dict(TINY, num_heads=12, embed_dim=48))
+    model = tiny_sam3d(dict(TINY, img_size=128, num_heads=12))  # the release's block, small widths
     src = save_release(model, tmp_path / "snap" / "sam_med3d_turbo.pth").parent
     base = os.path.join(os.environ["HF_HOME"], "hub", "models--blueyo0--SAM-Med3D")
     shutil.copytree(src, os.path.join(base, "snapshots", commit))
@@ -260,6 +260,52 @@ def test_release_file_is_found_in_the_hub_cache_offline(tmp_path):
         f.write(commit)
     loaded = load_volume_model("sam_med3d")
     assert loaded.weights_id == f"blueyo0/SAM-Med3D@{commit}" and loaded.net.geometry["num_heads"] == 12
-    block = torch.randn(1, 1, 64, 64, 64)
+    # a file built for another block size is refused, naming both
+    small = save_release(tiny_sam3d(), tmp_path / "small.pth")
+    with pytest.raises(ModelError, match="built for 64 x 64 x 64 input blocks but 'sam_med3d' feeds 128 x 128 x 128"):
+        load_volume_model("sam_med3d", weights=str(small))
+    block = torch.randn(1, 1, 128, 128, 128)
     with torch.no_grad():
         np.testing.assert_array_equal(loaded.net.encode(block).numpy(), model.encode(block).numpy())
+
+
+def test_segvol_text_prompt_is_the_class_name(kits_segvol, tmp_path):
+    """`--prompts text`: each class present is segmented from its name through SegVol's text tower,
+    as its own inference does; without the release's tokenizer files, one error saying so."""
+    from helpers.tiny_segvol import TINY_TEXT, write_tiny_tokenizer
+
+    from fmcache.embed import segvol
+    from fmcache.errors import ModelError
+    from fmcache.segment.volumetric import VolumeModel
+
+    cfg = segvol.SegVolConfig(**dict(SEGVOL_TINY, with_text=True, text=TINY_TEXT))
+    torch.manual_seed(1)
+    net = segvol.SegVol(cfg).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    folder = tmp_path / "release"
+    folder.mkdir()
+    torch.save(segvol.to_release_keys(net), folder / "pytorch_model.bin")
+    model = VolumeModel(kits_segvol.model.spec, segvol.load_segvol(folder, config=cfg), "pytorch_model.bin", None)
+    with pytest.raises(ModelError, match="tokenizer"):
+        run_segment(SegmentConfig(dataset="kits23", model="segvol", prompts=["text"], split="all", n_boot=0),
+                    data=kits_segvol.data, root=kits_segvol.root, sam=model)
+    write_tiny_tokenizer(folder)
+    model = VolumeModel(kits_segvol.model.spec, segvol.load_segvol(folder, config=cfg), "pytorch_model.bin", None)
+    # the entry was cached by another network: decode this one's own zoom-out features
+    ds = kits_segvol.ds
+    emb_root = tmp_path / "cache"
+    embed_features(ds, "segvol", root=emb_root, sam=model, progress=False)
+    run = run_segment(SegmentConfig(dataset="kits23", model="segvol", prompts=["text", "bbox"], split="all",
+                                    n_boot=0), data=kits_segvol.data, root=emb_root, sam=model)
+    stored = run.predictions["text.mask.sex"]["dsc"]
+    truth = ds.mask_volume(0).array
+    volume = segvol.normalise_intensity(ds.volume(0).array)
+    expected = []
+    for c, name in enumerate(ds.spec.mask_classes, start=1):
+        with torch.no_grad():
+            mask = segvol.infer(model.net, volume, text=name, zoom_in=False).numpy() > 0
+        expected.append(2 * ((truth == c) & mask).sum() / ((truth == c).sum() + mask.sum()))
+    np.testing.assert_allclose(stored[0], expected, atol=0.02)
+    assert not np.allclose(stored, run.predictions["bbox.mask.sex"]["dsc"])

@@ -13,14 +13,9 @@ segvol = pytest.importorskip("fmcache.embed.segvol")
 pytest.importorskip("monai")
 pytest.importorskip("transformers")
 
-from fmcache.errors import ModelError  # noqa: E402
+from helpers.tiny_segvol import TINY, write_tiny_tokenizer  # noqa: E402
 
-# grid (2, 2, 3): every axis of the (X, Y, Z) block differs, so a wrong permutation changes shapes
-TINY_TEXT = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                 vocab_size=518, max_position_embeddings=40)
-TINY = segvol.SegVolConfig(spatial_size=(8, 32, 48), patch_size=(4, 16, 16), hidden_size=48, mlp_dim=96,
-                           num_layers=2, num_heads=2, decoder_depth=2, decoder_mlp_dim=64, decoder_heads=2,
-                           iou_head_hidden_dim=16, text=TINY_TEXT)
+from fmcache.errors import ModelError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -42,20 +37,7 @@ def block(model):
 
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory):
-    """A tiny CLIP BPE tokenizer saved like the release's (byte alphabet, a few merges)."""
-    from transformers import CLIPTokenizer
-
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
-    extra = [b for b in range(256) if b not in keep]
-    chars = [chr(c) for c in keep] + [chr(256 + i) for i in range(len(extra))]
-    merges = [("l", "i"), ("li", "v"), ("e", "r</w>"), ("liv", "er</w>")]
-    tokens = chars + [c + "</w>" for c in chars] + ["li", "liv", "er</w>", "liver</w>"]
-    tokens += ["<|startoftext|>", "<|endoftext|>"]  # last, so the end token has the largest id as in CLIP
-    assert len(tokens) == TINY_TEXT["vocab_size"]
-    tok = CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=merges)
-    out = tmp_path_factory.mktemp("tok")
-    tok.save_pretrained(str(out))
-    return out
+    return write_tiny_tokenizer(tmp_path_factory.mktemp("tok"))
 
 
 # ---------------------------------------------------------------------------------------------

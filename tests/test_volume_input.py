@@ -148,3 +148,47 @@ def test_reading_a_stored_geometry_loads_neither_monai_nor_torch(centred):
             "print(sorted(m for m in ('monai', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_cache_vector_keeps_every_field(near_corner):
+    from fmcache.segment.volume_input import VECTOR_LENGTH
+
+    volume, center_mm = near_corner
+    center = np.linalg.solve(volume.affine, np.append(center_mm, 1.0))[:3]
+    _, geometry = to_model_input(volume, SPACING, SIZE, center=center)
+    v = geometry.to_vector()
+    assert v.shape == (VECTOR_LENGTH,) and v.dtype == np.float64
+    back = VolumeGeometry.from_vector(v)
+    assert back == geometry  # spacing and orientation read off the affine equal the recorded ones
+    with pytest.raises(SegmentInputError, match="47 numbers"):
+        VolumeGeometry.from_vector(v[:-1])
+
+
+def test_a_whole_volume_resize_round_trips_like_a_resampling(centred):
+    """SegVol's zoom-out: the whole oblique volume resized to a small block (its own grid,
+    recorded as a resampling) and the sphere mapped back from the block's scores."""
+    from fmcache.segment.volume_input import resize_to_model_input, to_block_coords
+
+    volume, center_mm = centred
+    block, geometry = resize_to_model_input(volume, (48, 40, 20), mode="trilinear")
+    assert block.shape == (48, 40, 20) and geometry.box_start == (0, 0, 0)
+    np.testing.assert_allclose(geometry.target_spacing, np.array(volume.spacing) * np.array(volume.shape)
+                               / np.array([48, 40, 20]))
+    # the sphere's centre lands where the resize put it: block voxel j sits at source voxel (j + 0.5) n / m - 0.5
+    centre_voxel = np.linalg.solve(volume.affine, np.append(center_mm, 1.0))[:3]
+    expected = (centre_voxel + 0.5) * np.array([48, 40, 20]) / np.array(volume.shape) - 0.5
+    np.testing.assert_allclose(to_block_coords(centre_voxel, geometry), expected, atol=1e-9)
+    back = to_original_grid(block, geometry, threshold=0.5)
+    assert _dice(back, volume.array) >= 0.9  # a 20-slice block of a 3 mm sphere grid: coarse, but on target
+
+
+def test_sam_med3d_intensity_recipe_is_the_z_score_over_positive_voxels():
+    from fmcache.segment.volume_intensity import apply_recipe
+
+    x = np.array([[[-100.0, 0.0], [1.0, 2.0]], [[3.0, 6.0], [-5.0, 0.0]]], np.float32)
+    pos = np.array([1.0, 2.0, 3.0, 6.0])
+    expected = (x - pos.mean()) / pos.std(ddof=1)  # torch's std is unbiased, as torchio uses it
+    np.testing.assert_allclose(apply_recipe("znorm_positive", x), expected, rtol=1e-6)
+    assert np.isfinite(apply_recipe("znorm_positive", np.full((2, 2, 2), -3.0, np.float32))).all()
+    with pytest.raises(SegmentInputError, match="unknown intensity recipe"):
+        apply_recipe("windowed", x)

@@ -326,10 +326,12 @@ def segment(
         typer.Option("--data", metavar="PATH", show_default=False,
                      help="Root of your copy of the release, for the ground-truth masks (default $FMCACHE_DATA/<dataset>)."),
     ] = None,
-    prompts: Annotated[list[str], typer.Option("--prompts", metavar="TYPE,...",
-                                               help="Prompt types: center (deepest point of the object), box_center "
-                                               "(the reference's box midpoint), rand, rands (5 points), bbox.")
-                       ] = ["center", "rand", "rands", "bbox"],  # noqa: B006 - typer reads the default, never mutates it
+    prompts: Annotated[Optional[list[str]], typer.Option(
+        "--prompts", metavar="TYPE,...", show_default=False,
+        help="Prompt types: center (deepest point of the object), box_center (the reference's box midpoint), rand, "
+        "rands (5 points), bbox; SegVol also text (each class's name, through its text tower: needs the release's "
+        "tokenizer files beside its weights). Default: center,rand,rands,bbox, those of them a 3D model takes "
+        "(SAM-Med3D: no bbox).")] = None,
     attributes: Annotated[Optional[list[str]], typer.Option("--attributes", "-a", metavar="ATTR,...", show_default=False,
                                                             help="Sensitive attributes (default: all).")] = None,
     split: Annotated[str, typer.Option("--split", metavar="SPLIT", help="Items to segment: test | val | train | all.")] = "test",
@@ -382,13 +384,16 @@ def segment(
     import fmcache
     from fmcache.segment.models import VOLUME_MODELS, check_prompt_types, entry_dataset
 
+    kinds = _csv(prompts) or ["center", "rand", "rands", "bbox"]
     if model in VOLUME_MODELS:
-        check_prompt_types(VOLUME_MODELS[model], _csv(prompts) or [])
+        if not prompts:
+            kinds = [k for k in kinds if k in VOLUME_MODELS[model].prompts]
+        check_prompt_types(VOLUME_MODELS[model], kinds)
     fmcache.open_cache(root).embeddings(entry_dataset(dataset, model), model)  # named before torch is imported
     from fmcache.segment.sweep import SegmentConfig, run_segment
     from fmcache.views import make_console, segmentation_table
 
-    cfg = SegmentConfig(dataset=dataset, model=model, prompts=_csv(prompts) or [], attributes=_csv(attributes),
+    cfg = SegmentConfig(dataset=dataset, model=model, prompts=kinds, attributes=_csv(attributes),
                         split=split, seed=seed, jitter=jitter, n_boot=n_boot, nsd_tolerance=nsd, save_masks=save_masks,
                         zoom_in=zoom_in)
     console = make_console()

@@ -548,6 +548,12 @@ class Sam3D(nn.Module):
         return self.geometry["img_size"] // self.geometry["patch_size"]
 
     @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """The (X, Y, Z) block :meth:`encode` takes."""
+        s = self.geometry["img_size"]
+        return (s, s, s)
+
+    @property
     def feature_shape(self) -> tuple[int, int, int, int]:
         """(C, g, g, g): what :meth:`encode` returns per block."""
         return (self.geometry["out_chans"], self.grid, self.grid, self.grid)

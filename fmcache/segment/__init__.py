@@ -15,7 +15,10 @@ A run saved with ``--save-masks`` gives back each predicted mask:
     mask = predicted_mask(run, "bbox", item_id, "left lung")   # bool (H, W)
 
 A volume goes to a 3D model's input block and a prediction comes back onto its voxels with
-``to_model_input`` / ``to_original_grid`` (``fmcache.segment.volume_input``, MONAI).
+``to_model_input`` / ``to_original_grid`` (``fmcache.segment.volume_input``, MONAI). The 3D
+models (SAM-Med3D, FastSAM3D, SegVol) load with ``load_volume_model``
+(``fmcache.segment.volumetric``); a 2D model reads a volumetric dataset through
+``slice_dataset`` (``fmcache.segment.slices``), its foreground slices as a 2D dataset.
 
 Nothing heavy loads at import: the prompt builders need only NumPy and SciPy.
 """
@@ -30,6 +33,8 @@ _LAZY = {
     "Prompt": "fmcache.segment.prompts",
     "VolumeGeometry": "fmcache.segment.volume_input",
     "build_prompts": "fmcache.segment.prompts",
+    "load_volume_model": "fmcache.segment.volumetric",
+    "slice_dataset": "fmcache.segment.slices",
     "class_prompts": "fmcache.segment.prompts",
     "make_prompt": "fmcache.segment.prompts",
     "nsd_per_sample": "fmcache.segment.surface",

@@ -116,7 +116,8 @@ def embed_features(
             for chunk in pending:
                 a, b = writer.rows(chunk)
                 # batches never straddle chunks: a resumed entry equals an uninterrupted one
-                parts = [encode_rows(dataset, sam, range(lo, min(lo + batch_size, b))) for lo in range(a, b, batch_size)]
+                parts = [encode_rows(dataset, sam, range(lo, min(lo + batch_size, b)))
+                         for lo in range(a, b, batch_size)]
                 writer.write_chunk(chunk, {k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
                 if on_chunk is not None:
                     on_chunk(chunk)

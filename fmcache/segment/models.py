@@ -162,6 +162,9 @@ class VolumeSpec:
     decoder_from: str | None = None  # the entry whose prompt encoder and decoder complete a bare encoder file
 
 
+TEXT_PROMPT = "text"  # SegVol's: the class's name, read by its text tower
+POINT_PROMPTS = ("center", "box_center", "rand", "rands")
+
 SAM_MED3D_INPUT = VolumeRule(size=(128, 128, 128), intensity="znorm_positive", spacing=(1.5, 1.5, 1.5))
 # SegVol's (D, H, W) = (32, 256, 256) with D the slice axis, in the volumes' (X, Y, Z) order
 SEGVOL_INPUT = VolumeRule(size=(256, 256, 32), intensity="segvol")
@@ -170,20 +173,20 @@ VOLUME_MODELS: dict[str, VolumeSpec] = {
     s.key: s
     for s in [
         VolumeSpec("sam_med3d", "SAM-Med3D-turbo (3D ViT-B, 128³ at 1.5 mm)", "sam3d", "vit_b_ori",
-                   "hf-hub:blueyo0/SAM-Med3D/sam_med3d_turbo.pth", SAM_MED3D_INPUT, ("center", "box_center", "rand", "rands"),
+                   "hf-hub:blueyo0/SAM-Med3D/sam_med3d_turbo.pth", SAM_MED3D_INPUT, POINT_PROMPTS,
                    "Apache-2.0", "uni-medical/SAM-Med3D; {'model_state_dict': ...}; its prompt encoder takes points "
                    "only", container="model_state_dict"),
         VolumeSpec("fastsam3d", "FastSAM3D (6-block distilled encoder)", "sam3d", "fastsam3d",
-                   "hf-hub:techlove/FastSAM3D/FastSAM3D.pth", SAM_MED3D_INPUT, ("center", "box_center", "rand", "rands"),
+                   "hf-hub:techlove/FastSAM3D/FastSAM3D.pth", SAM_MED3D_INPUT, POINT_PROMPTS,
                    "Apache-2.0", "arcadelab/FastSAM3D; SAM-Med3D-turbo distilled into 6 blocks (the first two "
-                   "MLP-only, all global attention); its key layout is not confirmed on the real file: a file holding the "
-                   "encoder alone is completed with SAM-Med3D's prompt encoder and mask decoder, as its evaluation "
-                   "does",
-                   container="model_state_dict", decoder_from="sam_med3d"),
+                   "MLP-only, all global attention); its key layout is not confirmed on the real file: a file "
+                   "holding the encoder alone is completed with SAM-Med3D's prompt encoder and mask decoder, as "
+                   "its evaluation does", container="model_state_dict", decoder_from="sam_med3d"),
         VolumeSpec("segvol", "SegVol (3D ViT-B, zoom-out 32 x 256 x 256)", "segvol", "segvol",
-                   "hf-hub:BAAI/SegVol", SEGVOL_INPUT, ("center", "box_center", "rand", "rands", "bbox"), "MIT",
+                   "hf-hub:BAAI/SegVol", SEGVOL_INPUT, (*POINT_PROMPTS, "bbox", TEXT_PROMPT), "MIT",
                    "BAAI-DCAI/SegVol; the Hugging Face release's pytorch_model.bin loaded into fmcache's own port "
-                   "(no remote code); the cached features are the zoom-out pass's"),
+                   "(no remote code); the cached features are the zoom-out pass's; the text prompt needs the "
+                   "release's tokenizer files (tokenizer.json or vocab.json + merges.txt) beside the weights"),
     ]
 }
 
@@ -232,6 +235,7 @@ def check_prompt_types(spec: VolumeSpec, kinds: list[str]) -> None:
     """SegmentInputError naming the prompt types a 3D model takes, for any other in ``kinds``."""
     wrong = [k for k in kinds if k not in spec.prompts]
     if wrong:
-        why = "its prompt encoder has no box embedding" if "bbox" in wrong else "its prompt encoder takes points"
+        why = ("its prompt encoder has no box embedding" if "bbox" in wrong else
+               "it has no text tower" if TEXT_PROMPT in wrong else "its prompt encoder does not take them")
         raise SegmentInputError(f"{spec.key} takes the prompt types {', '.join(spec.prompts)}, not {', '.join(wrong)} "
                                 f"({why}): pass --prompts {','.join(spec.prompts)}")

@@ -48,13 +48,13 @@ from fmcache.runs import (
 )
 from fmcache.runs.masks import MaskWriter, write_overlays
 from fmcache.segment.features import POOLED, cached_items, cached_volume
-from fmcache.segment.models import VOLUME_MODELS, check_prompt_types, entry_dataset
+from fmcache.segment.models import TEXT_PROMPT, VOLUME_MODELS, check_prompt_types, entry_dataset
 from fmcache.segment.prompts import PROMPT_TYPES, build_prompts, prompt_at
 from fmcache.segment.sam import SamModel, decode, load_sam
 from fmcache.segment.slices import is_slice_view, rebuild, restack, volume_groups
 from fmcache.segment.surface import nsd_per_sample
 from fmcache.segment.thumbnails import THUMBNAIL, choose_items, pad_to, thumbnail
-from fmcache.segment.volumetric import VolumeModel, decode_blocks, load_volume_model, normalised_volume
+from fmcache.segment.volumetric import TextPrompt, VolumeModel, decode_blocks, load_volume_model, normalised_volume
 
 LABEL = "mask"  # the label column of a segmentation run's tables
 
@@ -92,20 +92,20 @@ def run_segment(cfg: SegmentConfig, *, data: str | os.PathLike[str] | None = Non
     2D model from its cached foreground slices (the entry ``<dataset>_slices``), each slice
     prompted from its own mask and the predicted slices restacked into the volume.
     """
+    volumetric = cfg.model in VOLUME_MODELS or isinstance(sam, VolumeModel)
+    spec = (sam.spec if sam is not None else VOLUME_MODELS[cfg.model]) if volumetric else None
     for kind in cfg.prompts:
-        if kind not in PROMPT_TYPES:
+        if kind not in PROMPT_TYPES and not (spec is not None and kind in spec.prompts):
             raise FmcacheError(f"unknown prompt type {kind!r}: use {', '.join(PROMPT_TYPES)}")
+    if spec is not None:
+        check_prompt_types(spec, cfg.prompts)
     if cfg.split not in (*SPLIT_NAMES, "all"):
         raise FmcacheError(f"unknown split {cfg.split!r}: use train, val, test or all")
     if cfg.empty not in ("one", "skip"):
         raise FmcacheError(f"empty rule {cfg.empty!r}: use one or skip")
     if cfg.nsd_tolerance is not None and not (math.isfinite(cfg.nsd_tolerance) and cfg.nsd_tolerance >= 0):
         raise FmcacheError(f"NSD tolerance {cfg.nsd_tolerance!r}: give a number >= 0 (pixels; mm for volumes)")
-    volumetric = cfg.model in VOLUME_MODELS or isinstance(sam, VolumeModel)
-    if volumetric:
-        spec = sam.spec if sam is not None else VOLUME_MODELS[cfg.model]
-        check_prompt_types(spec, cfg.prompts)
-    if cfg.zoom_in and not (volumetric and spec.family == "segvol"):
+    if cfg.zoom_in and not (spec is not None and spec.family == "segvol"):
         raise FmcacheError(f"--zoom-in is SegVol's second pass; {cfg.model} has none")
     emb = open_cache(root).embeddings(entry_dataset(cfg.dataset, cfg.model), cfg.model)
     family = emb.provenance.get("family")
@@ -181,7 +181,8 @@ class _Source:
 
     def units(self, rows: np.ndarray) -> list[np.ndarray]:
         """Positions (into ``rows``) decoded together."""
-        return [np.arange(lo, min(lo + self.cfg.batch_size, len(rows))) for lo in range(0, len(rows), self.cfg.batch_size)]
+        step = self.cfg.batch_size
+        return [np.arange(lo, min(lo + step, len(rows))) for lo in range(0, len(rows), step)]
 
     def predict(self, rows: np.ndarray, kinds: list[str]) -> _Unit:
         raise NotImplementedError
@@ -282,13 +283,14 @@ class _Volumes(_Source):
         truth = self.ds.mask_volume(int(v))
         features, geometries = cached_volume(self.emb, int(v))
         volume = normalised_volume(self.model, self.ds.volume(int(v))) if self.cfg.zoom_in else None
-        prompts = build_prompts([truth.array], [self.ids()[v]], kinds, seed=self.cfg.seed, n_classes=self.n_classes,
-                                jitter=self.cfg.jitter, spacings=[truth.spacing])
+        spatial = [k for k in kinds if k != TEXT_PROMPT]
+        prompts = build_prompts([truth.array], [self.ids()[v]], spatial, seed=self.cfg.seed,
+                                n_classes=self.n_classes, jitter=self.cfg.jitter, spacings=[truth.spacing])
         pred = {}
         for k in kinds:
-            per_class = decode_blocks(self.model, features, geometries,
-                                      [prompt_at(prompts, k, 0, c) for c in range(1, self.n_classes + 1)], volume)
-            pred[k] = [[m] for m in per_class]
+            per_class = [TextPrompt(name, not prompts["present"][0, c]) if k == TEXT_PROMPT
+                         else prompt_at(prompts, k, 0, c + 1) for c, name in enumerate(self.classes)]
+            pred[k] = [[m] for m in decode_blocks(self.model, features, geometries, per_class, volume)]
         return _Unit([truth.array], pred, prompts, [truth.spacing])
 
     def _picture(self, row, truth, label):

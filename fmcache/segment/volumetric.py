@@ -42,6 +42,16 @@ from fmcache.segment.volume_intensity import apply_recipe
 SEGVOL_RESIZE_MODE = "nearest-exact"
 
 
+@dataclass(frozen=True)
+class TextPrompt:
+    """SegVol's text prompt: a class name, which its text tower reads in SegVol's template
+    ("A computerized tomography of a {}."); ``is_absent`` as for a spatial prompt."""
+
+    text: str
+    is_absent: bool = False
+    points = point_labels = box = None
+
+
 @dataclass
 class VolumeModel:
     """A loaded 3D segmentation model: its entry, the network (``encode`` / ``decode``), weights id."""
@@ -82,6 +92,9 @@ def load_volume_model(key: str | VolumeSpec, weights: str | None = None, device:
         net = load_segvol(path, spec.key)
     else:
         raise ModelError(f"{spec.key!r} names an unknown 3D model family {spec.family!r}")
+    if tuple(net.input_shape) != tuple(spec.input.size):
+        raise ModelError(f"weights {path} were built for {' x '.join(map(str, net.input_shape))} input blocks but "
+                         f"{spec.key!r} feeds {' x '.join(map(str, spec.input.size))}")
     return VolumeModel(spec, net.to(device).eval(), weights_id,
                        sha256_file(path) if path.is_file() else None, device)
 
@@ -160,8 +173,8 @@ def decode_blocks(model: VolumeModel, features: np.ndarray, geometries: list[Vol
     """One bool mask on the original grid per class from cached features and prompts.
 
     ``prompts[c]`` is class c+1's :class:`~fmcache.segment.prompts.Prompt` in the volume's
-    voxels (absent: an empty mask); ``features``/``geometries`` are the volume's blocks (one per
-    class, or one for all). ``volume`` (SegVol only): the intensity-normalised volume, for its
+    voxels, or (SegVol) its :class:`TextPrompt` (absent: an empty mask); ``features`` and
+    ``geometries`` are the volume's blocks (one per class, or one for all). ``volume`` (SegVol only): the intensity-normalised volume, for its
     zoom-in pass, which encodes windows around each zoom-out prediction afresh.
     """
     masks = []
@@ -187,7 +200,8 @@ def _segvol_mask(model: VolumeModel, features: np.ndarray, geometry: VolumeGeome
     from fmcache.embed.segvol import zoom_in, zoom_out_logits
 
     feats = torch.as_tensor(features, dtype=torch.float32, device=model.device)[None]
-    prompt_kw = {"points": prompt.points, "labels": prompt.point_labels, "box": prompt.box}
+    prompt_kw = {"points": prompt.points, "labels": prompt.point_labels, "box": prompt.box,
+                 "text": getattr(prompt, "text", None)}
     logits = zoom_out_logits(model.net, feats, geometry.original_shape, **prompt_kw)
     if volume is not None:
         logits = zoom_in(model.net, volume, logits, **prompt_kw, generator=torch.Generator().manual_seed(0))
