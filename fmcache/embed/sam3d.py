@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fmcache.embed.loaders.local_checkpoint import block_count, load_strict, read_weights
+from fmcache.embed.loaders.local_checkpoint import block_count, load_strict, read_weights, unwrap_state_dict
 from fmcache.errors import ModelError
 
 # Nominal geometries. Shapes in a checkpoint override all but the head counts and the block
@@ -687,12 +687,7 @@ _BARE_ENCODER = ("blocks.", "patch_embed.", "neck.", "pos_embed")
 
 def _state_dict(ckpt: Any, container: str | None, path: Path, key: str) -> dict[str, torch.Tensor]:
     """The flat tensor mapping of a checkpoint, unwrapped from ``container``, ``module.`` cut."""
-    if container and isinstance(ckpt, Mapping) and isinstance(ckpt.get(container), Mapping):
-        ckpt = ckpt[container]
-    if not isinstance(ckpt, Mapping) or not ckpt or not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        what = ", ".join(sorted(map(str, ckpt))[:8]) if isinstance(ckpt, Mapping) else type(ckpt).__name__
-        where = f"a state dict under {container!r} or a flat state dict" if container else "a flat state dict"
-        raise ModelError(f"weights file {path} for {key!r} is not {where} (it holds: {what})")
+    ckpt = unwrap_state_dict(ckpt, container, path, key)
     # nn.DataParallel training saves every key under module.
     return {k.removeprefix("module."): v for k, v in ckpt.items()}
 

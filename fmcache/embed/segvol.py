@@ -36,6 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fmcache.embed.loaders.local_checkpoint import load_strict, read_weights
+from fmcache.embed.sam3d import MLP, TwoWayTransformer3D
+from fmcache.embed.tiny_vit import LayerNorm2d
 from fmcache.errors import ModelError
 
 # The sentence SegVol wraps a category name in before tokenising it (its TextEncoder).
@@ -106,21 +108,6 @@ def boxes_to_internal(boxes: torch.Tensor) -> torch.Tensor:
 # network parts (module names follow the release's tensor names)
 
 
-class _ChannelNorm(nn.Module):
-    """LayerNorm over the channel axis of an NCHW tensor (SAM's ``LayerNorm2d``)."""
-
-    def __init__(self, channels: int, eps: float = 1e-6):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        u = x.mean(1, keepdim=True)
-        s = (x - u).pow(2).mean(1, keepdim=True)
-        return self.weight[:, None, None] * ((x - u) / torch.sqrt(s + self.eps)) + self.bias[:, None, None]
-
-
 class _FourierPositions(nn.Module):
     """SAM's random-Fourier positional encoding, extended to three coordinates."""
 
@@ -173,8 +160,8 @@ class PromptEncoder3D(nn.Module):
         # holds its tensors
         c = cfg.mask_in_chans
         self.mask_downscaling = nn.Sequential(
-            nn.Conv2d(1, c // 4, kernel_size=2, stride=2), _ChannelNorm(c // 4), nn.GELU(),
-            nn.Conv2d(c // 4, c, kernel_size=2, stride=2), _ChannelNorm(c), nn.GELU(),
+            nn.Conv2d(1, c // 4, kernel_size=2, stride=2), LayerNorm2d(c // 4), nn.GELU(),
+            nn.Conv2d(c // 4, c, kernel_size=2, stride=2), LayerNorm2d(c), nn.GELU(),
             nn.Conv2d(c, dim, kernel_size=1),
         )
         self.no_mask_embed = nn.Embedding(1, dim)
@@ -208,101 +195,6 @@ class PromptEncoder3D(nn.Module):
         return sparse, dense
 
 
-class _Attention(nn.Module):
-    """Multi-head attention whose projections may narrow the width (``downsample``)."""
-
-    def __init__(self, dim: int, heads: int, downsample: int = 1):
-        super().__init__()
-        inner = dim // downsample
-        if inner % heads:
-            raise ValueError(f"{heads} heads do not divide the attention width {inner}")
-        self.heads = heads
-        self.q_proj = nn.Linear(dim, inner)
-        self.k_proj = nn.Linear(dim, inner)
-        self.v_proj = nn.Linear(dim, inner)
-        self.out_proj = nn.Linear(inner, dim)
-
-    def _split(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
-        return x.reshape(b, n, self.heads, c // self.heads).transpose(1, 2)
-
-    def forward(self, q, k, v):
-        q, k, v = self._split(self.q_proj(q)), self._split(self.k_proj(k)), self._split(self.v_proj(v))
-        attn = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
-        out = (attn @ v).transpose(1, 2)
-        return self.out_proj(out.reshape(out.shape[0], out.shape[1], -1))
-
-
-class _TokenMLP(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.lin1 = nn.Linear(dim, hidden)
-        self.lin2 = nn.Linear(hidden, dim)
-        self.act = nn.ReLU()
-
-    def forward(self, x):
-        return self.lin2(self.act(self.lin1(x)))
-
-
-class _TwoWayBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp_dim: int, skip_first_pe: bool):
-        super().__init__()
-        self.self_attn = _Attention(dim, heads)
-        self.norm1 = nn.LayerNorm(dim)
-        self.cross_attn_token_to_image = _Attention(dim, heads, 2)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = _TokenMLP(dim, mlp_dim)
-        self.norm3 = nn.LayerNorm(dim)
-        self.norm4 = nn.LayerNorm(dim)
-        self.cross_attn_image_to_token = _Attention(dim, heads, 2)
-        self.skip_first_pe = skip_first_pe
-
-    def forward(self, queries, keys, query_pe, key_pe):
-        if self.skip_first_pe:
-            queries = self.self_attn(queries, queries, queries)
-        else:
-            q = queries + query_pe
-            queries = queries + self.self_attn(q, q, queries)
-        queries = self.norm1(queries)
-        q, k = queries + query_pe, keys + key_pe
-        queries = self.norm2(queries + self.cross_attn_token_to_image(q, k, keys))
-        queries = self.norm3(queries + self.mlp(queries))
-        q, k = queries + query_pe, keys + key_pe
-        keys = self.norm4(keys + self.cross_attn_image_to_token(k, q, queries))
-        return queries, keys
-
-
-class _TwoWayTransformer(nn.Module):
-    def __init__(self, depth: int, dim: int, heads: int, mlp_dim: int):
-        super().__init__()
-        self.layers = nn.ModuleList(_TwoWayBlock(dim, heads, mlp_dim, i == 0) for i in range(depth))
-        self.final_attn_token_to_image = _Attention(dim, heads, 2)
-        self.norm_final_attn = nn.LayerNorm(dim)
-
-    def forward(self, image, image_pe, tokens):
-        keys = image.flatten(2).transpose(1, 2)
-        key_pe = image_pe.flatten(2).transpose(1, 2)
-        queries = tokens
-        for layer in self.layers:
-            queries, keys = layer(queries, keys, tokens, key_pe)
-        attn = self.final_attn_token_to_image(queries + tokens, keys + key_pe, keys)
-        return self.norm_final_attn(queries + attn), keys
-
-
-class _MLP(nn.Module):
-    def __init__(self, dim_in: int, hidden: int, dim_out: int, depth: int):
-        super().__init__()
-        sizes = [dim_in] + [hidden] * (depth - 1) + [dim_out]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
-
-    def forward(self, x):
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i < len(self.layers) - 1:
-                x = F.relu(x)
-        return x
-
-
 class MaskDecoder3D(nn.Module):
     """SAM's mask decoder in 3D, plus SegVol's text-to-voxel similarity term."""
 
@@ -310,7 +202,7 @@ class MaskDecoder3D(nn.Module):
         super().__init__()
         dim = cfg.hidden_size
         self.num_mask_tokens = cfg.num_multimask_outputs + 1
-        self.transformer = _TwoWayTransformer(cfg.decoder_depth, dim, cfg.decoder_heads, cfg.decoder_mlp_dim)
+        self.transformer = TwoWayTransformer3D(cfg.decoder_depth, dim, cfg.decoder_heads, cfg.decoder_mlp_dim)
         self.iou_token = nn.Embedding(1, dim)
         self.mask_tokens = nn.Embedding(self.num_mask_tokens, dim)
         up = tuple(2 * g for g in cfg.grid)
@@ -324,9 +216,9 @@ class MaskDecoder3D(nn.Module):
             nn.GELU(),
         )
         self.output_hypernetworks_mlps = nn.ModuleList(
-            _MLP(dim, dim, dim // 8, 3) for _ in range(self.num_mask_tokens)
+            MLP(dim, dim, dim // 8, 3) for _ in range(self.num_mask_tokens)
         )
-        self.iou_prediction_head = _MLP(dim, cfg.iou_head_hidden_dim, self.num_mask_tokens, 3)
+        self.iou_prediction_head = MLP(dim, cfg.iou_head_hidden_dim, self.num_mask_tokens, 3)
         self.txt_align_upscaled_embedding = nn.Linear(dim, dim // 8)
 
     def forward(self, image, image_pe, sparse, dense, text_embedding):

@@ -64,18 +64,24 @@ def read_weights(path: Path, key: str, container: str | None = None, *, trust_co
 def backbone_state_dict(ckpt: Any, spec: ModelSpec, path: Path) -> dict[str, torch.Tensor]:
     """The backbone's tensors from a checkpoint, per the entry's ``container``/``drop``/``strip``."""
     cfg = spec.config
-    entry = cfg.get("container")
-    if entry and isinstance(ckpt, Mapping) and isinstance(ckpt.get(entry), Mapping):
-        ckpt = ckpt[entry]
-    if not isinstance(ckpt, Mapping) or not ckpt or not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        what = ", ".join(sorted(map(str, ckpt))[:8]) if isinstance(ckpt, Mapping) else type(ckpt).__name__
-        where = f"a state dict under {entry!r} or a flat state dict" if entry else "a flat state dict"
-        raise ModelError(f"weights file {path} for {spec.key!r} is not {where} (it holds: {what})")
+    ckpt = unwrap_state_dict(ckpt, cfg.get("container"), path, spec.key)
     drop = tuple(cfg.get("drop", ()))
     sd = {k: v for k, v in ckpt.items() if not _listed(k, drop)}
     for prefix in cfg.get("strip", ()):
         sd = {k.removeprefix(prefix): v for k, v in sd.items()}
     return sd
+
+
+def unwrap_state_dict(ckpt: Any, container: str | None, path: Path, key: str) -> Mapping[str, torch.Tensor]:
+    """The tensors of a checkpoint: its ``container`` entry where it has one, else the checkpoint
+    itself; ModelError naming what it holds when that is not a mapping of names to tensors."""
+    if container and isinstance(ckpt, Mapping) and isinstance(ckpt.get(container), Mapping):
+        ckpt = ckpt[container]
+    if not isinstance(ckpt, Mapping) or not ckpt or not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        what = ", ".join(sorted(map(str, ckpt))[:8]) if isinstance(ckpt, Mapping) else type(ckpt).__name__
+        where = f"a state dict under {container!r} or a flat state dict" if container else "a flat state dict"
+        raise ModelError(f"weights file {path} for {key!r} is not {where} (it holds: {what})")
+    return ckpt
 
 
 def _listed(key: str, names: tuple[str, ...]) -> bool:
