@@ -309,3 +309,26 @@ def test_segvol_text_prompt_is_the_class_name(kits_segvol, tmp_path):
         expected.append(2 * ((truth == c) & mask).sum() / ((truth == c).sum() + mask.sum()))
     np.testing.assert_allclose(stored[0], expected, atol=0.02)
     assert not np.allclose(stored, run.predictions["bbox.mask.sex"]["dsc"])
+
+
+def test_an_interrupted_3d_embedding_resumes_to_the_same_entry(kits3d, tmp_path):
+    """Killed after its first chunk of volumes, the rerun encodes only the rest; the entry equals
+    the uninterrupted one, geometry included."""
+    import fmcache
+
+    model = _tiny_model(kits3d.key, TINY if kits3d.key == "sam_med3d" else FAST, tmp_path / "weights")
+
+    def stop(chunk):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        embed_features(kits3d.ds, kits3d.key, root=tmp_path / "cache", sam=model, progress=False, on_chunk=stop)
+    summary = embed_features(kits3d.ds, kits3d.key, root=tmp_path / "cache", sam=model, progress=False)
+    assert 0 < summary.encoded < len(kits3d.ds.table)
+    a = fmcache.open_cache(tmp_path / "cache").embeddings("kits23", kits3d.key)
+    b = fmcache.open_cache(kits3d.root).embeddings("kits23", kits3d.key)
+    rows = np.arange(len(kits3d.ds.table))
+    kinds = ("features", "crops", "geometry", "pooled")
+    got, want = a.items(rows, kinds), b.items(rows, kinds)
+    for k in kinds:
+        np.testing.assert_array_equal(got[k], want[k])

@@ -10,7 +10,12 @@ a class absent from an item gets no prompt and counts by ``empty`` (see
 :func:`fmcache.fairness.dice_per_sample`). The prompts are stored with the run, so every score
 can be derived again.
 
-Optional: the normalised surface distance at a tolerance in pixels (``nsd_tolerance``,
+Volumes are items too, scored on their own voxels: a 3D model's cached blocks are decoded and
+each mask mapped back (:mod:`fmcache.segment.volumetric`); a 2D model's foreground slices
+(:mod:`fmcache.segment.slices`) are prompted one by one (the stored prompts are then per slice,
+their ids the slices') and restacked into the volume. The run's config says which (``items``).
+
+Optional: the normalised surface distance at a tolerance in pixels, mm for volumes (``nsd_tolerance``,
 :mod:`fmcache.segment.surface`), with the same empty rule, means and gaps as Dice; every
 predicted mask in the run (``save_masks``, read back with
 :func:`fmcache.runs.masks.predicted_mask`). Always: thumbnails of a few items per group for the
@@ -164,6 +169,9 @@ class _Unit:
 class _Source:
     """Where a sweep's items, their truth and their predictions come from."""
 
+    items = "images"  # what the run's items are, as its config says
+    one_at_a_time = False  # a volume is decoded alone; images in batches of cfg.batch_size
+
     def __init__(self, emb: Embeddings, ds: Dataset, model, cfg: SegmentConfig):
         self.emb, self.ds, self.model, self.cfg = emb, ds, model, cfg
         self.classes = list(emb.dataset_info["mask_classes"])
@@ -181,7 +189,7 @@ class _Source:
 
     def units(self, rows: np.ndarray) -> list[np.ndarray]:
         """Positions (into ``rows``) decoded together."""
-        step = self.cfg.batch_size
+        step = 1 if self.one_at_a_time else self.cfg.batch_size
         return [np.arange(lo, min(lo + step, len(rows))) for lo in range(0, len(rows), step)]
 
     def predict(self, rows: np.ndarray, kinds: list[str]) -> _Unit:
@@ -222,6 +230,8 @@ class _Slices(_Images):
     decoded from its cached features, the predicted slices are restacked into the volume,
     which is scored whole (empty slices are background in both)."""
 
+    items, one_at_a_time = "volumes (2D model, slice by slice)", True
+
     def __init__(self, emb, view, model, cfg):
         super().__init__(emb, view, model, cfg)
         self.view = view
@@ -243,9 +253,6 @@ class _Slices(_Images):
         for v, slices in self.by_volume.items():
             out[v] = per_slice[slices[0]]  # every slice carries its volume's group
         return out
-
-    def units(self, rows: np.ndarray) -> list[np.ndarray]:
-        return [np.array([k]) for k in range(len(rows))]
 
     def predict(self, rows: np.ndarray, kinds: list[str]) -> _Unit:
         (v,) = rows
@@ -275,8 +282,7 @@ class _Volumes(_Source):
     """A volumetric dataset through a 3D model: items are volumes, decoded from their cached
     blocks, the masks mapped back onto the volume's voxels and scored there."""
 
-    def units(self, rows: np.ndarray) -> list[np.ndarray]:
-        return [np.array([k]) for k in range(len(rows))]
+    items, one_at_a_time = "volumes (3D model)", True
 
     def predict(self, rows: np.ndarray, kinds: list[str]) -> _Unit:
         (v,) = rows
@@ -461,8 +467,7 @@ def _config(cfg: SegmentConfig, source: _Source, attributes, names, rows, root: 
         "mask_classes": list(emb.dataset_info["mask_classes"]),
         "feature_kind": POOLED,  # what the report's representation analyses read
         "n_items": int(len(rows)),
-        "items": {"_Images": "images", "_Slices": "volumes (2D model, slice by slice)",
-                  "_Volumes": "volumes (3D model)"}[type(source).__name__],
+        "items": source.items,
         "cache": {k: emb.provenance.get(k) for k in ("weights_id", "weights_sha256", "preprocess", "row_fingerprint",
                                                      "created")},
         "versions": {"fmcache": __version__},
