@@ -61,7 +61,6 @@ def _end_to_end(model, volume, labels, prompt, c: int) -> tuple[np.ndarray, np.n
 
 def test_decoding_from_the_cache_equals_the_model_end_to_end(kits3d):
     import fmcache
-
     from fmcache.segment.volumetric import decode_block
 
     ds, run, model = kits3d.ds, kits3d.run, kits3d.model
@@ -185,7 +184,6 @@ def _segvol_end_to_end(model, ds, v: int, prompt, zoom_in: bool) -> np.ndarray:
 
 def test_segvol_decoding_from_the_cache_equals_its_inference(kits_segvol):
     import fmcache
-
     from fmcache.segment.volumetric import decode_blocks
 
     ds, run, model = kits_segvol.ds, kits_segvol.run, kits_segvol.model
@@ -332,3 +330,26 @@ def test_an_interrupted_3d_embedding_resumes_to_the_same_entry(kits3d, tmp_path)
     got, want = a.items(rows, kinds), b.items(rows, kinds)
     for k in kinds:
         np.testing.assert_array_equal(got[k], want[k])
+
+
+def test_a_fastsam3d_encoder_file_is_completed_by_sam_med3ds_decoder(tmp_path):
+    """FastSAM3D's distillation saves the encoder alone; its evaluation takes the prompt encoder
+    and mask decoder from SAM-Med3D's checkpoint, here found where sam_med3d's source points."""
+    teacher = tiny_sam3d(dict(TINY, img_size=128), seed=1)
+    save_release(teacher, tmp_path / "w" / "sam_med3d_turbo.pth")
+    student = tiny_sam3d(dict(FAST, img_size=128), seed=2)
+    bare = {k.removeprefix("image_encoder."): v for k, v in student.state_dict().items()
+            if k.startswith("image_encoder.")}
+    torch.save({"model_state_dict": bare}, tmp_path / "FastSAM3D.pth")
+    spec = dataclasses.replace(VOLUME_MODELS["fastsam3d"], weights=str(tmp_path / "FastSAM3D.pth"))
+    teacher_spec = dataclasses.replace(VOLUME_MODELS["sam_med3d"], weights=str(tmp_path / "w" / "sam_med3d_turbo.pth"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(VOLUME_MODELS, "sam_med3d", teacher_spec)
+        loaded = load_volume_model(spec)
+    sd = loaded.net.state_dict()
+    for k, v in student.state_dict().items():
+        if k.startswith("image_encoder."):
+            torch.testing.assert_close(sd[k], v, rtol=0, atol=0)
+    for k, v in teacher.state_dict().items():
+        if k.startswith(("prompt_encoder.", "mask_decoder.")):
+            torch.testing.assert_close(sd[k], v, rtol=0, atol=0)
