@@ -43,6 +43,7 @@ class EmbedSummary:
     seconds: float
     device: str
     kinds: dict[str, int | list[int]]  # a width, or the shape of a per-item map
+    unit: str = "images"  # what a row is: images, volumes
 
     @property
     def images_per_s(self) -> float:
@@ -52,10 +53,10 @@ class EmbedSummary:
         kinds = ", ".join(f"{k} {'x'.join(map(str, d)) if isinstance(d, list) else f'{d}-d'}" for k, d in self.kinds.items())
         reused = self.n - self.encoded
         if not self.encoded:
-            return f"{self.dataset}/{self.model}: all {self.n} images were already cached ({kinds}) at {self.root}"
+            return f"{self.dataset}/{self.model}: all {self.n} {self.unit} were already cached ({kinds}) at {self.root}"
         return (
-            f"{self.dataset}/{self.model}: {self.n} images cached ({kinds}) at {self.root}; "
-            f"encoded {self.encoded} in {self.seconds:.1f} s ({self.images_per_s:.1f} images/s on {self.device})"
+            f"{self.dataset}/{self.model}: {self.n} {self.unit} cached ({kinds}) at {self.root}; "
+            f"encoded {self.encoded} in {self.seconds:.1f} s ({self.images_per_s:.1f} {self.unit}/s on {self.device})"
             + (f", {reused} reused from an earlier run" if reused else "")
         )
 
@@ -355,17 +356,17 @@ class _null:
         return False
 
 
-def progress_bar(enabled: bool, total: int, label: str):
+def progress_bar(enabled: bool, total: int, label: str, unit: str = "img"):
     if not enabled:
         return _null()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     class _Rate(TextColumn):
-        def render(self, task):  # images/s over the whole run, steadier than rich's window
+        def render(self, task):  # items/s over the whole run, steadier than rich's window
             from rich.text import Text
 
             speed = task.completed / task.elapsed if task.elapsed else 0.0
-            return Text(f"{speed:6.1f} img/s")
+            return Text(f"{speed:6.1f} {unit}/s")
 
     return Progress(
         TextColumn(f"[bold]{label}"),

@@ -86,6 +86,7 @@ def embed_features(
     """
     volumetric = model in VOLUME_MODELS or isinstance(sam, VolumeModel)
     _check_dimensions(dataset, model, volumetric)
+    unit = "volumes" if volumetric else "images"
     device = resolve_device(device)
     check_images_exist(dataset)
     root_s = resolve_root(root)
@@ -102,16 +103,16 @@ def embed_features(
         encode_rows = _encode_rows
     kinds = dict(provenance["dims"])
     if not overwrite and is_intact(root_s, dataset.name, dataset.fingerprint, model, provenance):
-        return EmbedSummary(dataset.name, model, root_s, len(dataset.table), 0, 0.0, device, kinds)
+        return EmbedSummary(dataset.name, model, root_s, len(dataset.table), 0, 0.0, device, kinds, unit)
     check_image_headers(dataset)
     with writing(root_s, dataset.name, dataset.table, dataset.group_attrs(), model, provenance, chunk_rows=chunk_rows,
                  overwrite=overwrite, wait=wait, on_wait=on_wait, on_repair=on_repair) as writer:
         if writer.complete:
-            return EmbedSummary(dataset.name, model, root_s, writer.n, 0, 0.0, device, kinds)
+            return EmbedSummary(dataset.name, model, root_s, writer.n, 0, 0.0, device, kinds, unit)
         pending = writer.pending_chunks()
         total = sum(b - a for a, b in map(writer.rows, pending))
         start = time.perf_counter()
-        with progress_bar(progress, total, f"{dataset.name}/{model}") as prog:
+        with progress_bar(progress, total, f"{dataset.name}/{model}", "vol" if volumetric else "img") as prog:
             task = prog.add_task("embed", total=total) if prog else None
             for chunk in pending:
                 a, b = writer.rows(chunk)
@@ -125,7 +126,7 @@ def embed_features(
                     prog.advance(task, b - a)
         seconds = time.perf_counter() - start
         writer.finish(last_run={"encoded": total, "seconds": round(seconds, 3), "device": device})
-    return EmbedSummary(dataset.name, model, root_s, writer.n, total, seconds, device, kinds)
+    return EmbedSummary(dataset.name, model, root_s, writer.n, total, seconds, device, kinds, unit)
 
 
 def entry_provenance(sam: SamModel, model: str, dataset: Dataset, batch_size: int) -> dict[str, Any]:
