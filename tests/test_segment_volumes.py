@@ -115,6 +115,7 @@ def test_overlays_show_a_foreground_slice_of_chosen_volumes(kits_slices):
         assert truth.max() > 0  # the slice where the volume's truth is largest
 
 
+@pytest.mark.slow  # the tiny SAM at SAM's own 1024 px input, on every foreground slice
 def test_command_line_slice_by_slice(run_cli, sam_weights, tmp_path):
     """`fmcache embed -m sam -d kits23` caches the foreground slices as kits23_slices and says so;
     `fmcache segment` finds them under the dataset's own name and scores volumes."""
