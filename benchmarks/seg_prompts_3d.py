@@ -67,7 +67,7 @@ def main() -> None:
         encode_time += time.perf_counter() - t
         t = time.perf_counter()
         for kind in PROMPT_TYPES:
-            decode_blocks(model, features, geometries, [ps[kind]])
+            decode_blocks(model, features, geometries, [ps[kind]], volume.shape)
         decode_time += time.perf_counter() - t
     ours = time.perf_counter() - start
 
@@ -75,7 +75,7 @@ def main() -> None:
     for (volume, mask), ps in zip(cases, prompts):
         for kind in PROMPT_TYPES:
             blocks, geometries = prepare_blocks(model, volume, mask, 1)
-            decode_blocks(model, encode_blocks(model, blocks), geometries, [ps[kind]])
+            decode_blocks(model, encode_blocks(model, blocks), geometries, [ps[kind]], volume.shape)
     reference = time.perf_counter() - start
 
     per_prompt = decode_time / (len(cases) * len(PROMPT_TYPES))

@@ -118,11 +118,54 @@ def test_geometry_is_recorded_per_block(kits3d):
     assert emb.provenance["preprocess"] == TINY_INPUT.to_attrs()
     _, geometries = cached_volume(emb, 0)
     volume = ds.volume(0)
-    for g in geometries:
+    labels = ds.mask_volume(0).array
+    for c, g in enumerate(geometries, start=1):
         assert g.orientation == ("R", "A", "S") and g.original_shape == volume.shape
         np.testing.assert_allclose(g.original_spacing, s3.KITS_SPACING[::-1], atol=1e-9)
         np.testing.assert_allclose(g.original_affine, volume.affine, atol=1e-9)
         assert g.target_spacing == (0.5, 0.5, 0.5) and g.box_size == (64, 64, 64)
+        # each block is centred on its class's bounding box (to the nearest resampled voxel)
+        where = np.argwhere(labels == c)
+        centre = (where.min(axis=0) + where.max(axis=0)) / 2.0
+        assert np.abs(to_block_coords(centre, g) - 32).max() <= 0.5 + 1e-6
+
+
+def test_a_volume_without_any_class_is_cached_and_scores_by_the_empty_rule(tmp_path):
+    """No block to encode, no prompt to give: its features are zeros and every class counts 1
+    (absent from truth and prediction), the volumes around it as usual."""
+    from helpers import official_layouts as ol
+
+    data = s3.write_kits23(tmp_path / "kits23")
+    seg = tmp_path / "kits23" / "dataset" / "case_00001" / "segmentation.nii.gz"
+    ol.write_nifti(seg, np.zeros(s3.KITS_SHAPE, np.uint8), s3.KITS_AFFINE)
+    ds = load_dataset("kits23", data=data)
+    model = _tiny_model("sam_med3d", TINY, tmp_path / "weights")
+    embed_features(ds, "sam_med3d", root=tmp_path / "cache", sam=model, progress=False)
+    run = run_segment(SegmentConfig(dataset="kits23", model="sam_med3d", prompts=["center"], split="all", n_boot=0),
+                      data=data, root=tmp_path / "cache", sam=model)
+    dsc = run.predictions["center.mask.sex"]["dsc"]
+    np.testing.assert_array_equal(dsc[1], [1.0, 1.0, 1.0])
+    assert (dsc[0] < 1).any()  # the others were decoded
+
+
+def test_a_label_volume_moved_since_caching_is_refused(kits3d, tmp_path):
+    """The cache fingerprints the table, not the voxels: a label volume rewritten on another grid
+    would map every prediction onto the wrong voxels, so the sweep names it instead."""
+    import shutil
+
+    from helpers import official_layouts as ol
+
+    from fmcache.errors import DatasetError
+
+    data = tmp_path / "kits23"
+    shutil.copytree(kits3d.data, data)
+    shifted = s3.KITS_AFFINE.copy()
+    shifted[2, 3] += 5.0
+    seg = data / "dataset" / "case_00000" / "segmentation.nii.gz"
+    ol.write_nifti(seg, s3.kits_labels(0, True), shifted)
+    with pytest.raises(DatasetError, match="not on the voxel grid its blocks were cached from"):
+        run_segment(SegmentConfig(dataset="kits23", model=kits3d.key, prompts=["center"], split="all"),
+                    data=data, root=kits3d.root, sam=kits3d.model)
 
 
 def test_groups_are_per_volume_including_bmi(kits3d):
@@ -194,7 +237,7 @@ def test_segvol_decoding_from_the_cache_equals_its_inference(kits_segvol):
         features, geometries = cached_volume(emb, v)
         for kind in SEGVOL_KINDS:
             ps = [prompt_at(prompts, kind, v, c) for c in (1, 2, 3)]
-            masks = decode_blocks(model, features, geometries, ps)
+            masks = decode_blocks(model, features, geometries, ps, ds.volume(v).shape)
             for p, mask in zip(ps, masks):
                 if p.is_absent:
                     assert not mask.any()

@@ -100,9 +100,9 @@ def test_image_and_mask_are_the_volumes_slice(volumes, view):
 def test_each_volume_is_read_once_walking_the_rows_in_order(volumes, monkeypatch):
     view = slice_dataset(volumes)
     reads = {"image": [], "mask": []}
-    image, mask = volumes.image, volumes.mask
+    image, mask = volumes.image, volumes.mask_volume  # the label volume is read with its grid (spacing)
     monkeypatch.setattr(volumes, "image", lambda i: reads["image"].append(i) or image(i))
-    monkeypatch.setattr(volumes, "mask", lambda i: reads["mask"].append(i) or mask(i))
+    monkeypatch.setattr(volumes, "mask_volume", lambda i: reads["mask"].append(i) or mask(i))
     for i in range(len(view.table)):
         view.image(i)
         view.mask(i)
@@ -110,6 +110,7 @@ def test_each_volume_is_read_once_walking_the_rows_in_order(volumes, monkeypatch
     assert reads["image"] == reads["mask"] == list(range(n))
     view.mask(len(view.table) - 1)
     view.label_stack(n - 1)
+    view.spacing(n - 1)
     assert reads["mask"] == list(range(n))
 
 

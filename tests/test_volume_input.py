@@ -192,3 +192,26 @@ def test_sam_med3d_intensity_recipe_is_the_z_score_over_positive_voxels():
     assert np.isfinite(apply_recipe("znorm_positive", np.full((2, 2, 2), -3.0, np.float32))).all()
     with pytest.raises(SegmentInputError, match="unknown intensity recipe"):
         apply_recipe("windowed", x)
+
+
+def test_a_point_lands_on_its_own_voxel_in_the_block(centred):
+    """A volume whose every voxel holds its own index, resampled by nearest neighbour: the voxel
+    of the block at ``to_block_coords(p)`` carries p's index, for points across the block."""
+    from fmcache.datasets.volume_grid import Volume
+    from fmcache.segment.volume_input import to_block_coords
+
+    volume, _ = centred
+    index = np.arange(volume.array.size, dtype=np.float64).reshape(volume.shape)
+    numbered = Volume(index, volume.affine)
+    centre = (np.array(volume.shape) - 1) / 2
+    block, geometry = to_model_input(numbered, 2.0, 48, center=centre, mode="nearest")
+    rng = np.random.default_rng(0)
+    points = centre + rng.integers(-15, 16, (20, 3))
+    for p in points:
+        b = np.rint(to_block_coords(p, geometry)).astype(int)
+        assert (0 <= b).all() and (b < 48).all()
+        # nearest neighbour on both sides: the block voxel's source lies within half a block voxel
+        # plus half a source voxel of p (in mm), never a box start or an axis away
+        source = np.array(np.unravel_index(int(block[tuple(b)]), volume.shape), dtype=np.float64)
+        gap = np.linalg.norm(volume.affine[:3, :3] @ (source - p))
+        assert gap <= 0.5 * np.sqrt(3) * 2.0 + 0.5 * np.linalg.norm(volume.spacing) + 1e-6

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fmcache.embed.loaders.local_checkpoint import load_strict, read_weights
+from fmcache.embed.loaders.local_checkpoint import load_strict, read_weights, unwrap_state_dict
 from fmcache.embed.sam3d import MLP, TwoWayTransformer3D
 from fmcache.embed.tiny_vit import LayerNorm2d
 from fmcache.errors import ModelError
@@ -455,18 +455,14 @@ def to_release_keys(model: SegVol, prefix: str = "model.") -> dict[str, torch.Te
     return sd
 
 
-def release_state_dict(ckpt: Any, path: Path | str = "<checkpoint>") -> dict[str, torch.Tensor]:
+def release_state_dict(ckpt: Any, path: Path | str = "<checkpoint>", key: str = "segvol") -> dict[str, torch.Tensor]:
     """The network's tensors of a SegVol checkpoint, in this module's names.
 
     Accepts the Hugging Face file (flat, ``model.``-prefixed), the GitHub training checkpoint
     (``{'model': {'module.'-prefixed}, 'optimizer', 'epoch', 'scheduler'}``), and a state dict
     already without prefix.
     """
-    if isinstance(ckpt, Mapping) and isinstance(ckpt.get("model"), Mapping):
-        ckpt = ckpt["model"]
-    if not isinstance(ckpt, Mapping) or not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        raise ModelError(f"weights file {path} is not a SegVol state dict")
-    sd = dict(ckpt)
+    sd = dict(unwrap_state_dict(ckpt, "model", Path(path), key))
     for prefix in ("module.", "model."):
         if sd and all(k.startswith(prefix) for k in sd):
             sd = {k[len(prefix):]: v for k, v in sd.items()}
@@ -507,7 +503,7 @@ def load_segvol(
     weights = _weights_file(p) if p.is_dir() else p
     if not weights.is_file():
         raise ModelError(f"SegVol weights {weights} do not exist")
-    sd = release_state_dict(read_weights(weights, key, "model"), weights)
+    sd = release_state_dict(read_weights(weights, key, "model"), weights, key)
     cfg = config or SegVolConfig()
     has_text = any(k.startswith("text_encoder.") for k in sd)
     if cfg.with_text != has_text:

@@ -64,7 +64,7 @@ class _Reader:
         self.source = source
         self.plane = plane
         self._image: tuple[int, np.ndarray] | None = None
-        self._mask: tuple[int, np.ndarray] | None = None
+        self._mask: tuple[int, np.ndarray, tuple[float, float, float]] | None = None
 
     def image_stack(self, volume_row: int) -> np.ndarray:
         """The volume's image as float32 (slices, H, W) in [0, 1], cut in the view's plane."""
@@ -74,9 +74,18 @@ class _Reader:
 
     def mask_stack(self, volume_row: int) -> np.ndarray:
         """The volume's labels as uint8 (slices, H, W), cut in the view's plane."""
+        return self._labels(volume_row)[1]
+
+    def spacing(self, volume_row: int) -> tuple[float, float, float]:
+        """mm per voxel along the axes of :meth:`mask_stack` (from the same read)."""
+        return self._labels(volume_row)[2]
+
+    def _labels(self, volume_row: int) -> tuple[int, np.ndarray, tuple[float, float, float]]:
         if self._mask is None or self._mask[0] != volume_row:
-            self._mask = (volume_row, _reslice(self.source.mask(volume_row), self.plane))
-        return self._mask[1]
+            labels = self.source.mask_volume(volume_row)
+            spacing = tuple(float(labels.spacing[a]) for a in PLANE_AXES[self.plane])
+            self._mask = (volume_row, _reslice(labels.slices(), self.plane), spacing)
+        return self._mask
 
     def load(self, root: Path, row: pd.Series) -> Image.Image:
         """``DatasetSpec.load`` of the view: the slice as an RGB image, 8 bits = round(255 x value)."""
@@ -121,6 +130,10 @@ class SliceView(Dataset):
         """The whole label volume of ``volume_row`` as uint8 (slices, H, W) in the view's plane:
         the truth a :func:`restack`-ed prediction of that volume is scored against."""
         return self.reader.mask_stack(int(volume_row)).copy()
+
+    def spacing(self, volume_row: int) -> tuple[float, float, float]:
+        """mm per voxel along the axes of :meth:`label_stack` (slices, rows, columns)."""
+        return self.reader.spacing(int(volume_row))
 
     def volume_rows(self) -> np.ndarray:
         """The volume rows in the view, in order (each once)."""

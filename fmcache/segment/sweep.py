@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -166,7 +167,7 @@ class _Unit:
     spacings: list[tuple[float, ...] | None]
 
 
-class _Source:
+class _Source(ABC):
     """Where a sweep's items, their truth and their predictions come from."""
 
     items = "images"  # what the run's items are, as its config says
@@ -192,8 +193,9 @@ class _Source:
         step = 1 if self.one_at_a_time else self.cfg.batch_size
         return [np.arange(lo, min(lo + step, len(rows))) for lo in range(0, len(rows), step)]
 
+    @abstractmethod
     def predict(self, rows: np.ndarray, kinds: list[str]) -> _Unit:
-        raise NotImplementedError
+        """The truth and the predictions of the items ``rows`` for every prompt type ``kinds``."""
 
     def overlay(self, row: int, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Item ``row``'s image (H, W, 3) uint8, true and predicted label maps (a volume: the
@@ -269,7 +271,7 @@ class _Slices(_Images):
                     per_slice[k][c].extend(pred[k][c])
         stacked = {k: [[restack(truth.shape, self.slice_of[slices], per_slice[k][c]).astype(bool)]
                        for c in range(self.n_classes)] for k in kinds}
-        return _Unit([truth], stacked, _concat_prompts(parts), [_slice_spacing(self.view, int(v))])
+        return _Unit([truth], stacked, _concat_prompts(parts), [self.view.spacing(int(v))])
 
     def _picture(self, row, truth, label):
         slices = self.by_volume[int(row)]
@@ -288,6 +290,7 @@ class _Volumes(_Source):
         (v,) = rows
         truth = self.ds.mask_volume(int(v))
         features, geometries = cached_volume(self.emb, int(v))
+        self._check_grid(int(v), truth, geometries)
         volume = normalised_volume(self.model, self.ds.volume(int(v))) if self.cfg.zoom_in else None
         spatial = [k for k in kinds if k != TEXT_PROMPT]
         prompts = build_prompts([truth.array], [self.ids()[v]], spatial, seed=self.cfg.seed,
@@ -296,8 +299,21 @@ class _Volumes(_Source):
         for k in kinds:
             per_class = [TextPrompt(name, not prompts["present"][0, c]) if k == TEXT_PROMPT
                          else prompt_at(prompts, k, 0, c + 1) for c, name in enumerate(self.classes)]
-            pred[k] = [[m] for m in decode_blocks(self.model, features, geometries, per_class, volume)]
+            pred[k] = [[m] for m in decode_blocks(self.model, features, geometries, per_class, truth.shape, volume)]
         return _Unit([truth.array], pred, prompts, [truth.spacing])
+
+    def _check_grid(self, row: int, truth, geometries) -> None:
+        """DatasetError when the label volume is not on the grid its blocks were cached from: the
+        masks would be mapped onto the wrong voxels (the fingerprint covers the table, not pixels)."""
+        from fmcache.datasets.volume_grid import GRID_TOLERANCE_MM
+
+        for g in geometries:
+            if g is not None and (tuple(g.original_shape) != truth.shape or
+                                  np.abs(np.asarray(g.original_affine) - truth.affine).max() >= GRID_TOLERANCE_MM):
+                raise DatasetError(f"{self.ds.name}: the label volume {self.ds.mask_file(row)} of "
+                                   f"{self.ids()[row]!r} is not on the voxel grid its blocks were cached from (the "
+                                   "file changed since `fmcache embed`): pass --data the copy it was embedded "
+                                   "from, or embed again with --overwrite")
 
     def _picture(self, row, truth, label):
         from fmcache.datasets.volume_grid import Volume
@@ -307,14 +323,6 @@ class _Volumes(_Source):
         z = int(np.argmax((t > 0).sum(axis=(1, 2))))
         image = np.asarray(self.ds.image(int(row))[z])
         return np.repeat(np.round(image * 255).astype(np.uint8)[..., None], 3, axis=-1), t[z], p[z]
-
-
-def _slice_spacing(view, row: int) -> tuple[float, ...]:
-    """mm per voxel along the axes of a volume's (slices, H, W) stack in the view's plane."""
-    from fmcache.datasets.volumes import PLANE_AXES
-
-    spacing = view.source.mask_volume(row).spacing
-    return tuple(float(spacing[a]) for a in PLANE_AXES[view.plane])
 
 
 def _sweep_into(path, cfg: SegmentConfig, source: _Source, rows: np.ndarray, attributes: list[str], root: str,

@@ -169,19 +169,20 @@ def encode_blocks(model: VolumeModel, blocks: np.ndarray) -> np.ndarray:
 
 @torch.no_grad()
 def decode_blocks(model: VolumeModel, features: np.ndarray, geometries: list[VolumeGeometry | None],
-                  prompts: list[Any], volume: np.ndarray | None = None) -> list[np.ndarray]:
+                  prompts: list[Any], shape: tuple[int, int, int], volume: np.ndarray | None = None
+                  ) -> list[np.ndarray]:
     """One bool mask on the original grid per class from cached features and prompts.
 
     ``prompts[c]`` is class c+1's :class:`~fmcache.segment.prompts.Prompt` in the volume's
     voxels, or (SegVol) its :class:`TextPrompt` (absent: an empty mask); ``features`` and
-    ``geometries`` are the volume's blocks (one per class, or one for all). ``volume`` (SegVol only): the intensity-normalised volume, for its
+    ``geometries`` are the volume's blocks (one per class, or one for all); ``shape`` is the
+    volume's, the masks'. ``volume`` (SegVol only): the intensity-normalised volume, for its
     zoom-in pass, which encodes windows around each zoom-out prediction afresh.
     """
     masks = []
     for c, prompt in enumerate(prompts):
         g = geometries[c] if len(geometries) > 1 else geometries[0]
         if prompt.is_absent or g is None:
-            shape = next(x for x in geometries if x is not None).original_shape
             masks.append(np.zeros(shape, bool))
             continue
         block_features = features[c if len(features) > 1 else 0]
