@@ -22,6 +22,25 @@ FAMILIES = {
     "medclip": "medclip",
 }
 
+# family -> the modules LoRA adapts (a regular expression peft matches against the whole module
+# name), or why the family takes none. Attention projections of the image tower, as the
+# benchmark's configurations name them (``qkv``; query / key / value where they are separate);
+# the CNNs take their convolutions, which peft adapts as well.
+LORA_TARGETS: dict[str, str] = {
+    # open_clip's own ViT keeps q, k and v in one nn.MultiheadAttention, which peft adapts as a whole
+    "open_clip": r"visual\.(transformer\.resblocks\.\d+\.attn|trunk\.blocks\.\d+\.attn\.qkv)",
+    "hf_clip": r"vision_model\.encoder\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj)",
+    "hf_dinov2": r"encoder\.layer\.\d+\.attention\.(attention\.)?(q_proj|k_proj|v_proj|query|key|value)",
+    "timm_vit_mae": r"blocks\.\d+\.attn\.qkv",
+    "sam_vit": r"blocks\.\d+\.attn\.qkv",
+    "hf_blip": r"vision_model\.encoder\.layers\.\d+\.self_attn\.qkv",
+    "hf_blip2": r"vision_model\.encoder\.layers\.\d+\.self_attn\.qkv",
+    "medclip": r"vision_model\.model\.encoder\.layers\.\d+\.blocks\.\d+\.attention\.(q_proj|k_proj|v_proj|query|key|value)",
+    "torchvision_resnet": r"layer\d\.\d+\.conv\d",
+    # the 1 x 1 convolutions hold nearly all of an EfficientNet's weights; the depthwise ones stay frozen
+    "efficientnet_lite": r"(blocks\.\d+\.\d+\.conv_(pw|pwl)|conv_head)",
+}
+
 
 def get_model(key: str) -> ModelSpec:
     try:

@@ -70,6 +70,8 @@ class Encoder:
     checkpoint may differ from the entry's nominal dims). A model whose image is a set of
     query outputs (BLIP-2) also has ``encode_queries``: the same batch's per-query
     ``image`` (B, Q, D) and unit-norm ``image_proj`` (B, Q, D') before they are pooled.
+    Both run under ``torch.inference_mode``; ``image_forward`` is ``encode_image`` with
+    gradients, for fine-tuning.
     """
 
     spec: ModelSpec
@@ -83,3 +85,13 @@ class Encoder:
     logit_scale: float | None = None
     encode_queries: Callable[[Any], dict[str, Any]] | None = None
     n_queries: int = 0
+
+    def __post_init__(self) -> None:
+        import torch
+
+        # loaders hand over plain forward functions: fine-tuning trains through them
+        # (``image_forward``), while every other caller gets them under inference mode
+        self.image_forward = self.encode_image
+        self.encode_image = torch.inference_mode()(self.encode_image)
+        if self.encode_queries is not None:
+            self.encode_queries = torch.inference_mode()(self.encode_queries)

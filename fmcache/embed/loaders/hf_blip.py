@@ -74,7 +74,6 @@ def _tokenizer(folder: Path, spec: ModelSpec) -> Any:
 def _image_encoder(model: Any, retrieval: bool) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
     size = model.config.vision_config.image_size
 
-    @torch.inference_mode()
     def encode_image(x: torch.Tensor) -> dict[str, torch.Tensor]:
         # position embeddings are resampled only when the input differs from the trained size
         out = model.vision_model(pixel_values=x, interpolate_pos_encoding=tuple(x.shape[-2:]) != (size, size))

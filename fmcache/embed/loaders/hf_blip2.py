@@ -89,7 +89,6 @@ def query_outputs(model: Any, x: torch.Tensor) -> torch.Tensor:
 
 
 def _query_encoder(model: Any) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
-    @torch.inference_mode()
     def encode_queries(x: torch.Tensor) -> dict[str, torch.Tensor]:
         q = query_outputs(model, x)
         proj = torch.nn.functional.normalize(model.vision_projection(q.to(model.vision_projection.weight.dtype)), dim=-1)

@@ -45,7 +45,6 @@ def load(spec: ModelSpec, weights: str | None, device: str, *, trust_code: bool 
 
 
 def _image_encoder(model: Any) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
-    @torch.inference_mode()
     def encode_image(x: torch.Tensor) -> dict[str, torch.Tensor]:
         # pooler_output = post_layernorm(CLS), the input of visual_projection
         pre = model.vision_model(pixel_values=x).pooler_output

@@ -27,7 +27,6 @@ def load(spec: ModelSpec, weights: str | None, device: str, *, trust_code: bool 
 
 
 def _image_encoder(model: Any) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
-    @torch.inference_mode()
     def encode_image(x: torch.Tensor) -> dict[str, torch.Tensor]:
         # pooler_output = CLS after the final layernorm; position embeddings (trained at 518)
         # are interpolated to the input size by the model itself

@@ -311,7 +311,6 @@ def _tokenizer(spec: ModelSpec, folder: Path) -> Any:
 def _image_encoder(model: _MedCLIP) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
     vision = model.vision_model
 
-    @torch.inference_mode()
     def encode_image(x: torch.Tensor) -> dict[str, torch.Tensor]:
         if x.shape[1] == 3:
             luma = torch.tensor(_LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)

@@ -314,7 +314,6 @@ def _image_encoder(model: torch.nn.Module, spec: ModelSpec, embed_dim: int) -> t
     else:
         raise ModelError(f"{spec.key!r}: unsupported open_clip image tower {type(visual).__name__}")
 
-    @torch.inference_mode()
     def encode_image(x: torch.Tensor) -> dict[str, torch.Tensor]:
         pre, post = split(x)
         return {"image": pre, "image_proj": post}

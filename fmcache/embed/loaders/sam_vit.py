@@ -78,7 +78,6 @@ def geometry(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
 
 
 def _image_encoder(model: Any) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
-    @torch.inference_mode()
     def encode_image(x: torch.Tensor) -> dict[str, torch.Tensor]:
         # ImageEncoderViT.forward without the neck: (B, H, W, C) tokens, averaged over the grid
         x = model.patch_embed(x)

@@ -62,7 +62,6 @@ def geometry(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
 
 
 def _image_encoder(model: Any) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
-    @torch.inference_mode()
     def encode_image(x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"image": model.forward_head(model.forward_features(x), pre_logits=True)}
 

@@ -71,7 +71,6 @@ def _build(arch: str, sd: Mapping[str, torch.Tensor]) -> tuple[torch.nn.Module, 
 
 
 def _image_encoder(model: torch.nn.Module, head: torch.nn.Module | None) -> Callable:
-    @torch.inference_mode()
     def encode_image(x: torch.Tensor) -> dict[str, torch.Tensor]:
         pooled = model(x)
         out = {"image": pooled}

@@ -1,0 +1,219 @@
+"""A fine-tuning run: train a method, select its epoch on validation, evaluate it on test with
+bootstrap intervals and write a run directory that ``fmcache results`` and the report read
+beside the frozen-feature heads; optionally cache the fine-tuned encoder as ``<model>+<run>``.
+
+The run directory is claimed before training and holds ``request.json`` (what was asked) and
+``checkpoints/`` from the start; ``config.json`` comes last, so an unfinished run is not
+listed, and ``resume_finetune`` continues it from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from fmcache import __version__
+from fmcache.datasets.samples import Dataset
+from fmcache.embed.registry import load_model
+from fmcache.embed.weights import sha256_file
+from fmcache.errors import FmcacheError
+from fmcache.fairness import evaluate, evaluate_multiclass
+from fmcache.finetune.loop import BEST, FitResult, TrainConfig, fit, predict
+from fmcache.finetune.task import Task
+from fmcache.mitigations import MITIGATIONS
+from fmcache.runs import Run, cache_root, load_results, new_run_dir, prediction_key, run_path, write_run
+
+REQUEST, CHECKPOINTS = "request.json", "checkpoints"
+# the benchmark's settings per method: its classification protocol, and SAMed's (FEBS trains 20 epochs)
+_CLASSIFY = {"epochs": 100, "batch_size": 128, "lr": 2.5e-4, "rank": 8}
+_SAMED = {"epochs": 100, "batch_size": 16, "lr": 0.005, "rank": 4}
+
+
+def method_defaults(method: str) -> dict[str, float]:
+    """Epochs, batch size, learning rate and LoRA rank the benchmark trains ``method`` with."""
+    if method.startswith("samed"):
+        return {**_SAMED, "epochs": 20} if method == "samed+febs" else dict(_SAMED)
+    return dict(_CLASSIFY)
+
+
+@dataclass
+class FinetuneRequest:
+    """What a fine-tuning run trains (saved in the run, so a resume needs nothing else).
+
+    ``label`` / ``attribute`` None: the dataset's first. ``data`` and ``options`` say where the
+    dataset release is and how it was read; ``hparams`` override the mitigation's defaults.
+    """
+
+    dataset: str
+    model: str
+    method: str = "lora"
+    label: str | None = None
+    attribute: str | None = None
+    weights: str | None = None
+    rank: int = 8
+    alpha: float | None = None
+    kind: str = "image"
+    augment: bool = False
+    hparams: dict[str, float] = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    n_boot: int = 1000
+    threshold: str | float | None = None
+    convention: str = "paper"
+    data: str | None = None
+    options: dict[str, str] = field(default_factory=dict)
+    data_seed: int = 0
+
+    @classmethod
+    def from_json(cls, text: str) -> FinetuneRequest:
+        d = json.loads(text)
+        return cls(**{**d, "train": TrainConfig(**d["train"])})
+
+
+def build_task(dataset: Dataset, req: FinetuneRequest) -> Task:
+    """The method's task: the base model loaded and adapted (LoRA or full) with its head."""
+    from fmcache.finetune.classify import ClassifyTask
+
+    if req.method.partition("+")[0] not in ("lora", "full"):
+        raise FmcacheError(f"method {req.method!r}: classification fine-tuning is lora, full, or either + a mitigation")
+    if dataset.spec.dim == "3d":
+        raise FmcacheError(f"{dataset.name} is volumetric; fine-tuning reads 2D images only")
+    enc = load_model(req.model, weights=req.weights, device=req.train.device)
+    return ClassifyTask(enc, dataset, req.method, req.label or dataset.label_names[0],
+                        req.attribute or dataset.attribute_names[0], rank=req.rank, alpha=req.alpha, kind=req.kind,
+                        augment=req.augment, hparams=req.hparams or None, seed=req.train.seed)
+
+
+def finetune(dataset: Dataset, req: FinetuneRequest, *, root: str | os.PathLike[str] | None = None,
+             runs: str | os.PathLike[str] | None = None, on_step: Callable[[dict[str, float]], None] | None = None,
+             on_epoch: Callable[[dict[str, float]], None] | None = None) -> Run:
+    """Train ``req`` on ``dataset``, evaluate it and write its run directory; returns the :class:`Run`.
+
+    A run that fails or is interrupted keeps its directory and checkpoints: the error names
+    the command that resumes it.
+    """
+    path = new_run_dir(f"{req.dataset}-{req.model}-{req.method.replace('+', '_')}", root, runs)
+    (path / REQUEST).write_text(json.dumps(asdict(req), indent=1))
+    return _train_and_write(dataset, req, path, root, on_step, on_epoch)
+
+
+def resume_finetune(run: str | os.PathLike[str], dataset: Dataset, *, root: str | os.PathLike[str] | None = None,
+                    runs: str | os.PathLike[str] | None = None, device: str | None = None,
+                    on_step: Callable[[dict[str, float]], None] | None = None,
+                    on_epoch: Callable[[dict[str, float]], None] | None = None) -> Run:
+    """Continue an unfinished run from its last checkpoint (``device`` may differ from the first)."""
+    path = run_path(run, root, runs)
+    req = read_request(path)
+    if (path / "config.json").is_file():
+        raise FmcacheError(f"run {path.name} is finished; start a new one to train again")
+    if device:
+        req = replace(req, train=replace(req.train, device=device))
+    return _train_and_write(dataset, req, path, root, on_step, on_epoch)
+
+
+def read_request(path) -> FinetuneRequest:
+    try:
+        return FinetuneRequest.from_json((path / REQUEST).read_text())
+    except FileNotFoundError:
+        raise FmcacheError(f"{path} is not a fine-tuning run (no {REQUEST})") from None
+
+
+def _train_and_write(dataset: Dataset, req: FinetuneRequest, path, root, on_step, on_epoch) -> Run:
+    task = build_task(dataset, req)
+    try:
+        result = fit(task, req.train, path / CHECKPOINTS, on_step=on_step, on_epoch=on_epoch)
+    except KeyboardInterrupt:
+        raise FmcacheError(f"interrupted; `fmcache finetune --resume {path}` continues from the last finished epoch") from None
+    except FmcacheError as e:
+        raise FmcacheError(f"{e} (the run's checkpoints are kept in {path})") from None
+    val, test = (predict(task, split, req.train).numpy() for split in ("val", "test"))
+    metrics, predictions = _evaluate(task, dataset, req, val, test)
+    history = pd.DataFrame(result.history).assign(selected=lambda h: h["epoch"] == result.best_epoch)
+    write_run(path, config=_config(task, dataset, req, result, str(cache_root(root))), metrics=metrics,
+              sweep=history, predictions=predictions)
+    return load_results(path)
+
+
+def _evaluate(task, dataset: Dataset, req: FinetuneRequest, val: np.ndarray, test: np.ndarray):
+    table = dataset.table
+    label = task.label
+    rows = {s: task.items(s, train=False).rows for s in ("val", "test")}
+    y = {s: table[f"label/{label}"].to_numpy()[r] for s, r in rows.items()}
+    blocks, predictions = [], {}
+    for attr in dataset.attribute_names:
+        g = {s: table[f"sa/{attr}"].to_numpy()[r] for s, r in rows.items()}
+        names = {attr: list(dataset.rules[attr].groups)} if attr in dataset.rules else None
+        if test.ndim > 1:
+            block = evaluate_multiclass(y["test"], test, {attr: g["test"]}, convention=req.convention, n_boot=req.n_boot,
+                                        seed=req.train.seed, group_names=names, label=label)
+        else:
+            block = evaluate(y["test"], test, {attr: g["test"]}, threshold=req.threshold, convention=req.convention,
+                             n_boot=req.n_boot, seed=req.train.seed, y_val=y["val"], score_val=val,
+                             group_names=names).assign(label=label)
+        blocks.append(block)
+        predictions[prediction_key(req.method, label, attr)] = {
+            "score": test.astype(np.float32), "seed": np.array([req.train.seed], np.int64), "row": rows["test"],
+            "id": table["id"].to_numpy(dtype=str)[rows["test"]], "y": y["test"], "group": g["test"]}
+    metrics = pd.concat(blocks, ignore_index=True).assign(head=req.method, dataset=dataset.name, model=req.model,
+                                                          hparams=json.dumps(task.describe()["hparams"]))
+    return metrics, predictions
+
+
+def target_gap(method: str) -> str:
+    mitigation = method.partition("+")[2]
+    return MITIGATIONS[mitigation].target_gap if mitigation in MITIGATIONS else "auc_delta"
+
+
+def _config(task, dataset: Dataset, req: FinetuneRequest, result: FitResult, root: str) -> dict[str, Any]:
+    return {
+        "task": "finetune",
+        "dataset": dataset.name,
+        "model": req.model,
+        "method": req.method,
+        "root": root,
+        "heads": [req.method],
+        "target_gaps": {req.method: target_gap(req.method)},
+        "labels": [task.label],
+        "attributes": dataset.attribute_names,
+        "group_names": {a: list(dataset.rules[a].groups) for a in dataset.attribute_names if a in dataset.rules},
+        "convention": req.convention,
+        "threshold": req.threshold,
+        "n_boot": req.n_boot,
+        "finetune": {**task.describe(), "train": asdict(req.train), "best_epoch": result.best_epoch,
+                     "best_val_score": result.best_score, "epochs_run": len(result.history),
+                     "stopped_early": result.stopped_early, "resumed_from": result.resumed_from,
+                     "images_per_s": result.images_per_s, "weights": req.weights},
+        "versions": {"fmcache": __version__, "torch": torch.__version__, "numpy": np.__version__},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def embed_finetuned(run: str | os.PathLike[str], dataset: Dataset, *, root: str | os.PathLike[str] | None = None,
+                    runs: str | os.PathLike[str] | None = None, device: str | None = None, progress: bool = True):
+    """Cache ``dataset`` through a finished run's fine-tuned encoder (its selected epoch), as the
+    entry ``<model>+<run>``: every head, metric and analysis of the cache then applies to it.
+    Returns the embed summary."""
+    from fmcache.embed.encode import embed
+    from fmcache.finetune.loop import load_checkpoint
+
+    path = run_path(run, root, runs)
+    req = read_request(path)
+    if not (path / "config.json").is_file():
+        raise FmcacheError(f"run {path.name} is not finished; resume it first (`fmcache finetune --resume {path}`)")
+    if device:
+        req = replace(req, train=replace(req.train, device=device))
+    task = build_task(dataset, req)
+    best = path / CHECKPOINTS / BEST
+    load_checkpoint(task.model, best, torch.device(req.train.device))
+    enc = task.enc
+    tuned = replace(enc, encode_image=enc.image_forward, weights_id=f"{enc.weights_id}+{path.name}",
+                    weights_sha256=sha256_file(best))
+    tuned.module.eval()
+    return embed(dataset, f"{req.model}+{path.name}", root=root, encoder=tuned, device=req.train.device,
+                 progress=progress)

@@ -1,0 +1,157 @@
+"""LoRA and full fine-tuning of a classification model: what trains, what stays frozen, resume,
+the run directory and the fine-tuned model's cache entry."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from fmcache.datasets import load_dataset
+from fmcache.errors import FmcacheError
+from fmcache.finetune.loop import LAST, TrainConfig, fit
+from fmcache.finetune.run import CHECKPOINTS, FinetuneRequest, build_task, embed_finetuned, finetune, resume_finetune
+
+FAST = TrainConfig(epochs=3, batch_size=16, lr=5e-3, warmup_epochs=0.5, patience=0, seed=0)
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    return load_dataset("synthetic", options={"size": "96", "image_size": "32"})
+
+
+@pytest.fixture(scope="module")
+def clip_weights(tiny_checkpoints):
+    return tiny_checkpoints["clip"]
+
+
+def _request(clip_weights, **kw) -> FinetuneRequest:
+    return FinetuneRequest(dataset="synthetic", model="clip", weights=clip_weights, rank=4, train=FAST, n_boot=20,
+                           options={"size": "96", "image_size": "32"}, **kw)
+
+
+def _frozen(task) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in task.enc.module.state_dict().items() if "lora_" not in k}
+
+
+def test_lora_trains_adapters_and_head_only_and_lowers_the_loss(synthetic, clip_weights, tmp_path):
+    task = build_task(synthetic, _request(clip_weights))
+    before = _frozen(task)
+    trained_before = {n: p.detach().clone() for n, p in task.model.named_parameters() if p.requires_grad}
+    assert trained_before and all("lora_" in n or n.startswith("head.") for n in trained_before)
+    result = fit(task, replace(FAST, epochs=4), tmp_path)
+    losses = [h["train_loss"] for h in result.history]
+    assert losses[-1] < losses[0] - 0.02, losses
+    after = _frozen(task)
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # bit-identical frozen weights
+    changed = [n for n, p in task.model.named_parameters() if p.requires_grad and not torch.equal(p, trained_before[n])]
+    assert any("lora_B" in n for n in changed) and any(n.startswith("head.") for n in changed)
+    # the checkpoint holds the trainable tensors only
+    from safetensors.torch import load_file
+
+    assert set(load_file(str(tmp_path / LAST))) == set(trained_before)
+
+
+def test_full_fine_tuning_trains_the_image_tower_not_the_text_tower(synthetic, clip_weights):
+    task = build_task(synthetic, _request(clip_weights, method="full"))
+    names = [n for n, p in task.model.named_parameters() if p.requires_grad]
+    assert any(n.startswith("backbone.visual.") for n in names)
+    assert not any(n.startswith("backbone.transformer.") for n in names)  # the text tower
+
+
+def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(synthetic, clip_weights, tmp_path):
+    method = "lora+groupdro"
+    whole = build_task(synthetic, _request(clip_weights, method=method))
+    fit(whole, FAST, tmp_path / "whole")
+
+    killed = build_task(synthetic, _request(clip_weights, method=method))
+
+    def kill(step):
+        if step["epoch"] == 1 and step["step"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(killed, FAST, tmp_path / "killed", on_step=kill)
+    again = build_task(synthetic, _request(clip_weights, method=method))
+    result = fit(again, FAST, tmp_path / "killed")
+    assert result.resumed_from == 0
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(tmp_path / "whole" / LAST)), load_file(str(tmp_path / "killed" / LAST))
+    assert a.keys() == b.keys() and "state.q" in a
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+
+
+def test_resume_with_other_settings_is_refused(synthetic, clip_weights, tmp_path):
+    task = build_task(synthetic, _request(clip_weights))
+    fit(task, replace(FAST, epochs=1), tmp_path)
+    with pytest.raises(FmcacheError, match="other settings.*lr"):
+        fit(build_task(synthetic, _request(clip_weights)), replace(FAST, epochs=1, lr=1e-3), tmp_path)
+
+
+def test_run_directory_and_embedded_entry_equal_the_model_run_directly(synthetic, clip_weights, tmp_path):
+    import fmcache
+    from fmcache.finetune.loop import BEST, load_checkpoint
+
+    req = _request(clip_weights, method="lora+resample", train=replace(FAST, epochs=2))
+    run = finetune(synthetic, req, root=tmp_path)
+    assert run.config["task"] == "finetune" and run.config["method"] == "lora+resample"
+    assert run.config["target_gaps"] == {"lora+resample": "auc_delta"}
+    m = run.metrics
+    assert set(m["head"]) == {"lora+resample"} and set(m["attribute"]) == {"sex", "age"}
+    assert {"auc", "auc_delta"} <= set(m["metric"])
+    assert set(run.sweep["epoch"]) == {0, 1} and run.sweep["selected"].sum() == 1
+    assert len(fmcache.list_runs(tmp_path)) == 1
+
+    summary = embed_finetuned(run.path, synthetic, root=tmp_path, progress=False)
+    entry = f"clip+{run.path.name}"
+    assert summary.model == entry
+    emb = fmcache.open_cache(tmp_path).embeddings("synthetic", entry)
+    cached = emb.features(split="test")
+
+    task = build_task(synthetic, req)
+    load_checkpoint(task.model, run.path / CHECKPOINTS / BEST, torch.device("cpu"))
+    task.model.eval()
+    items = task.items("test", train=False)
+    test_rows = np.flatnonzero(synthetic.table["split"].to_numpy() == 2)
+    with torch.no_grad():
+        direct = torch.stack([task.model.features(items[i]["x"][None])[0] for i in range(len(items))]).numpy()
+    by_row = dict(zip(items.rows, direct))
+    expected = np.stack([by_row[r] for r in test_rows])
+    np.testing.assert_allclose(cached, expected, atol=2e-3, rtol=2e-3)  # float16 in the cache
+    # and the fine-tuned features differ from the frozen model's
+    frozen = build_task(synthetic, _request(clip_weights))
+    with torch.no_grad():
+        base = frozen.model.features(items[0]["x"][None])[0].numpy()
+    assert np.abs(base - by_row[items.rows[0]]).max() > 1e-3
+
+
+def test_resume_finetune_finishes_an_interrupted_run(synthetic, clip_weights, tmp_path):
+    req = _request(clip_weights, train=replace(FAST, epochs=2))
+
+    def kill(step):
+        if step["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(FmcacheError, match="--resume"):
+        finetune(synthetic, req, root=tmp_path, on_step=kill)
+    import fmcache
+
+    assert fmcache.list_runs(tmp_path).empty  # unfinished: not listed
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    run = resume_finetune(run_dir, synthetic, root=tmp_path)
+    assert run.config["finetune"]["resumed_from"] == 0 and len(run.sweep) == 2
+    with pytest.raises(FmcacheError, match="finished"):
+        resume_finetune(run_dir, synthetic, root=tmp_path)
+
+
+def test_bad_methods_are_named(synthetic, clip_weights):
+    with pytest.raises(FmcacheError, match="start it with one of lora, full"):
+        build_task(synthetic, _request(clip_weights, method="qlora"))
+    with pytest.raises(FmcacheError, match="unknown mitigation 'dro'"):
+        build_task(synthetic, _request(clip_weights, method="lora+dro"))
+    with pytest.raises(FmcacheError, match="no label 'tumour'"):
+        build_task(synthetic, _request(clip_weights, label="tumour"))
