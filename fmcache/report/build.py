@@ -348,6 +348,10 @@ def build(runs: Sequence[str | os.PathLike[str] | Run], *, representation: bool 
     seg = segmentation_section(loaded)
     if seg is not None:
         sections.append(seg)
+    from fmcache.report import compare  # it reads runs through this module: imported once both exist
+
+    if compare.has_finetuned(loaded):
+        sections.append(compare.section(compare.tidy(loaded)))
     summary = Section("summary", "Summary", intro=("Generated from the tables below; each sentence links to the "
                                                    "table its numbers come from."))
     sentences: list[Sentence] = narrative.summary(heads, mits)
