@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -84,7 +86,7 @@ def test_interrupted_run_resumes_without_recomputing_finished_chunks(effnet, syn
         return original(x)
 
     written_second: list[int] = []
-    counted = type(effnet)(**{**effnet.__dict__, "encode_image": counting})
+    counted = dataclasses.replace(effnet, encode_image=counting)
     s = embed(synthetic, "efficientnet_lite0", root=tmp_path / "a", encoder=counted, batch_size=BATCH_SIZE,
               chunk_rows=CHUNK_ROWS, num_workers=0, progress=False, on_chunk=written_second.append)
     assert sorted(written_first + written_second) == list(range(N // CHUNK_ROWS))
@@ -103,7 +105,7 @@ def test_non_finite_features_are_refused(effnet, synthetic, tmp_path):
         out[0, 0] = float("nan")
         return {"image": out}
 
-    bad = type(effnet)(**{**effnet.__dict__, "encode_image": broken})
+    bad = dataclasses.replace(effnet, encode_image=broken)
     with pytest.raises(fmcache.FmcacheError, match="non-finite"):
         # the first batch already carries the NaN: a small one is enough
         embed(synthetic, "efficientnet_lite0", root=tmp_path, encoder=bad, batch_size=BATCH_SIZE, num_workers=0,
