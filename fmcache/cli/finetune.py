@@ -102,8 +102,8 @@ def finetune(
     from fmcache.datasets import load_dataset
     from fmcache.embed.encode import default_workers, resolve_device
     from fmcache.finetune.loop import TrainConfig
-    from fmcache.finetune.run import FinetuneRequest, embed_finetuned, finetune as run_finetune, read_request
-    from fmcache.finetune.run import resume_finetune
+    from fmcache.finetune.run import FinetuneRequest, check_method, embed_finetuned, read_request, resume_finetune
+    from fmcache.finetune.run import finetune as run_finetune
     from fmcache.runs import run_path
     from fmcache.views import make_console
 
@@ -118,6 +118,7 @@ def finetune(
         req = FinetuneRequest(dataset=dataset, model=model, method=method, label=label, attribute=attribute,
                               weights=weights, alpha=alpha, augment=augment, hparams=_hparams(hp), train=train,
                               n_boot=n_boot, data=data, options=dataset_options(option), data_seed=split_seed)
+        check_method(method)  # named before the data is read
         req = _with_method_defaults(req, rank=rank, epochs=epochs, batch_size=batch_size, lr=lr)
     ds = load_dataset(req.dataset, req.data, options=req.options, seed=req.data_seed)
     console = make_console()

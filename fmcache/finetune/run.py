@@ -24,7 +24,7 @@ from fmcache.datasets.samples import Dataset
 from fmcache.embed.registry import load_model
 from fmcache.embed.weights import sha256_file
 from fmcache.errors import FmcacheError
-from fmcache.fairness import evaluate, evaluate_multiclass
+from fmcache.fairness import evaluate, evaluate_dice, evaluate_multiclass
 from fmcache.finetune.loop import BEST, FitResult, TrainConfig, fit, predict
 from fmcache.finetune.task import Task
 from fmcache.mitigations import MITIGATIONS
@@ -76,18 +76,43 @@ class FinetuneRequest:
         return cls(**{**d, "train": TrainConfig(**d["train"])})
 
 
-def build_task(dataset: Dataset, req: FinetuneRequest) -> Task:
-    """The method's task: the base model loaded and adapted (LoRA or full) with its head."""
-    from fmcache.finetune.classify import ClassifyTask
+def check_method(method: str) -> None:
+    """FmcacheError naming the choices when ``method`` is none of lora / full / samed (+ a mitigation)."""
+    from fmcache.finetune.classify import parse_method
+    from fmcache.finetune.samed import METHODS
 
-    if req.method.partition("+")[0] not in ("lora", "full"):
-        raise FmcacheError(f"method {req.method!r}: classification fine-tuning is lora, full, or either + a mitigation")
+    if method.startswith("samed"):
+        if method not in METHODS:
+            raise FmcacheError(f"unknown SAMed method {method!r}: use one of {', '.join(METHODS)}")
+    else:
+        parse_method(method, ("lora", "full", "samed"))
+
+
+def build_task(dataset: Dataset, req: FinetuneRequest) -> Task:
+    """The method's task: the base model loaded and adapted (LoRA, full or SAMed) with its head."""
+    check_method(req.method)
+    base = req.method.partition("+")[0]
     if dataset.spec.dim == "3d":
         raise FmcacheError(f"{dataset.name} is volumetric; fine-tuning reads 2D images only")
+    attribute = req.attribute or (dataset.attribute_names or [""])[0]
+    torch.manual_seed(req.train.seed)  # the adapters' and heads' initialisation
+    if base == "samed":
+        from fmcache.finetune.samed import SamedTask
+        from fmcache.segment.sam import load_sam
+
+        sam = load_sam(req.model, weights=req.weights, device=req.train.device)
+        return SamedTask(sam, dataset, attribute, req.method, rank=req.rank,
+                         dice_weight=req.hparams.get("dice_weight", 0.8), gamma=req.hparams.get("gamma", 1.0),
+                         augment=req.augment)
+    from fmcache.finetune.classify import ClassifyTask
+
+    if dataset.spec.mask_classes and not dataset.label_names:
+        raise FmcacheError(f"{dataset.name} is a segmentation dataset: fine-tune a SAM-family model on it with "
+                           "--method samed (or samed+febs, samed+resample, samed+ind)")
     enc = load_model(req.model, weights=req.weights, device=req.train.device)
-    return ClassifyTask(enc, dataset, req.method, req.label or dataset.label_names[0],
-                        req.attribute or dataset.attribute_names[0], rank=req.rank, alpha=req.alpha, kind=req.kind,
-                        augment=req.augment, hparams=req.hparams or None, seed=req.train.seed)
+    return ClassifyTask(enc, dataset, req.method, req.label or dataset.label_names[0], attribute, rank=req.rank,
+                        alpha=req.alpha, kind=req.kind, augment=req.augment, hparams=req.hparams or None,
+                        seed=req.train.seed)
 
 
 def finetune(dataset: Dataset, req: FinetuneRequest, *, root: str | os.PathLike[str] | None = None,
@@ -132,8 +157,11 @@ def _train_and_write(dataset: Dataset, req: FinetuneRequest, path, root, on_step
         raise FmcacheError(f"interrupted; `fmcache finetune --resume {path}` continues from the last finished epoch") from None
     except FmcacheError as e:
         raise FmcacheError(f"{e} (the run's checkpoints are kept in {path})") from None
-    val, test = (predict(task, split, req.train).numpy() for split in ("val", "test"))
-    metrics, predictions = _evaluate(task, dataset, req, val, test)
+    if _is_segmentation(req):
+        metrics, predictions = _evaluate_masks(task, dataset, req)
+    else:
+        val, test = (predict(task, split, req.train).numpy() for split in ("val", "test"))
+        metrics, predictions = _evaluate(task, dataset, req, val, test)
     history = pd.DataFrame(result.history).assign(selected=lambda h: h["epoch"] == result.best_epoch)
     write_run(path, config=_config(task, dataset, req, result, str(cache_root(root))), metrics=metrics,
               sweep=history, predictions=predictions)
@@ -165,21 +193,55 @@ def _evaluate(task, dataset: Dataset, req: FinetuneRequest, val: np.ndarray, tes
     return metrics, predictions
 
 
+def _is_segmentation(req: FinetuneRequest) -> bool:
+    return req.method.startswith("samed")
+
+
+def _evaluate_masks(task, dataset: Dataset, req: FinetuneRequest):
+    """Test Dice and IoU per image (the mean over the dataset's classes), then per group with
+    bootstrap intervals, as a segmentation sweep scores its prompts."""
+    from fmcache.finetune.samed import predict_masks
+    from fmcache.segment.sweep import LABEL, class_mean, score_items
+
+    rows = task.rows("test")
+    masks = predict_masks(task, rows)
+    truth = [dataset.mask(int(r)) for r in rows]
+    pred = [[m == c for m in masks] for c in range(1, len(task.classes) + 1)]
+    values = score_items(truth, pred, "one", None)
+    per_item = {m: class_mean(v) for m, v in values.items()}
+    blocks, predictions = [], {}
+    for attr in dataset.attribute_names:
+        g = dataset.table[f"sa/{attr}"].to_numpy()[rows]
+        names = {attr: list(dataset.rules[attr].groups)} if attr in dataset.rules else None
+        blocks.append(evaluate_dice(per_item["dsc"], {attr: g}, iou=per_item["iou"], n_boot=req.n_boot,
+                                    seed=req.train.seed, group_names=names))
+        predictions[prediction_key(req.method, LABEL, attr)] = {
+            **values, "row": rows, "id": dataset.table["id"].to_numpy(dtype=str)[rows], "group": g}
+    metrics = pd.concat(blocks, ignore_index=True).assign(head=req.method, label=LABEL, dataset=dataset.name,
+                                                          model=req.model)
+    return metrics, predictions
+
+
 def target_gap(method: str) -> str:
+    """The gap a method is built to shrink: its mitigation's, else the utility gap."""
+    if method.startswith("samed"):
+        return "dsc_delta"
     mitigation = method.partition("+")[2]
     return MITIGATIONS[mitigation].target_gap if mitigation in MITIGATIONS else "auc_delta"
 
 
 def _config(task, dataset: Dataset, req: FinetuneRequest, result: FitResult, root: str) -> dict[str, Any]:
+    segmentation = _is_segmentation(req)
     return {
-        "task": "finetune",
+        "task": "segmentation" if segmentation else "finetune",
         "dataset": dataset.name,
         "model": req.model,
         "method": req.method,
         "root": root,
         "heads": [req.method],
         "target_gaps": {req.method: target_gap(req.method)},
-        "labels": [task.label],
+        "labels": ["mask"] if segmentation else [task.label],
+        **({"mask_classes": list(task.classes), "items": "images"} if segmentation else {}),
         "attributes": dataset.attribute_names,
         "group_names": {a: list(dataset.rules[a].groups) for a in dataset.attribute_names if a in dataset.rules},
         "convention": req.convention,
@@ -206,6 +268,9 @@ def embed_finetuned(run: str | os.PathLike[str], dataset: Dataset, *, root: str 
     req = read_request(path)
     if not (path / "config.json").is_file():
         raise FmcacheError(f"run {path.name} is not finished; resume it first (`fmcache finetune --resume {path}`)")
+    if _is_segmentation(req):
+        raise FmcacheError("caching a SAMed encoder's image features is not supported yet; its run's masks and "
+                           "metrics are in the run directory")
     if device:
         req = replace(req, train=replace(req.train, device=device))
     task = build_task(dataset, req)

@@ -339,7 +339,7 @@ def _sweep_into(path, cfg: SegmentConfig, source: _Source, rows: np.ndarray, att
             unit = source.predict(rows[unit_pos], cfg.prompts)
             prompt_parts.append(unit.prompts)
             for kind in cfg.prompts:
-                for m, values in _score(unit.truth, unit.pred[kind], cfg.empty, cfg.nsd_tolerance,
+                for m, values in score_items(unit.truth, unit.pred[kind], cfg.empty, cfg.nsd_tolerance,
                                         unit.spacings).items():
                     scores[kind][m].append(values)
                 if masks is not None:
@@ -362,7 +362,7 @@ def _sweep_into(path, cfg: SegmentConfig, source: _Source, rows: np.ndarray, att
     for kind in cfg.prompts:
         values = {m: np.concatenate(scores[kind][m]) for m in metric_names}
         # the mean over an item's classes (under empty="skip", over those not left out)
-        per_item[kind] = {m: _class_mean(v) for m, v in values.items()}
+        per_item[kind] = {m: class_mean(v) for m, v in values.items()}
         for a in attributes:
             table = evaluate_dice(per_item[kind]["dsc"], {a: groups[a]}, iou=per_item[kind]["iou"],
                                   nsd=per_item[kind].get("nsd"), n_boot=cfg.n_boot, seed=cfg.seed,
@@ -377,7 +377,7 @@ def _sweep_into(path, cfg: SegmentConfig, source: _Source, rows: np.ndarray, att
               sweep=pd.DataFrame(), predictions=predictions)
 
 
-def _class_mean(values: np.ndarray) -> np.ndarray:
+def class_mean(values: np.ndarray) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # every class left out: NaN, as dice_per_sample
         return np.nanmean(values, axis=1)
@@ -408,7 +408,7 @@ def _metric_names(nsd_tolerance: float | None) -> tuple[str, ...]:
     return ("dsc", "iou") + (("nsd",) if nsd_tolerance is not None else ())
 
 
-def _score(truth: list[np.ndarray], pred: list[list[np.ndarray]], empty: str, nsd_tolerance: float | None,
+def score_items(truth: list[np.ndarray], pred: list[list[np.ndarray]], empty: str, nsd_tolerance: float | None,
            spacings: list[tuple[float, ...] | None] | None = None) -> dict[str, np.ndarray]:
     """(items, classes) Dice and IoU (and NSD with a tolerance: in mm where an item has a
     spacing, else in pixels) of one prompt type's masks."""
