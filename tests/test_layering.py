@@ -94,6 +94,10 @@ def _violations(package: str, forbidden: tuple[str, ...]) -> list[str]:
     # the protocols are a table every stage reads: data only
     ("fmcache.protocols", ("jax", "torch", "fmcache.heads", "fmcache.embed", "fmcache.probe", "fmcache.cache",
                            "fmcache.runs", "fmcache.report", "fmcache.datasets")),
+    # the mitigations are a table both training stages read: data only, below every layer
+    ("fmcache.mitigations", ("jax", "torch", "optax", "flax", "fmcache")),
+    # fine-tuning is torch; it shares the mitigations' facts, not the JAX heads' code
+    ("fmcache.finetune", ("jax", "optax", "flax", "fmcache.heads", "fmcache.probe")),
     # segmentation decodes in torch; its prompts need neither framework
     ("fmcache.segment", ("jax", "fmcache.heads", "fmcache.probe")),
     ("fmcache.segment.prompts", ("torch", "jax")),

@@ -33,6 +33,7 @@ from fmcache.heads.types import (
     State,
     dense_init,
     masked_mean,
+    mitigation_fields,
     per_row_loss,
     squeeze_binary,
 )
@@ -96,12 +97,8 @@ def loss(params: Params, state: State, batch: Batch, hp: Hparams) -> tuple[jax.A
 
 
 DOMAIN_IND = HeadType(
-    name="domain_ind",
+    **mitigation_fields("domain_ind"),
     init=init,
     loss=loss,
     predict=logits,
-    uses_groups=True,
-    description="one logistic output set per group (domain-independent training)",
-    # the cell counts tell init which group slots the head has training rows for
-    needs_cell_counts=True,
 )

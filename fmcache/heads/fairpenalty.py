@@ -21,6 +21,7 @@ from fmcache.heads.types import (
     Params,
     State,
     masked_mean,
+    mitigation_fields,
     per_row_loss,
 )
 
@@ -53,15 +54,10 @@ def fairpenalty(kind: str = "dp") -> HeadType:
     if kind not in KINDS:
         raise ValueError(f"fairness penalty {kind!r} is not one of {KINDS}")
     return HeadType(
-        name="fairpenalty" if kind == "dp" else f"fairpenalty_{kind}",
+        **mitigation_fields("fairpenalty" if kind == "dp" else f"fairpenalty_{kind}"),
         init=linear.init,
         loss=functools.partial(loss, kind=kind),
         predict=linear.logits,
-        hparams={"penalty": 1.0},
-        uses_groups=True,
         multiclass=False,
-        description=f"logistic regression + differentiable {kind.upper()} penalty",
         search_grid={**SEARCH_GRID, "penalty": (0.3, 3.0)},
-        target_gap="dp" if kind == "dp" else "eqodds",
-        needs_cell_counts=True,  # for the number of groups
     )

@@ -22,6 +22,7 @@ from fmcache.heads.types import (
     Hparams,
     Params,
     State,
+    mitigation_fields,
     per_row_loss,
 )
 
@@ -81,15 +82,11 @@ def loss(params: Params, state: State, batch: Batch, hp: Hparams) -> tuple[jax.A
 
 
 GROUPDRO = HeadType(
-    name="groupdro",
+    # default adj 1: FairMedFM's GroupDRO setting ("group adjustments: 1")
+    **mitigation_fields("groupdro"),
     init=linear.init,
     loss=loss,
     predict=linear.logits,
     init_state=init_state,
-    # adj 1: FairMedFM's GroupDRO setting ("group adjustments: 1")
-    hparams={"dro_step": 0.01, "adj": 1.0, "cells": 1.0},
-    uses_groups=True,
-    description="logistic regression minimising the worst (group x label) cell's loss (GroupDRO)",
     search_grid={**SEARCH_GRID, "dro_step": (0.01, 0.1)},
-    needs_cell_counts=True,
 )

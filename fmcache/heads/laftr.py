@@ -55,12 +55,12 @@ from fmcache.heads.types import (
     dense,
     dense_init,
     masked_mean,
+    mitigation_fields,
     per_row_loss,
     squeeze_binary,
 )
 
 VARIANTS = ("dp", "eqodd", "eqopp")
-TARGET_GAPS = {"dp": "dp", "eqodd": "eqodds", "eqopp": "eqodds"}
 
 
 def _mlp_init(key: jax.Array, n_in: int, width: int, n_out: int) -> Params:
@@ -141,21 +141,13 @@ def laftr(variant: str = "dp") -> HeadType:
     """The LAFTR head for one fairness criterion: ``dp``, ``eqodd`` or ``eqopp``."""
     if variant not in VARIANTS:
         raise ValueError(f"LAFTR variant {variant!r} is not one of {VARIANTS}")
-    hparams = {"adv_coeff": 1.0, "adv_steps": 0}
-    if variant == "eqopp":
-        hparams["eqopp_label"] = 0
-    what = {"dp": "groups", "eqodd": "one adversary per label value", "eqopp": "label-0 rows (eqopp_label)"}[variant]
     return HeadType(
-        name="laftr" if variant == "dp" else f"laftr_{variant}",
+        **mitigation_fields("laftr" if variant == "dp" else f"laftr_{variant}"),
         init=functools.partial(init, variant=variant),
         loss=functools.partial(loss, variant=variant),
         predict=logits,
-        hparams=hparams,
-        uses_groups=True,
-        description=f"LAFTR: encoder + classifier against an MLP attribute adversary ({variant}: {what})",
         # the benchmark trains LAFTR with a learning rate of its own
         default_grid={"lr": (3e-4,), "weight_decay": (0.05,)},
         search_grid={"lr": (3e-4, 1e-3), "weight_decay": (0.05,), "adv_coeff": (0.3, 1.0, 3.0), "adv_steps": (0, 2)},
-        target_gap=TARGET_GAPS[variant],
         optimizer=optimizer,
     )

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from fmcache.heads import linear
-from fmcache.heads.types import Batch, HeadType, Hparams, Params, State, per_row_loss
+from fmcache.heads.types import Batch, HeadType, Hparams, Params, State, mitigation_fields, per_row_loss
 
 MODES = {"group": 0.0, "group_label": 1.0}
 
@@ -49,13 +49,9 @@ def loss(params: Params, state: State, batch: Batch, hp: Hparams) -> tuple[jax.A
 
 
 RESAMPLE = HeadType(
-    name="resample",
+    **mitigation_fields("resample"),
     init=linear.init,
     loss=loss,
     predict=linear.logits,
-    hparams={"balance_label": MODES["group"]},
     search_grid={"lr": (2.5e-4, 1e-3), "weight_decay": (0.05,), "balance_label": (MODES["group"], MODES["group_label"])},
-    uses_groups=True,
-    description="logistic regression with attribute groups (balance_label=1: group x label cells) reweighted to equal mass",
-    needs_cell_counts=True,
 )

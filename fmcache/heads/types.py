@@ -17,6 +17,7 @@ import numpy as np
 import optax
 
 from fmcache.heads import optim
+from fmcache.mitigations import MITIGATIONS
 
 Params = Any  # a pytree of jax arrays
 State = Any  # a pytree of jax arrays (may be an empty dict)
@@ -106,6 +107,7 @@ class HeadType:
     optimizer : ``(hp, total_steps, decay_bias) -> optax.GradientTransformation`` for one
         head (``optim.adamw``; heads with players that take turns build theirs with
         ``optim.players``).
+    formula : the loss in a few lines; a mitigation's is its entry's in ``fmcache.mitigations``.
     """
 
     name: str
@@ -125,6 +127,32 @@ class HeadType:
     solvers: tuple[str, ...] = ("adamw",)
     needs_cell_counts: bool = False
     optimizer: Callable[[Hparams, int, bool], optax.GradientTransformation] = optim.adamw
+    formula: str = ""
+
+
+def mitigation_fields(name: str) -> dict[str, Any]:
+    """The HeadType fields that the mitigation's entry in ``fmcache.mitigations`` decides.
+
+    Parameters
+    ----------
+    name : a key of ``MITIGATIONS``.
+
+    Returns
+    -------
+    Keyword arguments of ``HeadType``: name, hparams (a fresh dict of the defaults),
+    target_gap, uses_groups, needs_cell_counts, description and formula, so the JAX head
+    and the torch fine-tuning loss cannot drift apart on them.
+    """
+    m = MITIGATIONS[name]
+    return {
+        "name": m.name,
+        "hparams": dict(m.hparams),
+        "target_gap": m.target_gap,
+        "uses_groups": m.uses_groups,
+        "needs_cell_counts": m.needs_cell_counts,
+        "description": m.description,
+        "formula": m.formula,
+    }
 
 
 # Small shared pieces the head modules build on.
