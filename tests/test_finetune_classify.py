@@ -13,6 +13,7 @@ from fmcache.datasets import load_dataset
 from fmcache.errors import FmcacheError
 from fmcache.finetune.loop import LAST, TrainConfig, fit
 from fmcache.finetune.run import CHECKPOINTS, FinetuneRequest, build_task, embed_finetuned, finetune, resume_finetune
+from fmcache.runs import list_runs
 
 FAST = TrainConfig(epochs=3, batch_size=16, lr=5e-3, warmup_epochs=0.5, patience=0, seed=0)
 
@@ -28,7 +29,8 @@ def clip_weights(tiny_checkpoints):
 
 
 def _request(clip_weights, **kw) -> FinetuneRequest:
-    return FinetuneRequest(dataset="synthetic", model="clip", weights=clip_weights, rank=4, train=FAST, n_boot=20,
+    kw = {"train": FAST, **kw}
+    return FinetuneRequest(dataset="synthetic", model="clip", weights=clip_weights, rank=4, n_boot=20,
                            options={"size": "96", "image_size": "32"}, **kw)
 
 
@@ -104,7 +106,7 @@ def test_run_directory_and_embedded_entry_equal_the_model_run_directly(synthetic
     assert set(m["head"]) == {"lora+resample"} and set(m["attribute"]) == {"sex", "age"}
     assert {"auc", "auc_delta"} <= set(m["metric"])
     assert set(run.sweep["epoch"]) == {0, 1} and run.sweep["selected"].sum() == 1
-    assert len(fmcache.list_runs(tmp_path)) == 1
+    assert len(list_runs(tmp_path)) == 1
 
     summary = embed_finetuned(run.path, synthetic, root=tmp_path, progress=False)
     entry = f"clip+{run.path.name}"
@@ -140,7 +142,7 @@ def test_resume_finetune_finishes_an_interrupted_run(synthetic, clip_weights, tm
         finetune(synthetic, req, root=tmp_path, on_step=kill)
     import fmcache
 
-    assert fmcache.list_runs(tmp_path).empty  # unfinished: not listed
+    assert list_runs(tmp_path).empty  # unfinished: not listed
     (run_dir,) = (tmp_path / "runs").iterdir()
     run = resume_finetune(run_dir, synthetic, root=tmp_path)
     assert run.config["finetune"]["resumed_from"] == 0 and len(run.sweep) == 2

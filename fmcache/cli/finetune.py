@@ -36,8 +36,9 @@ def finetune(
         "attribute is evaluated.")] = None,
     weights: Annotated[Optional[str], typer.Option("--weights", metavar="PATH", show_default=False,
                                                    help="Local checkpoint file/folder instead of the model's default source.")] = None,
-    rank: Annotated[int, typer.Option("--rank", min=1, metavar="R", help="LoRA rank (alpha = rank unless --alpha). "
-                                      "Default: 8 for lora, 4 for samed.")] = 0,
+    rank: Annotated[Optional[int], typer.Option("--rank", min=1, metavar="R", show_default=False,
+                                                help="LoRA rank (alpha = rank unless --alpha). Default: 8 for lora, "
+                                                "4 for samed.")] = None,
     alpha: Annotated[Optional[float], typer.Option("--alpha", metavar="A", show_default=False, help="LoRA alpha.")] = None,
     hp: Annotated[Optional[list[str]], typer.Option(
         "--hp", metavar="NAME=VALUE", show_default=False,
@@ -157,7 +158,7 @@ def _hparams(values: list[str] | None) -> dict[str, float]:
     return out
 
 
-def _with_method_defaults(req, *, rank: int, epochs: int | None, batch_size: int | None, lr: float | None):
+def _with_method_defaults(req, *, rank: int | None, epochs: int | None, batch_size: int | None, lr: float | None):
     """The benchmark's settings for the method where the command line leaves them open."""
     from dataclasses import replace
 

@@ -27,8 +27,11 @@ FAMILIES = {
 # benchmark's configurations name them (``qkv``; query / key / value where they are separate);
 # the CNNs take their convolutions, which peft adapts as well.
 LORA_TARGETS: dict[str, str] = {
-    # open_clip's own ViT keeps q, k and v in one nn.MultiheadAttention, which peft adapts as a whole
-    "open_clip": r"visual\.(transformer\.resblocks\.\d+\.attn|trunk\.blocks\.\d+\.attn\.qkv)",
+    # open_clip's own ViT (CLIP) keeps q, k and v inside nn.MultiheadAttention, which peft adapts by
+    # adding the update to the frozen weights before every forward and subtracting it after: the frozen
+    # weights would drift in their last bits. There the MLP's linear layers take the adapters; a timm
+    # trunk (BiomedCLIP) has a plain qkv layer.
+    "open_clip": r"visual\.(transformer\.resblocks\.\d+\.mlp\.(c_fc|c_proj)|trunk\.blocks\.\d+\.attn\.qkv)",
     "hf_clip": r"vision_model\.encoder\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj)",
     "hf_dinov2": r"encoder\.layer\.\d+\.attention\.(attention\.)?(q_proj|k_proj|v_proj|query|key|value)",
     "timm_vit_mae": r"blocks\.\d+\.attn\.qkv",

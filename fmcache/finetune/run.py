@@ -64,7 +64,7 @@ class FinetuneRequest:
     hparams: dict[str, float] = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
     n_boot: int = 1000
-    threshold: str | float | None = None
+    threshold: str | float = "val"  # the decision threshold: chosen on validation (fmcache's protocol), or a number
     convention: str = "paper"
     data: str | None = None
     options: dict[str, str] = field(default_factory=dict)
