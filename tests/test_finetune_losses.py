@@ -181,16 +181,21 @@ def test_a_degenerate_torch_loss_is_told_apart():
     assert_same(LOSSES["fairpenalty"], "fairpenalty", 2, {"penalty": 0.0})
 
 
-def test_laftr_with_alternating_players_is_refused():
+def test_what_the_torch_stage_cannot_train_is_refused():
     params, batch, hp, counts, _ = _setup("laftr", 2, {})
     method = LOSSES["laftr"]
     head = load_tree(method.make_head(D, 2, G, HIDDEN).double(), params)
     b = Batch(torch.tensor(batch["x"]), torch.tensor(batch["y"]), torch.tensor(batch["g"]),
               torch.tensor(batch["m"]), torch.tensor(batch["gm"]))
+    # LAFTR's players taking turns need one optimiser each
     with pytest.raises(ValueError, match="adv_steps"):
         method.loss(head, {}, b, {"adv_steps": 2, "cell_counts": torch.tensor(counts)})
     with pytest.raises(ValueError, match="adv_steps"):
         method.init_state(G, 2, {"adv_steps": 1})
+    # the penalties are defined on one logit, as the JAX heads (multiclass=False)
+    three = LOSSES["fairpenalty"].make_head(D, n_classes=3).double()
+    with pytest.raises(ValueError, match="binary"):
+        LOSSES["fairpenalty"].loss(three, {}, b, {"cell_counts": torch.ones(G, 3)})
 
 
 def test_one_entry_decides_the_facts_of_both_stages():

@@ -80,8 +80,7 @@ def _erm(head: nn.Module, state: State, batch: Batch, hp: Hparams) -> tuple[Tens
     return _masked_mean(_per_row_loss(_linear_logits(head, batch.x), batch.y), batch.m), state
 
 
-# Resampling as the equivalent reweighting (fmcache.heads.resample): the expected loss of a
-# sampler drawing rows in proportion to these weights, so the two follow one objective.
+# Resampling (fmcache.heads.resample).
 
 
 def _balanced(counts: Tensor, idx: tuple[Tensor, ...]) -> Tensor:
@@ -91,6 +90,12 @@ def _balanced(counts: Tensor, idx: tuple[Tensor, ...]) -> Tensor:
 
 
 def _resample(head: nn.Module, state: State, batch: Batch, hp: Hparams) -> tuple[Tensor, State]:
+    """Group (or group x label) resampling done as the equivalent reweighting, as the JAX head.
+
+    A sampler drawing rows with probability proportional to these weights gives minibatches
+    whose expected loss is this weighted loss, so both follow the same objective and differ
+    only in variance; the weights keep the fine-tuning loop's data order untouched.
+    """
     counts = _counts(hp, batch.gm)
     by_group = _balanced(counts.sum(1), (batch.g,))
     by_cell = _balanced(counts, (batch.g, batch.y))
@@ -282,6 +287,7 @@ class TorchMitigation:
 
 
 def _with_defaults(fn: Callable[..., Any], defaults: Mapping[str, float]) -> Callable[..., Any]:
+    # a caller passes only the hyperparameters it changes, as the JAX engine fills defaults
     @functools.wraps(fn)
     def call(*args: Any) -> Any:
         *rest, hp = args
