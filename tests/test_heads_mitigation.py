@@ -14,7 +14,7 @@ import inspect
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy.stats import rankdata
+from helpers.fairness_checks import auc_gap, dp_gap, eo_gap, lowers, worst_cell_loss, worst_group_auc_shortfall
 from sklearn.metrics import roc_auc_score
 
 from fmcache.heads import HEADS, fit_stack, groupdro, linear, resample
@@ -47,16 +47,6 @@ def planted(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 @pytest.fixture(scope="module")
 def data():
     return planted(3000, 0), planted(3000, 1)
-
-
-def dp_gap(y, s, g) -> float:
-    hat = s > 0.5
-    return abs(hat[g == 0].mean() - hat[g == 1].mean())
-
-
-def eo_gap(y, s, g) -> float:
-    hat = s > 0.5
-    return max(abs(hat[(g == 0) & (y == c)].mean() - hat[(g == 1) & (y == c)].mean()) for c in (0, 1))
 
 
 @pytest.fixture(scope="module")
@@ -258,62 +248,6 @@ def test_the_method_tests_train_at_the_benchmark_protocol():
     assert {k: (COMMON_HPARAMS[k],) for k in BENCHMARK_GRID} == dict(BENCHMARK_GRID) == {"lr": (2.5e-4,), "weight_decay": (0.05,)}
     for name in ("linear", *MITIGATION):
         assert dict(HEADS[name].default_grid) == dict(BENCHMARK_GRID), name
-
-
-# Metrics to lower, as functions of (labels, scores, groups) on test rows. AUCs are computed
-# from ranks (Mann-Whitney, ties averaged): roc_auc_score is too slow for hundreds of resamples.
-
-
-def _auc(y, s):
-    r = rankdata(s)
-    pos = y == 1
-    n1 = pos.sum()
-    return (r[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * (len(y) - n1))
-
-
-def auc_gap(y, s, g) -> float:
-    return abs(_auc(y[g == 0], s[g == 0]) - _auc(y[g == 1], s[g == 1]))
-
-
-def worst_cell_loss(y, s, g) -> float:
-    """Cross-entropy of the worst (group, label) cell: GroupDRO's groups."""
-    s = np.clip(s, 1e-7, 1 - 1e-7)
-    rows = -(y * np.log(s) + (1 - y) * np.log(1 - s))
-    return max(rows[(g == a) & (y == c)].mean() for a in (0, 1) for c in (0, 1))
-
-
-def worst_group_auc_shortfall(y, s, g) -> float:
-    """1 - the worst group's AUC, so that lower is better as for the gaps."""
-    return 1.0 - min(_auc(y[g == a], s[g == a]) for a in (0, 1))
-
-
-def lowers(metric, y, g, base, new, n_boot: int = 300, seed: int = 0) -> tuple[bool, dict[str, float]]:
-    """Does ``new`` lower ``metric`` against ``base`` on these test rows, and is it still a
-    classifier? The paired difference metric(base) - metric(new), bootstrapped over test
-    rows, must have a 95% interval above 0, and the metric shrink by a fifth at least; test
-    AUC within 0.05 of the base's; both classes predicted at 0.5.
-
-    The bootstrap holds training fixed, so training noise alone (another initialisation)
-    can give an interval clear of 0; the one-fifth floor is what tells a method from that.
-    Both classes at 0.5 is what rules out a head that meets a thresholded gap by predicting
-    one class for everyone (a gap of 0 by construction).
-    """
-    rng = np.random.default_rng(seed)
-    n = y.size
-    diffs = []
-    while len(diffs) < n_boot:
-        i = rng.integers(0, n, n)
-        yi, gi = y[i], g[i]
-        # every metric here is defined on a resample with both classes in both groups
-        if any(np.unique(yi[gi == k]).size < 2 for k in (0, 1)):
-            continue
-        diffs.append(metric(yi, base[i], gi) - metric(yi, new[i], gi))
-    low, high = np.percentile(diffs, [2.5, 97.5])
-    hat = new > 0.5
-    info = {"base": metric(y, base, g), "new": metric(y, new, g), "diff_low": float(low), "diff_high": float(high),
-            "auc_base": _auc(y, base), "auc_new": _auc(y, new), "positive_rate": float(hat.mean())}
-    ok = low > 0 and info["new"] <= 0.8 * info["base"] and info["auc_new"] >= info["auc_base"] - 0.05 and 0 < hat.mean() < 1
-    return bool(ok), {k: round(float(v), 4) for k, v in info.items()}
 
 
 @pytest.fixture(scope="module")

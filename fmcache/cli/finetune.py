@@ -57,6 +57,10 @@ def finetune(
                                             help="Batches per optimiser step (an effective batch of K x batch).")] = 1,
     patience: Annotated[int, typer.Option("--patience", min=0, metavar="N",
                                           help="Stop after N epochs without a better validation score (0: never).")] = 10,
+    domain_inference: Annotated[str, typer.Option(
+        "--domain-inference", metavar="sum|known",
+        help="+domain_ind at test time: the mean of the groups' probabilities (sum, no group needed) or each "
+        "image's own group's head (known, an oracle), as `fmcache probe --domain-inference`.")] = "sum",
     augment: Annotated[bool, typer.Option("--augment", help="The benchmark's training augmentation (flip, rotation "
                                           "within 15 degrees, random crop), as its --augment.")] = False,
     device: Annotated[str, typer.Option("--device", metavar="DEVICE", help="auto | cpu | cuda | cuda:N")] = "auto",
@@ -118,7 +122,7 @@ def finetune(
                             seed=seed, num_workers=workers, device=device)
         req = FinetuneRequest(dataset=dataset, model=model, method=method, label=label, attribute=attribute,
                               weights=weights, alpha=alpha, augment=augment, hparams=_hparams(hp), train=train,
-                              n_boot=n_boot, data=data, options=dataset_options(option), data_seed=split_seed)
+                              n_boot=n_boot, domain_inference=domain_inference, data=data, options=dataset_options(option), data_seed=split_seed)
         check_method(method)  # named before the data is read
         req = _with_method_defaults(req, rank=rank, epochs=epochs, batch_size=batch_size, lr=lr)
     ds = load_dataset(req.dataset, req.data, options=req.options, seed=req.data_seed)

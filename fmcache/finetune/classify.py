@@ -105,6 +105,7 @@ class ClassifyTask:
     augment: bool = False
     hparams: dict[str, float] | None = None
     seed: int = 0  # of the adapters' and the head's initialisation
+    domain_inference: str = "sum"  # domain_ind at test time: sum over the groups' heads, or the known group's
 
     def __post_init__(self) -> None:
         self.base, self.mitigation = parse_method(self.method)
@@ -114,6 +115,8 @@ class ClassifyTask:
             if col not in table:
                 have = self.dataset.label_names if what == "label" else self.dataset.attribute_names
                 raise FmcacheError(f"{self.dataset.name} has no {what} {col.split('/', 1)[1]!r}; it has: {', '.join(have)}")
+        if self.domain_inference not in ("sum", "known"):
+            raise FmcacheError(f"domain inference {self.domain_inference!r}: choose sum or known")
         if self.kind not in self.enc.dims:
             raise FmcacheError(f"{self.enc.spec.key!r} has no feature kind {self.kind!r}; it has {', '.join(self.enc.dims)}")
         y = table[f"label/{self.label}"].to_numpy()
@@ -155,8 +158,11 @@ class ClassifyTask:
         return self.loss_fn.loss(self.model.head, state, b, hp)
 
     def predict(self, batch: Batch) -> torch.Tensor:
-        """Scores: P(class 1) for a binary label, class probabilities otherwise (no group used)."""
-        logits = self.loss_fn.predict(self.model.head, self.model.features(batch["x"]), None)
+        """Scores: P(class 1) for a binary label, class probabilities otherwise. Only
+        ``domain_inference="known"`` reads the group (an unknown one falls back to the sum rule)."""
+        known = self.domain_inference == "known"
+        g = torch.where(batch["gm"] > 0, batch["g"], torch.full_like(batch["g"], -1)) if known else None
+        logits = self.loss_fn.predict(self.model.head, self.model.features(batch["x"]), g)
         if logits.ndim == 1:
             return torch.sigmoid(logits)
         return torch.softmax(logits, dim=-1)
@@ -177,5 +183,5 @@ class ClassifyTask:
                 "attribute": self.attribute, "kind": self.kind, "augment": self.augment,
                 "rank": self.rank if self.base == "lora" else None,
                 "alpha": (self.alpha if self.alpha is not None else self.rank) if self.base == "lora" else None,
-                "lora_modules": len(self.adapted),
+                "lora_modules": len(self.adapted), "domain_inference": self.domain_inference,
                 "hparams": {k: v for k, v in self.hp.items() if k != "cell_counts"}}

@@ -69,6 +69,7 @@ class FinetuneRequest:
     data: str | None = None
     options: dict[str, str] = field(default_factory=dict)
     data_seed: int = 0
+    domain_inference: str = "sum"  # domain_ind's test-time rule, as the probe's --domain-inference
 
     @classmethod
     def from_json(cls, text: str) -> FinetuneRequest:
@@ -112,7 +113,7 @@ def build_task(dataset: Dataset, req: FinetuneRequest) -> Task:
     enc = load_model(req.model, weights=req.weights, device=req.train.device)
     return ClassifyTask(enc, dataset, req.method, req.label or dataset.label_names[0], attribute, rank=req.rank,
                         alpha=req.alpha, kind=req.kind, augment=req.augment, hparams=req.hparams or None,
-                        seed=req.train.seed)
+                        seed=req.train.seed, domain_inference=req.domain_inference)
 
 
 def finetune(dataset: Dataset, req: FinetuneRequest, *, root: str | os.PathLike[str] | None = None,
