@@ -11,7 +11,7 @@ import torch
 
 from fmcache.datasets import load_dataset
 from fmcache.errors import FmcacheError
-from fmcache.finetune.loop import LAST, TrainConfig, fit
+from fmcache.finetune.loop import TrainConfig, best_checkpoint, fit, last_checkpoint
 from fmcache.finetune.run import CHECKPOINTS, FinetuneRequest, build_task, embed_finetuned, finetune, resume_finetune
 from fmcache.runs import list_runs
 
@@ -54,7 +54,7 @@ def test_lora_trains_adapters_and_head_only_and_lowers_the_loss(synthetic, clip_
     # the checkpoint holds the trainable tensors only
     from safetensors.torch import load_file
 
-    assert set(load_file(str(tmp_path / LAST))) == set(trained_before)
+    assert set(load_file(str(last_checkpoint(tmp_path)))) == set(trained_before)
 
 
 def test_full_fine_tuning_trains_the_image_tower_not_the_text_tower(synthetic, clip_weights):
@@ -82,9 +82,39 @@ def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(synthetic, 
     assert result.resumed_from == 0
     from safetensors.torch import load_file
 
-    a, b = load_file(str(tmp_path / "whole" / LAST)), load_file(str(tmp_path / "killed" / LAST))
+    a, b = load_file(str(last_checkpoint(tmp_path / "whole"))), load_file(str(last_checkpoint(tmp_path / "killed")))
     assert a.keys() == b.keys() and "state.q" in a
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+
+
+def test_a_run_killed_while_writing_a_checkpoint_resumes_from_the_one_before(synthetic, clip_weights, tmp_path,
+                                                                            monkeypatch):
+    """Killed after epoch 1's weights are written but before progress.json names them: the
+    resume must replay epoch 1 from epoch 0's checkpoint, not read the newer weights."""
+    import fmcache.finetune.loop as loop
+
+    method = "lora+groupdro"
+    fit(build_task(synthetic, _request(clip_weights, method=method)), FAST, tmp_path / "whole")
+    write = loop._write_progress
+
+    def torn(work, progress):
+        if len(progress["history"]) == 2:
+            raise KeyboardInterrupt
+        write(work, progress)
+
+    monkeypatch.setattr(loop, "_write_progress", torn)
+    with pytest.raises(KeyboardInterrupt):
+        fit(build_task(synthetic, _request(clip_weights, method=method)), FAST, tmp_path / "torn")
+    monkeypatch.setattr(loop, "_write_progress", write)
+    assert (tmp_path / "torn" / "weights-1.safetensors").is_file()  # written, but not named
+    result = fit(build_task(synthetic, _request(clip_weights, method=method)), FAST, tmp_path / "torn")
+    assert result.resumed_from == 0
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(last_checkpoint(tmp_path / "whole"))), load_file(str(last_checkpoint(tmp_path / "torn")))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert sorted(f.name for f in (tmp_path / "torn").iterdir() if f.suffix in (".safetensors", ".pt")) == sorted(
+        f.name for f in (tmp_path / "whole").iterdir() if f.suffix in (".safetensors", ".pt"))
 
 
 def test_resume_with_other_settings_is_refused(synthetic, clip_weights, tmp_path):
@@ -96,7 +126,7 @@ def test_resume_with_other_settings_is_refused(synthetic, clip_weights, tmp_path
 
 def test_run_directory_and_embedded_entry_equal_the_model_run_directly(synthetic, clip_weights, tmp_path):
     import fmcache
-    from fmcache.finetune.loop import BEST, load_checkpoint
+    from fmcache.finetune.loop import load_checkpoint
 
     req = _request(clip_weights, method="lora+resample", train=replace(FAST, epochs=2))
     run = finetune(synthetic, req, root=tmp_path)
@@ -115,7 +145,7 @@ def test_run_directory_and_embedded_entry_equal_the_model_run_directly(synthetic
     cached = emb.features(split="test")
 
     task = build_task(synthetic, req)
-    load_checkpoint(task.model, run.path / CHECKPOINTS / BEST, torch.device("cpu"))
+    load_checkpoint(task.model, best_checkpoint(run.path / CHECKPOINTS), torch.device("cpu"))
     task.model.eval()
     items = task.items("test", train=False)
     test_rows = np.flatnonzero(synthetic.table["split"].to_numpy() == 2)
@@ -147,6 +177,15 @@ def test_resume_finetune_finishes_an_interrupted_run(synthetic, clip_weights, tm
     assert run.config["finetune"]["resumed_from"] == 0 and len(run.sweep) == 2
     with pytest.raises(FmcacheError, match="finished"):
         resume_finetune(run_dir, synthetic, root=tmp_path)
+
+
+def test_a_run_stopped_before_its_first_epoch_ends_leaves_nothing(synthetic, clip_weights, tmp_path):
+    def kill(step):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune(synthetic, _request(clip_weights), root=tmp_path, on_step=kill)
+    assert list((tmp_path / "runs").iterdir()) == []
 
 
 def test_bad_methods_are_named(synthetic, clip_weights):

@@ -141,8 +141,8 @@ def finetune(
             else:
                 run = run_finetune(ds, req, root=root, runs=runs, **kw)
     except KeyboardInterrupt:
-        raise Interrupted("the checkpoints of the finished epochs are kept; `fmcache finetune --resume RUN` "
-                          "continues (`ls` the runs folder for RUN)") from None
+        raise Interrupted("before the first epoch ended nothing is kept; after it, the run's folder keeps the "
+                          "checkpoints and `fmcache finetune --resume RUN` continues") from None
     _show(console, run)
     if embed:
         summary = embed_finetuned(run.path, ds, root=root, runs=runs, device=device)

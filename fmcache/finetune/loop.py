@@ -5,8 +5,10 @@ validation split.
 Resuming gives the uninterrupted result: every epoch reseeds torch from (seed, epoch) before
 it draws its batch order, augmentations and dropout, so an epoch replayed from the last
 checkpoint draws what it drew the first time. A checkpoint is the trainable tensors alone
-(safetensors), the optimiser and schedule state, and ``progress.json``, written last: a
-checkpoint without its ``progress.json`` entry is not there.
+(``weights-<epoch>.safetensors``), the optimiser and schedule state
+(``optimizer-<epoch>.pt``) and ``progress.json``, written last and naming the epoch's files:
+files that no ``progress.json`` names yet (a run killed while writing them) are never read,
+and the files of earlier epochs are removed only once it names the new ones.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ from fmcache.finetune.adapters import trained_statistics
 from fmcache.finetune.task import Batch, State, Task
 
 PROGRESS = "progress.json"
-LAST, BEST, OPTIMIZER = "last.safetensors", "best.safetensors", "optimizer.pt"
 STATE_PREFIX = "state."  # a loss state's tensors travel in the weights file under this prefix
 
 
@@ -128,8 +129,9 @@ def fit(task: Task, cfg: TrainConfig, workdir: str | os.PathLike[str], *,
     resumed = None
     if progress is not None:
         _check_same(progress, cfg, task)
-        state = load_checkpoint(model, work / LAST, device, state)
-        saved = torch.load(work / OPTIMIZER, map_location=device, weights_only=True)
+        last = int(progress["history"][-1]["epoch"])
+        state = load_checkpoint(model, work / _weights(last), device, state)
+        saved = torch.load(work / _optimizer(last), map_location=device, weights_only=True)
         opt.load_state_dict(saved["optimizer"])
         sched.load_state_dict(saved["scheduler"])
         history, best, resumed = progress["history"], progress["best"], progress["history"][-1]["epoch"]
@@ -169,15 +171,13 @@ def fit(task: Task, cfg: TrainConfig, workdir: str | os.PathLike[str], *,
         history.append(row)
         if val > best["score"] or best["epoch"] < 0:
             best = {"epoch": epoch, "score": val}
-            _save_weights(model, state, work / BEST)
-        _save_weights(model, state, work / LAST)
-        torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, work / OPTIMIZER)
+        _save_weights(model, state, work / _weights(epoch))
+        torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, work / _optimizer(epoch))
         _write_progress(work, {"config": asdict(cfg), "method": task.method, "history": history, "best": best})
+        _remove_stale(work, keep={epoch, best["epoch"]})
         if on_epoch:
             on_epoch(row)
-    else:
-        stopped = _patience_spent(history, best, cfg) and len(history) < cfg.epochs
-    load_checkpoint(model, work / BEST, device)
+    load_checkpoint(model, work / _weights(best["epoch"]), device)
     seconds = time.perf_counter() - began
     return FitResult(best_epoch=int(best["epoch"]), best_score=float(best["score"]), history=history,
                      stopped_early=stopped, resumed_from=resumed, seconds=seconds,
@@ -197,6 +197,39 @@ def predict(task: Task, split: str, cfg: TrainConfig) -> torch.Tensor:
         for batch in loader:
             outs.append(task.predict(_to(batch, device)).float().cpu())
     return torch.cat(outs)
+
+
+def last_checkpoint(workdir: str | os.PathLike[str]) -> Path:
+    """The weights file of the last finished epoch."""
+    return _named(workdir, lambda p: p["history"][-1]["epoch"])
+
+
+def best_checkpoint(workdir: str | os.PathLike[str]) -> Path:
+    """The weights file of the epoch with the best validation score (the one a run keeps)."""
+    return _named(workdir, lambda p: p["best"]["epoch"])
+
+
+def _named(workdir: str | os.PathLike[str], epoch: Callable[[dict[str, Any]], int]) -> Path:
+    progress = _read_progress(Path(workdir))
+    if progress is None:
+        raise FmcacheError(f"{workdir} holds no finished epoch")
+    return Path(workdir) / _weights(int(epoch(progress)))
+
+
+def _weights(epoch: int) -> str:
+    return f"weights-{epoch}.safetensors"
+
+
+def _optimizer(epoch: int) -> str:
+    return f"optimizer-{epoch}.pt"
+
+
+def _remove_stale(work: Path, keep: set[int]) -> None:
+    """Drop the files of epochs that are neither the last nor the best (progress.json no longer names them)."""
+    wanted = {_weights(e) for e in keep} | {_optimizer(max(keep))}
+    for f in work.iterdir():
+        if (f.name.startswith(("weights-", "optimizer-"))) and f.name not in wanted:
+            f.unlink(missing_ok=True)
 
 
 def _patience_spent(history: list[dict[str, float]], best: dict[str, Any], cfg: TrainConfig) -> bool:

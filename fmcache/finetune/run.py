@@ -25,12 +25,12 @@ from fmcache.embed.registry import load_model
 from fmcache.embed.weights import sha256_file
 from fmcache.errors import FmcacheError
 from fmcache.fairness import evaluate, evaluate_dice, evaluate_multiclass
-from fmcache.finetune.loop import BEST, FitResult, TrainConfig, fit, predict
+from fmcache.finetune.loop import PROGRESS, FitResult, TrainConfig, best_checkpoint, fit, predict
 from fmcache.finetune.task import Task
 from fmcache.mitigations import MITIGATIONS
-from fmcache.runs import Run, cache_root, load_results, new_run_dir, prediction_key, run_path, write_run
+from fmcache.runs import Run, cache_root, discard_run, load_results, new_run_dir, prediction_key, run_path, write_run
 
-REQUEST, CHECKPOINTS = "request.json", "checkpoints"
+REQUEST, CHECKPOINTS, LOCK = "request.json", "checkpoints", ".training.lock"
 # the benchmark's settings per method: its classification protocol, and SAMed's (FEBS trains 20 epochs)
 _CLASSIFY = {"epochs": 100, "batch_size": 128, "lr": 2.5e-4, "rank": 8}
 _SAMED = {"epochs": 100, "batch_size": 16, "lr": 0.005, "rank": 4}
@@ -125,8 +125,17 @@ def finetune(dataset: Dataset, req: FinetuneRequest, *, root: str | os.PathLike[
     the command that resumes it.
     """
     path = new_run_dir(f"{req.dataset}-{req.model}-{req.method.replace('+', '_')}", root, runs)
+    if path.protocol not in ("", "file", "local"):
+        discard_run(path)
+        raise FmcacheError(f"fine-tuning keeps its checkpoints on a local disk; {path.parent} is not one "
+                           "(give --runs a local folder)")
     (path / REQUEST).write_text(json.dumps(asdict(req), indent=1))
-    return _train_and_write(dataset, req, path, root, on_step, on_epoch)
+    try:
+        return _train_and_write(dataset, req, path, root, on_step, on_epoch)
+    except BaseException:
+        if not (path / CHECKPOINTS / PROGRESS).is_file():  # no epoch finished: nothing to resume
+            discard_run(path)
+        raise
 
 
 def resume_finetune(run: str | os.PathLike[str], dataset: Dataset, *, root: str | os.PathLike[str] | None = None,
@@ -151,13 +160,24 @@ def read_request(path) -> FinetuneRequest:
 
 
 def _train_and_write(dataset: Dataset, req: FinetuneRequest, path, root, on_step, on_epoch) -> Run:
+    from filelock import FileLock, Timeout
+
     task = build_task(dataset, req)
+    lock = FileLock(str(path / LOCK))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise FmcacheError(f"run {path.name} is being trained by another process; wait for it to finish") from None
     try:
         result = fit(task, req.train, path / CHECKPOINTS, on_step=on_step, on_epoch=on_epoch)
-    except KeyboardInterrupt:
-        raise FmcacheError(f"interrupted; `fmcache finetune --resume {path}` continues from the last finished epoch") from None
-    except FmcacheError as e:
-        raise FmcacheError(f"{e} (the run's checkpoints are kept in {path})") from None
+    except (KeyboardInterrupt, FmcacheError) as e:
+        if not (path / CHECKPOINTS / PROGRESS).is_file():
+            raise
+        why = "interrupted" if isinstance(e, KeyboardInterrupt) else str(e)
+        raise FmcacheError(f"{why}; the finished epochs' checkpoints are kept: `fmcache finetune --resume {path}` "
+                           "continues") from None
+    finally:
+        lock.release()
     if _is_segmentation(req):
         metrics, predictions = _evaluate_masks(task, dataset, req)
     else:
@@ -275,7 +295,7 @@ def embed_finetuned(run: str | os.PathLike[str], dataset: Dataset, *, root: str 
     if device:
         req = replace(req, train=replace(req.train, device=device))
     task = build_task(dataset, req)
-    best = path / CHECKPOINTS / BEST
+    best = best_checkpoint(path / CHECKPOINTS)
     load_checkpoint(task.model, best, torch.device(req.train.device))
     enc = task.enc
     tuned = replace(enc, encode_image=enc.image_forward, weights_id=f"{enc.weights_id}+{path.name}",
