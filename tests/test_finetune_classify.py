@@ -224,3 +224,23 @@ def test_lora_on_every_family_lowers_the_loss_and_leaves_the_backbone_alone(key,
     now = task.model.state_dict()
     moved = [k for k in frozen if not torch.equal(frozen[k], now[k])]
     assert moved == []  # weights and batch-norm statistics of the backbone, bit for bit
+
+
+def test_accumulating_two_half_batches_takes_the_step_of_one_whole_batch(synthetic, clip_weights, tmp_path):
+    from safetensors.torch import load_file
+
+    whole = replace(FAST, epochs=1, batch_size=16, warmup_epochs=0)
+    halves = replace(whole, batch_size=8, accumulate=2)  # the same shuffled order, in halves
+    fit(build_task(synthetic, _request(clip_weights)), whole, tmp_path / "whole")
+    fit(build_task(synthetic, _request(clip_weights)), halves, tmp_path / "halves")
+    a, b = load_file(str(last_checkpoint(tmp_path / "whole"))), load_file(str(last_checkpoint(tmp_path / "halves")))
+    assert len(synthetic.table.query("split == 0")) % 16  # a shorter last batch, which must weigh less
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_training_stops_when_validation_stops_improving_and_keeps_the_best_epoch(synthetic, clip_weights, tmp_path):
+    task = build_task(synthetic, _request(clip_weights))
+    # a step too small to move the validation AUC: epoch 0 stays the best, and patience 2 ends it after epoch 2
+    result = fit(task, replace(FAST, epochs=10, lr=1e-12, patience=2), tmp_path)
+    assert result.stopped_early and [h["epoch"] for h in result.history] == [0, 1, 2]
+    assert result.best_epoch == 0 and best_checkpoint(tmp_path).name == "weights-0.safetensors"

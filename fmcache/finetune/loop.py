@@ -155,7 +155,11 @@ def fit(task: Task, cfg: TrainConfig, workdir: str | os.PathLike[str], *,
             if not torch.isfinite(loss):
                 raise FmcacheError(f"{task.method}: the training loss became {loss.item()} at epoch {epoch}, batch {i} "
                                    "(lower --lr, or check the images)")
-            (loss / cfg.accumulate).backward()
+            # each batch weighs its share of its accumulation group's rows, so K batches step as one
+            # batch K times larger, the last, shorter group included
+            first = (i // cfg.accumulate) * cfg.accumulate * cfg.batch_size
+            group_rows = min(cfg.accumulate * cfg.batch_size, len(train_items) - first)
+            (loss * (len(batch["x"]) / group_rows)).backward()
             state = {k: v.detach() for k, v in state.items()}
             if (i + 1) % cfg.accumulate == 0 or i + 1 == len(loader):
                 opt.step()
