@@ -84,6 +84,7 @@ def test_each_mitigation_lowers_its_target_gap_against_plain_lora(planted, lora,
     y, base, g = lora
     _, new, _ = planted(method, hp, **kw)
     ok, info = lowers(metric, y, g, base, new)
+    print(f"{method} {metric.__name__}: {info}")  # with -s: the measured figures
     assert ok, f"{method} {metric.__name__}: {info}"
 
 

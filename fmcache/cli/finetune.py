@@ -71,7 +71,7 @@ def finetune(
     n_boot: Annotated[int, typer.Option("--n-boot", min=0, metavar="N", help="Bootstrap resamples for the intervals.")] = 1000,
     embed: Annotated[bool, typer.Option("--embed", help="Afterwards cache the dataset through the fine-tuned encoder "
                                         "as the entry MODEL+RUN, so `fmcache probe -m MODEL+RUN` and every analysis "
-                                        "apply to it.")] = False,
+                                        "apply to it (not yet for samed).")] = False,
     resume: Annotated[Optional[str], typer.Option(
         "--resume", metavar="RUN", show_default=False,
         help="Continue an unfinished run (its folder or name) from its last finished epoch, with the settings it "
@@ -83,8 +83,8 @@ def finetune(
 
     The frozen-feature heads (`fmcache probe`) answer how fair a frozen model is; this asks
     whether fine-tuning changes the answer. lora trains LoRA adapters (peft) on the image
-    tower's attention projections (the convolutions of the CNNs) and a head; full trains the
-    whole image tower. A +mitigation trains with the loss of the frozen-feature head of the
+    tower's attention projections (CLIP's own ViT: its MLP layers; the CNNs: their
+    convolutions) and a head; full trains the whole image tower. A +mitigation trains with the loss of the frozen-feature head of the
     same name, on the backbone's pooled feature. samed fine-tunes a SAM-family model for
     segmentation: LoRA on its image encoder, its mask decoder trained, Dice + cross-entropy.
 
@@ -92,7 +92,7 @@ def finetune(
     (adapter and head weights only, safetensors) after every epoch; the epoch with the best
     validation AUC (Dice for samed) is kept, never one chosen on test. The run directory
     holds the test metrics with bootstrap intervals: `fmcache results`, `fmcache report` and
-    `fmcache compare` put it beside the frozen heads. Ctrl-C keeps the checkpoints;
+    `fmcache compare` put it beside the frozen heads. Ctrl-C keeps the finished epochs' checkpoints;
     --resume RUN continues.
 
     Examples:
