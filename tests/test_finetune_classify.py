@@ -34,6 +34,11 @@ def _request(clip_weights, **kw) -> FinetuneRequest:
                            options={"size": "96", "image_size": "32"}, **kw)
 
 
+def _trained(tensors: dict[str, torch.Tensor]) -> bool:
+    """peft starts every LoRA B at zero: a nonzero one has been trained."""
+    return any(k.endswith("lora_B.default.weight") and bool(v.abs().sum() > 0) for k, v in tensors.items())
+
+
 def _frozen(task) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in task.enc.module.state_dict().items() if "lora_" not in k}
 
@@ -85,6 +90,7 @@ def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(synthetic, 
     a, b = load_file(str(last_checkpoint(tmp_path / "whole"))), load_file(str(last_checkpoint(tmp_path / "killed")))
     assert a.keys() == b.keys() and "state.q" in a
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+    assert _trained(a)  # equal because both trained alike, not because neither moved
 
 
 def test_a_run_killed_while_writing_a_checkpoint_resumes_from_the_one_before(synthetic, clip_weights, tmp_path,
@@ -112,7 +118,7 @@ def test_a_run_killed_while_writing_a_checkpoint_resumes_from_the_one_before(syn
     from safetensors.torch import load_file
 
     a, b = load_file(str(last_checkpoint(tmp_path / "whole"))), load_file(str(last_checkpoint(tmp_path / "torn")))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a) and _trained(a)
     assert sorted(f.name for f in (tmp_path / "torn").iterdir() if f.suffix in (".safetensors", ".pt")) == sorted(
         f.name for f in (tmp_path / "whole").iterdir() if f.suffix in (".safetensors", ".pt"))
 
@@ -237,7 +243,7 @@ def test_accumulating_two_half_batches_takes_the_step_of_one_whole_batch(synthet
     fit(build_task(synthetic, _request(clip_weights)), halves, tmp_path / "halves")
     a, b = load_file(str(last_checkpoint(tmp_path / "whole"))), load_file(str(last_checkpoint(tmp_path / "halves")))
     assert len(synthetic.table.query("split == 0")) % 16  # a shorter last batch, which must weigh less
-    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a) and _trained(a)
 
 
 def test_training_stops_when_validation_stops_improving_and_keeps_the_best_epoch(synthetic, clip_weights, tmp_path):
@@ -246,3 +252,14 @@ def test_training_stops_when_validation_stops_improving_and_keeps_the_best_epoch
     result = fit(task, replace(FAST, epochs=10, lr=1e-12, patience=2), tmp_path)
     assert result.stopped_early and [h["epoch"] for h in result.history] == [0, 1, 2]
     assert result.best_epoch == 0 and best_checkpoint(tmp_path).name == "weights-0.safetensors"
+
+
+def test_augment_draws_new_training_views_and_leaves_evaluation_alone(synthetic, clip_weights):
+    task = build_task(synthetic, _request(clip_weights, augment=True))
+    train, val = task.items("train", train=True), task.items("val", train=False)
+    size = task.enc.spec.preprocess.size
+    torch.manual_seed(0)
+    first = train[0]["x"]
+    assert first.shape == (3, size, size)
+    assert not all(torch.equal(first, train[0]["x"]) for _ in range(4))  # flips, rotations and crops vary
+    assert torch.equal(val[0]["x"], val[0]["x"])

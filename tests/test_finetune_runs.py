@@ -82,3 +82,11 @@ def test_finetune_command_errors_are_one_line(run_cli, args, message):
     code, out, err = run_cli(*args)
     assert code != 0
     assert message in err and "Traceback" not in err
+
+
+def test_a_damaged_request_is_one_clear_error(run_cli, tmp_path):
+    run = tmp_path / "runs" / "20261202-000000-synthetic-clip-lora"
+    run.mkdir(parents=True)
+    (run / "request.json").write_text('{"dataset": "synthetic"')  # cut short
+    code, out, err = run_cli("finetune", "--resume", str(run))
+    assert code != 0 and "request.json is damaged" in err and "Traceback" not in err

@@ -127,7 +127,7 @@ def finetune(
         req = _with_method_defaults(req, rank=rank, epochs=epochs, batch_size=batch_size, lr=lr)
     ds = load_dataset(req.dataset, req.data, options=req.options, seed=req.data_seed)
     console = make_console()
-    bar = _progress(console, req)
+    bar = _progress(console)
     try:
         with bar:
             task = bar.add_task(f"{req.dataset}/{req.model} {req.method}", total=None, status="")
@@ -173,7 +173,7 @@ def _with_method_defaults(req, *, rank: int | None, epochs: int | None, batch_si
     return replace(req, rank=rank or d["rank"], train=train)
 
 
-def _progress(console, req):
+def _progress(console):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

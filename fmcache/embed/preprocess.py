@@ -22,3 +22,18 @@ def build_transform(pre: Preprocess) -> Callable[[object], torch.Tensor]:
             T.Normalize(pre.mean, pre.std),
         ]
     )
+
+
+def build_augmentation(pre: Preprocess) -> Callable[[object], torch.Tensor]:
+    """The FairMedFM benchmark's training augmentation at the model's own size and statistics:
+    resize, horizontal flip, rotation within 15 degrees, random crop."""
+    return T.Compose(
+        [
+            T.Resize(pre.resize, interpolation=_INTERP[pre.interpolation], antialias=True),
+            T.RandomHorizontalFlip(),
+            T.RandomRotation((-15, 15)),
+            T.RandomCrop(pre.size),
+            T.ToTensor(),
+            T.Normalize(pre.mean, pre.std),
+        ]
+    )

@@ -14,11 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import Dataset as TorchDataset
-from torchvision import transforms as T
 
 from fmcache.datasets.samples import Dataset
-from fmcache.embed.preprocess import _INTERP, build_transform
-from fmcache.embed.spec import Encoder, Preprocess
+from fmcache.embed.preprocess import build_augmentation, build_transform
+from fmcache.embed.spec import Encoder
 from fmcache.errors import FmcacheError
 from fmcache.finetune.adapters import DEFAULT_RANK, add_lora, freeze_statistics, unfreeze_image_tower
 from fmcache.finetune.losses import LOSSES
@@ -40,19 +39,6 @@ def parse_method(method: str, bases: tuple[str, ...] = BASES) -> tuple[str, str]
         known = ", ".join(m for m in LOSSES if m != "erm")
         raise FmcacheError(f"method {method!r}: unknown mitigation {mitigation!r}; choose one of {known}")
     return base, mitigation
-
-
-def augmentation(pre: Preprocess) -> T.Compose:
-    """The benchmark's training augmentation, at the model's own size and statistics: resize,
-    horizontal flip, rotation within 15 degrees, random crop."""
-    return T.Compose([
-        T.Resize(pre.resize, interpolation=_INTERP[pre.interpolation], antialias=True),
-        T.RandomHorizontalFlip(),
-        T.RandomRotation((-15, 15)),
-        T.RandomCrop(pre.size),
-        T.ToTensor(),
-        T.Normalize(pre.mean, pre.std),
-    ])
 
 
 class _Items(TorchDataset):
@@ -139,7 +125,7 @@ class ClassifyTask:
                                       cell_counts=self.hp["cell_counts"])
         self.model = _Classifier(self.enc, head, self.kind, self.base)
         self._eval = build_transform(self.enc.spec.preprocess)
-        self._train = augmentation(self.enc.spec.preprocess) if self.augment else self._eval
+        self._train = build_augmentation(self.enc.spec.preprocess) if self.augment else self._eval
 
     def items(self, split: str, *, train: bool) -> _Items:
         table = self.dataset.table

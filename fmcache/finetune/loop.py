@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -131,7 +132,10 @@ def fit(task: Task, cfg: TrainConfig, workdir: str | os.PathLike[str], *,
         _check_same(progress, cfg, task)
         last = int(progress["history"][-1]["epoch"])
         state = load_checkpoint(model, work / _weights(last), device, state)
-        saved = torch.load(work / _optimizer(last), map_location=device, weights_only=True)
+        try:
+            saved = torch.load(work / _optimizer(last), map_location=device, weights_only=True)
+        except (OSError, RuntimeError, pickle.UnpicklingError) as e:
+            raise FmcacheError(f"{work / _optimizer(last)} cannot be read ({e}); delete the run to start over") from None
         opt.load_state_dict(saved["optimizer"])
         sched.load_state_dict(saved["scheduler"])
         history, best, resumed = progress["history"], progress["best"], progress["history"][-1]["epoch"]
@@ -274,7 +278,7 @@ def load_checkpoint(model: torch.nn.Module, path: Path, device: torch.device, st
 
     try:
         tensors = load_file(str(path))
-    except (OSError, Exception) as e:  # safetensors raises its own error type on a damaged file
+    except Exception as e:  # safetensors raises its own error type on a damaged file, OSError on a missing one
         raise FmcacheError(f"checkpoint {path} cannot be read ({e}); delete the run's checkpoints to start over") from None
     params = checkpointed(model)
     names = {k for k in tensors if not k.startswith(STATE_PREFIX)}

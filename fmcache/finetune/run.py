@@ -25,22 +25,24 @@ from fmcache.embed.registry import load_model
 from fmcache.embed.weights import sha256_file
 from fmcache.errors import FmcacheError
 from fmcache.fairness import evaluate, evaluate_dice, evaluate_multiclass
+from fmcache.finetune.adapters import DEFAULT_RANK
 from fmcache.finetune.loop import PROGRESS, FitResult, TrainConfig, best_checkpoint, fit, predict
 from fmcache.finetune.task import Task
 from fmcache.mitigations import MITIGATIONS
 from fmcache.runs import Run, cache_root, discard_run, load_results, new_run_dir, prediction_key, run_path, write_run
+from fmcache.segment.sweep import LABEL as SEGMENTATION_LABEL
 
 REQUEST, CHECKPOINTS, LOCK = "request.json", "checkpoints", ".training.lock"
-# the benchmark's settings per method: its classification protocol, and SAMed's (FEBS trains 20 epochs)
-_CLASSIFY = {"epochs": 100, "batch_size": 128, "lr": 2.5e-4, "rank": 8}
-_SAMED = {"epochs": 100, "batch_size": 16, "lr": 0.005, "rank": 4}
-
-
 def method_defaults(method: str) -> dict[str, float]:
-    """Epochs, batch size, learning rate and LoRA rank the benchmark trains ``method`` with."""
+    """Epochs, batch size, learning rate and LoRA rank the benchmark trains ``method`` with:
+    its classification protocol (``TrainConfig``'s defaults), or SAMed's (``SAMED_SETTINGS``)."""
     if method.startswith("samed"):
-        return {**_SAMED, "epochs": 20} if method == "samed+febs" else dict(_SAMED)
-    return dict(_CLASSIFY)
+        from fmcache.finetune.samed import SAMED_SETTINGS as S
+
+        epochs = S["febs_epochs"] if method == "samed+febs" else S["max_epochs"]
+        return {"epochs": epochs, "batch_size": S["batch_size"], "lr": S["lr"], "rank": S["rank"]}
+    t = TrainConfig()
+    return {"epochs": t.epochs, "batch_size": t.batch_size, "lr": t.lr, "rank": DEFAULT_RANK}
 
 
 @dataclass
@@ -57,7 +59,7 @@ class FinetuneRequest:
     label: str | None = None
     attribute: str | None = None
     weights: str | None = None
-    rank: int = 8
+    rank: int = DEFAULT_RANK
     alpha: float | None = None
     kind: str = "image"
     augment: bool = False
@@ -102,9 +104,8 @@ def build_task(dataset: Dataset, req: FinetuneRequest) -> Task:
         from fmcache.segment.sam import load_sam
 
         sam = load_sam(req.model, weights=req.weights, device=req.train.device)
-        return SamedTask(sam, dataset, attribute, req.method, rank=req.rank,
-                         dice_weight=req.hparams.get("dice_weight", 0.8), gamma=req.hparams.get("gamma", 1.0),
-                         augment=req.augment)
+        settings = {k: req.hparams[k] for k in ("dice_weight", "gamma") if k in req.hparams}
+        return SamedTask(sam, dataset, attribute, req.method, rank=req.rank, augment=req.augment, **settings)
     from fmcache.finetune.classify import ClassifyTask
 
     if dataset.spec.mask_classes and not dataset.label_names:
@@ -157,6 +158,8 @@ def read_request(path) -> FinetuneRequest:
         return FinetuneRequest.from_json((path / REQUEST).read_text())
     except FileNotFoundError:
         raise FmcacheError(f"{path} is not a fine-tuning run (no {REQUEST})") from None
+    except (ValueError, TypeError, KeyError) as e:
+        raise FmcacheError(f"{path / REQUEST} is damaged ({e}); start a new run") from None
 
 
 def _train_and_write(dataset: Dataset, req: FinetuneRequest, path, root, on_step, on_epoch) -> Run:
@@ -222,7 +225,7 @@ def _evaluate_masks(task, dataset: Dataset, req: FinetuneRequest):
     """Test Dice and IoU per image (the mean over the dataset's classes), then per group with
     bootstrap intervals, as a segmentation sweep scores its prompts."""
     from fmcache.finetune.samed import predict_masks
-    from fmcache.segment.sweep import LABEL, class_mean, score_items
+    from fmcache.segment.sweep import class_mean, score_items
 
     rows = task.rows("test")
     masks = predict_masks(task, rows)
@@ -236,10 +239,10 @@ def _evaluate_masks(task, dataset: Dataset, req: FinetuneRequest):
         names = {attr: list(dataset.rules[attr].groups)} if attr in dataset.rules else None
         blocks.append(evaluate_dice(per_item["dsc"], {attr: g}, iou=per_item["iou"], n_boot=req.n_boot,
                                     seed=req.train.seed, group_names=names))
-        predictions[prediction_key(req.method, LABEL, attr)] = {
+        predictions[prediction_key(req.method, SEGMENTATION_LABEL, attr)] = {
             **values, "row": rows, "id": dataset.table["id"].to_numpy(dtype=str)[rows], "group": g}
-    metrics = pd.concat(blocks, ignore_index=True).assign(head=req.method, label=LABEL, dataset=dataset.name,
-                                                          model=req.model)
+    metrics = pd.concat(blocks, ignore_index=True).assign(head=req.method, label=SEGMENTATION_LABEL,
+                                                          dataset=dataset.name, model=req.model)
     return metrics, predictions
 
 
@@ -261,7 +264,7 @@ def _config(task, dataset: Dataset, req: FinetuneRequest, result: FitResult, roo
         "root": root,
         "heads": [req.method],
         "target_gaps": {req.method: target_gap(req.method)},
-        "labels": ["mask"] if segmentation else [task.label],
+        "labels": [SEGMENTATION_LABEL] if segmentation else [task.label],
         **({"mask_classes": list(task.classes), "items": "images"} if segmentation else {}),
         "attributes": dataset.attribute_names,
         "group_names": {a: list(dataset.rules[a].groups) for a in dataset.attribute_names if a in dataset.rules},

@@ -96,10 +96,8 @@ class SamedNet(nn.Module):
 def lora_encoder(encoder: nn.Module, rank: int) -> nn.Module:
     """A copy of ``encoder`` sharing its weights, with peft LoRA adapters on every ``qkv``
     linear layer; only the adapters require gradients."""
-    try:
-        from peft import LoraConfig, inject_adapter_in_model
-    except ImportError:
-        raise ModelError("SAMed's LoRA needs the package peft: pip install 'peft>=0.13'") from None
+    from peft import LoraConfig, inject_adapter_in_model
+
     if not isinstance(rank, int) or rank < 1:
         raise ModelError(f"LoRA rank {rank!r}: give a whole number >= 1 (SAMed's default: 4)")
     out = _shared_copy(encoder)
