@@ -87,6 +87,8 @@ def read(arr: zarr.Array, rows: np.ndarray | None, where: str, remedy: str) -> n
         raise damaged(where, f"chunk {missing[0]} (rows {a}-{b - 1}) is missing from the store{more}", remedy)
     try:
         values = np.asarray(arr[...] if rows is None else _take(arr, np.asarray(rows)))
+    except MemoryError:  # out of memory is not damage: the chunks would decode with memory to spare
+        raise
     except Exception:  # a codec's error on damaged bytes: find the chunk to name
         stored = set(needed)
         for c in needed:

@@ -327,6 +327,10 @@ class Embeddings:
             raise UnknownNameError(f"unknown split {split!r}: use 'train', 'val', 'test' or None")
         return np.flatnonzero(self._split == code)
 
+    def split_rows(self, split: Split) -> np.ndarray:
+        """Positions (rows of :meth:`samples`) of a split's samples, ascending."""
+        return self._rows(split)
+
     def features(self, split: Split = None, kind: str = "image") -> np.ndarray:
         """Features as float32 (n, d); ``kind`` "image" (pre-projection) or "image_proj".
 

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from fmcache.cli.app import Interrupted, RootOpt, RunsOpt, app, command, dataset_options, say
+from fmcache.heads.stream import DEFAULT_WINDOW
 
 ProtocolOpt = Annotated[
     str, typer.Option("--protocol", metavar="fmcache|fairmedfm|paper",
@@ -237,6 +238,18 @@ def probe(
                                                        help="Switch: zero-shot logit scale as the model stores it "
                                                        "(fmcache's) | with the reference code's factors (PubMedCLIP "
                                                        "x 0.942).")] = None,
+    memory_budget: Annotated[Optional[str], typer.Option(
+        "--memory-budget", metavar="SIZE", show_default=False,
+        help="Memory the features and heads may take, e.g. 8G or 512M (default: a quarter of the GPU's memory, or "
+        "of RAM up to 4G on a CPU). Features larger than half of it stay in the cache and are streamed in windows "
+        "read ahead on a background thread; larger head stacks train in chunks.")] = None,
+    shuffle: Annotated[str, typer.Option(
+        "--shuffle", metavar="auto|rows|chunks",
+        help="Minibatch order: rows (every epoch a permutation of all rows), chunks (cache chunks in a random order, "
+        "rows shuffled within --shuffle-window rows; what streamed features need), auto (chunks when streamed, "
+        "else rows). The same --shuffle chunks gives the same heads streamed or in memory.")] = "auto",
+    shuffle_window: Annotated[int, typer.Option("--shuffle-window", min=1, metavar="ROWS",
+                                                help="Rows shuffled together under --shuffle chunks.")] = DEFAULT_WINDOW,
     protocol: ProtocolOpt = "fmcache",
     root: RootOpt = None,
     runs: RunsOpt = None,
@@ -265,6 +278,7 @@ def probe(
     from fmcache.probe.data import entry_name, is_segmentation_entry
     from fmcache.protocols import resolve
 
+    budget = _size(memory_budget, "--memory-budget") if memory_budget else None
     cache = fmcache.open_cache(root)
     models = _csv(model) or []
     if models == ["all"]:  # every entry with embeddings to probe
@@ -289,7 +303,7 @@ def probe(
             convention=convention, n_boot=n_boot, epochs=epochs or settings.get("epochs", 100),
             batch_size=batch_size or settings.get("batch_size", 128), kind=feature_kind, volume=volume, seed=seed,
             domain_inference=domain_inference, templates=templates, query_pool=query_pool, logit_scale=logit_scale,
-            protocol=protocol,
+            protocol=protocol, memory_budget=budget, shuffle=shuffle, window=shuffle_window,
         )
         try:
             with console.status(f"{dataset}/{m}: loading") as status:
@@ -306,6 +320,16 @@ def probe(
         for h, why in run.config["skipped"].items():
             console.print(f"skipped {h}: {why}", markup=False)
         console.print(f"run: {run.path.name}  (`fmcache results {run.path.name}`)", markup=False, highlight=False)
+
+
+def _size(text: str, option: str) -> int:
+    from fmcache.errors import FmcacheError
+    from fmcache.heads.memory import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except ValueError:
+        raise FmcacheError(f"{option} {text!r}: give a size such as 8G, 512M or 1.5G") from None
 
 
 def _is_number(text: str) -> bool:

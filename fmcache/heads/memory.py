@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 
-import jax
-
 _BYTES = 4  # float32
 
 
 def default_budget() -> int:
     """Bytes a stack may use: a quarter of the accelerator's memory, or of RAM on CPU (<= 4 GiB)."""
+    import jax  # here, so that sizes can be parsed and printed without loading JAX
+
     try:
         stats = jax.devices()[0].memory_stats() or {}
     except (RuntimeError, AttributeError, NotImplementedError, ValueError):  # backends without memory statistics
@@ -41,3 +41,24 @@ def train_bytes_per_head(n_params: int, batch_size: int, width: int) -> int:
 def solve_bytes_per_head(n_params: int, n_rows: int, n_out: int, history: int) -> int:
     """Full-batch solver: logits and residuals over all rows, plus the L-BFGS history."""
     return _BYTES * (6 * n_rows * n_out + (2 * history + 8) * n_params)
+
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_bytes(text: str) -> int:
+    """``"512M"``, ``"4G"``, ``"4GiB"``, ``"1.5g"`` or plain bytes as a byte count; ValueError otherwise."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = t[-1] if t and t[-1] in _UNITS else ""
+    value = float(t[: len(t) - len(unit)])
+    if not value > 0:
+        raise ValueError(f"{text!r} is not a positive size")
+    return int(value * _UNITS[unit])
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return ""

@@ -22,9 +22,23 @@ from numpy.typing import ArrayLike
 from fmcache.errors import HeadInputError
 from fmcache.heads import inputs, memory
 from fmcache.heads.registry import get_head
+from fmcache.heads.stream import (
+    DEFAULT_WINDOW,
+    WINDOWS_RESIDENT,
+    ArraySource,
+    RowSource,
+    check_starts,
+    check_window_budget,
+    chunk_order,
+    localise,
+    prefetched,
+    window_rows,
+    windows,
+)
 from fmcache.heads.types import Batch, HeadSpec, HeadType, positive_score
 
 SOLVERS = ("adamw", "lbfgs")
+SHUFFLES = ("rows", "chunks")
 
 
 @dataclass
@@ -80,6 +94,8 @@ def fit_stack(
     memory_budget: int | None = None,
     max_heads_per_chunk: int | None = None,
     decay_bias: bool = False,
+    shuffle: str = "rows",
+    window: int = DEFAULT_WINDOW,
 ) -> FitResult:
     """Train K heads of one type together on the same training rows.
 
@@ -114,6 +130,12 @@ def fit_stack(
         the loss averaged over rows).
     memory_budget, max_heads_per_chunk : bound on the bytes (default: a quarter of the
         device's memory) or heads trained at once; larger stacks run in chunks.
+    shuffle, window : the minibatch order. ``"rows"``: every epoch a permutation of all
+        rows. ``"chunks"``: every epoch the blocks of ``X`` (an :class:`ArraySource` or
+        other :class:`~fmcache.heads.stream.RowSource`) in a random order, rows shuffled
+        within windows of ``window`` rows (:func:`fmcache.heads.stream.chunk_order`). A
+        ``RowSource`` that is not held in memory (features read from the cache) is
+        streamed: windows are read as training goes, ``memory_budget`` covering them too.
 
     Returns
     -------
@@ -129,8 +151,23 @@ def fit_stack(
         raise HeadInputError(f"solver {solver!r} does not fit head {ht.name!r}; it takes {', '.join(ht.solvers)}")
     if epochs < 1 or batch_size < 1:
         raise HeadInputError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
-    X = inputs.check_features(X)
-    n, d = X.shape
+    if shuffle not in SHUFFLES:
+        raise HeadInputError(f"unknown shuffle {shuffle!r}; choose one of {', '.join(SHUFFLES)}")
+    if isinstance(X, RowSource):
+        if shuffle != "chunks":
+            raise HeadInputError("features given as blocks (a RowSource) are visited chunk-wise: pass shuffle='chunks'")
+        source = X
+        check_starts(source.starts, source.n)
+    else:
+        source = ArraySource(X) if shuffle == "chunks" else None
+        X = source.X if source is not None else inputs.check_features(X)
+    streamed = source is not None and not isinstance(source, ArraySource)
+    if isinstance(source, ArraySource):
+        X = source.X
+    if streamed and solver == "lbfgs":
+        raise HeadInputError("the full-batch lbfgs solver needs the features in memory, and these are streamed "
+                             "(raise --memory-budget, or train these heads with the adamw grid)")
+    n, d = (source.n, source.d) if source is not None else X.shape
     Y = inputs.as_columns(y, n, "labels")
     G = inputs.as_columns(groups, n, "groups")
     if prototypes is not None:
@@ -162,10 +199,19 @@ def fit_stack(
     elif solver == "lbfgs":
         from fmcache.heads.lbfgs import fit_logistic
 
-        params, log = fit_logistic(X, Y, hp["C"], hp["label"], n_classes=n_classes, max_iter=max_iter, tol=tol, memory_budget=memory_budget, max_heads_per_chunk=max_heads_per_chunk)
+        params, log = fit_logistic(X if source is None else source.X, Y, hp["C"], hp["label"], n_classes=n_classes, max_iter=max_iter, tol=tol, memory_budget=memory_budget, max_heads_per_chunk=max_heads_per_chunk)
         state: Any = {}
     else:
-        params, state, log = _fit_adamw(ht, spec, X, Y, G, hp, K, epochs, batch_size, seed, memory_budget, max_heads_per_chunk, decay_bias)
+        batch_size = min(batch_size, n)
+        if streamed:
+            params, state, log = _fit_streamed(ht, spec, source, Y, G, hp, K, epochs, batch_size, seed, window,
+                                               memory_budget, max_heads_per_chunk, decay_bias)
+        else:
+            order = (_batch_order(n, epochs, batch_size, seed) if source is None
+                     else np.concatenate(list(chunk_order(source.starts, epochs, batch_size, window, seed))))
+            params, state, log = _fit_adamw(ht, spec, X, Y, G, hp, K, epochs, batch_size, order, memory_budget,
+                                            max_heads_per_chunk, decay_bias)
+        log["shuffle"] = shuffle
     log.update(seconds=time.perf_counter() - start, solver=solver, seed=seed, decay_bias=decay_bias)
     return FitResult(head=ht, params=params, hparams=hp, state=state, spec=spec, log=log)
 
@@ -187,24 +233,10 @@ def cell_counts(Y: np.ndarray, G: np.ndarray | None, hp: Mapping[str, np.ndarray
     return out
 
 
-def _fit_adamw(ht: HeadType, spec: HeadSpec, X: np.ndarray, Y: np.ndarray, G: np.ndarray | None, hp: dict[str, np.ndarray], K: int, epochs: int, batch_size: int, seed: int, memory_budget: int | None, cap: int | None, decay_bias: bool = False) -> tuple[Any, Any, dict[str, Any]]:
-    n = X.shape[0]
-    batch_size = min(batch_size, n)
-    steps_per_epoch = -(-n // batch_size)
-    full_hp = dict(hp)
-    if ht.needs_cell_counts:
-        full_hp["cell_counts"] = cell_counts(Y, G, hp, spec.n_groups, spec.n_classes)
-    Gc = G if G is not None else np.zeros((n, 1), np.int32)
-
-    init = _initializer(ht, spec)
-    one = {k: v[:1] for k, v in full_hp.items()}
-    shapes = jax.eval_shape(init, {k: jnp.asarray(v) for k, v in one.items()})[0]
-    n_params = sum(int(np.prod(s.shape[1:])) for s in jax.tree_util.tree_leaves(shapes))
-    width = spec.n_out * spec.n_groups + spec.hidden + spec.n_groups + 8
-    chunk = memory.heads_per_chunk(K, memory.train_bytes_per_head(n_params, batch_size, width), memory_budget, cap)
-
-    trainer = _trainer(ht, epochs, steps_per_epoch, batch_size, decay_bias)
-    Xj, Yj, Gj, order = jnp.asarray(X), jnp.asarray(Y), jnp.asarray(Gc), jnp.asarray(_batch_order(n, epochs, batch_size, seed))
+def _fit_adamw(ht: HeadType, spec: HeadSpec, X: np.ndarray, Y: np.ndarray, G: np.ndarray | None, hp: dict[str, np.ndarray], K: int, epochs: int, batch_size: int, order: np.ndarray, memory_budget: int | None, cap: int | None, decay_bias: bool = False) -> tuple[Any, Any, dict[str, Any]]:
+    full_hp, Gc, init, chunk = _setup(ht, spec, Y, G, hp, K, batch_size, memory_budget, cap)
+    opt_init, steps = _trainer(ht, len(order), decay_bias)
+    Xj, Yj, Gj, order = jnp.asarray(X), jnp.asarray(Y), jnp.asarray(Gc), jnp.asarray(order)
     parts = []
     for lo in range(0, K, chunk):
         # the last chunk is padded with copies of its last head, so every chunk has one
@@ -212,11 +244,71 @@ def _fit_adamw(ht: HeadType, spec: HeadSpec, X: np.ndarray, Y: np.ndarray, G: np
         idx = np.minimum(np.arange(lo, lo + chunk), K - 1)
         h = {k: jnp.asarray(v[idx]) for k, v in full_hp.items()}
         params, state = init(h)
-        out = trainer(params, state, Xj, Yj, Gj, h, order)
+        params, _, state, losses = steps(params, opt_init(params, h), state, Xj, Yj, Gj, h, order)
         take = min(chunk, K - lo)
-        parts.append(jax.tree_util.tree_map(lambda a, take=take: np.asarray(a)[:take], out))
+        parts.append(jax.tree_util.tree_map(lambda a, take=take: np.asarray(a)[:take], (params, state, losses.T)))
     params, state, loss = (jax.tree_util.tree_map(lambda *a: np.concatenate(a), *[p[i] for p in parts]) for i in range(3))
-    return params, state, {"loss": loss, "chunks": len(parts), "heads_per_chunk": chunk, "steps": epochs * steps_per_epoch}
+    return params, state, {"loss": _epoch_means(loss, epochs), "chunks": len(parts), "heads_per_chunk": chunk,
+                           "steps": len(order)}
+
+
+def _fit_streamed(ht: HeadType, spec: HeadSpec, source: RowSource, Y: np.ndarray, G: np.ndarray | None, hp: dict[str, np.ndarray], K: int, epochs: int, batch_size: int, seed: int, window: int, memory_budget: int | None, cap: int | None, decay_bias: bool = False) -> tuple[Any, Any, dict[str, Any]]:
+    """:func:`_fit_adamw` on rows read window by window from ``source`` (see :mod:`fmcache.heads.stream`)."""
+    budget = memory.default_budget() if memory_budget is None else memory_budget
+    width = window_rows(window, batch_size)
+    check_window_budget(width, source.d, budget)
+    full_hp, Gc, init, chunk = _setup(ht, spec, Y, G, hp, K, batch_size, budget // 2, cap)
+    steps_per_epoch = -(-source.n // batch_size)
+    opt_init, steps = _trainer(ht, epochs * steps_per_epoch, decay_bias)
+    per_window = width // batch_size
+
+    def load(order: np.ndarray) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+        X, held, local = localise(source, order, width)
+        pad = np.zeros(width - len(held), np.int64)  # rows no valid position points at
+        rows = np.concatenate([held, pad])
+        return jnp.asarray(X), jnp.asarray(Y[rows]), jnp.asarray(Gc[rows]), jnp.asarray(local)
+
+    def all_windows() -> Any:
+        for order in chunk_order(source.starts, epochs, batch_size, window, seed):
+            yield from windows(order, per_window)
+
+    parts = []
+    for lo in range(0, K, chunk):
+        idx = np.minimum(np.arange(lo, lo + chunk), K - 1)
+        h = {k: jnp.asarray(v[idx]) for k, v in full_hp.items()}
+        params, state = init(h)
+        opt = opt_init(params, h)
+        losses = []
+        for Xw, Yw, Gw, local in prefetched(all_windows(), load):
+            params, opt, state, loss = steps(params, opt, state, Xw, Yw, Gw, h, local)
+            losses.append(np.asarray(loss))
+        take = min(chunk, K - lo)
+        parts.append(jax.tree_util.tree_map(lambda a, take=take: np.asarray(a)[:take],
+                                            (params, state, np.concatenate(losses).T)))
+    params, state, loss = (jax.tree_util.tree_map(lambda *a: np.concatenate(a), *[p[i] for p in parts]) for i in range(3))
+    return params, state, {"loss": _epoch_means(loss, epochs), "chunks": len(parts), "heads_per_chunk": chunk,
+                           "steps": epochs * steps_per_epoch, "window": width}
+
+
+def _setup(ht: HeadType, spec: HeadSpec, Y: np.ndarray, G: np.ndarray | None, hp: dict[str, np.ndarray], K: int,
+           batch_size: int, memory_budget: int | None, cap: int | None) -> tuple[dict[str, np.ndarray], np.ndarray, Any, int]:
+    """The heads' full hyperparameters, the group columns, the initialiser and heads per chunk."""
+    full_hp = dict(hp)
+    if ht.needs_cell_counts:
+        full_hp["cell_counts"] = cell_counts(Y, G, hp, spec.n_groups, spec.n_classes)
+    Gc = G if G is not None else np.zeros((Y.shape[0], 1), np.int32)
+    init = _initializer(ht, spec)
+    one = {k: v[:1] for k, v in full_hp.items()}
+    shapes = jax.eval_shape(init, {k: jnp.asarray(v) for k, v in one.items()})[0]
+    n_params = sum(int(np.prod(s.shape[1:])) for s in jax.tree_util.tree_leaves(shapes))
+    width = spec.n_out * spec.n_groups + spec.hidden + spec.n_groups + 8
+    chunk = memory.heads_per_chunk(K, memory.train_bytes_per_head(n_params, batch_size, width), memory_budget, cap)
+    return full_hp, Gc, init, chunk
+
+
+def _epoch_means(loss: np.ndarray, epochs: int) -> np.ndarray:
+    """(K, steps) per-step losses as (K, epochs) means."""
+    return loss.reshape(loss.shape[0], epochs, -1).mean(axis=2)
 
 
 def _batch_order(n: int, epochs: int, batch_size: int, seed: int) -> np.ndarray:
@@ -224,11 +316,11 @@ def _batch_order(n: int, epochs: int, batch_size: int, seed: int) -> np.ndarray:
 
     Drawn on the host: a permutation inside the compiled trainer costs seconds of
     compilation (threefry and a sort) for milliseconds of work. The last batch of an epoch
-    is padded with row 0, which the trainer masks out.
+    is padded with -1, which the trainer masks out.
     """
     steps_per_epoch = -(-n // batch_size)
     rng = np.random.default_rng(seed)
-    order = np.zeros((epochs, steps_per_epoch * batch_size), np.int32)
+    order = np.full((epochs, steps_per_epoch * batch_size), -1, np.int32)
     for e in range(epochs):
         order[e, :n] = rng.permutation(n)
     return order.reshape(epochs * steps_per_epoch, batch_size)
@@ -280,13 +372,14 @@ def _compiler_options() -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=32)
-def _trainer(ht: HeadType, epochs: int, steps_per_epoch: int, batch_size: int, decay_bias: bool = False) -> Any:
-    total = epochs * steps_per_epoch
+def _trainer(ht: HeadType, total: int, decay_bias: bool = False) -> tuple[Any, Any]:
+    """The optimiser's initial state, and the steps of one stretch of training (all of it, or
+    one streamed window): both jitted; ``total`` steps set the learning-rate schedule."""
 
     def optimizer(h: Any) -> optax.GradientTransformation:
         return ht.optimizer(h, total, decay_bias)
 
-    def head_step(p: Any, o: Any, s: Any, h: Any, xb: jax.Array, yb: jax.Array, gb: jax.Array, vb: jax.Array, t: jax.Array) -> tuple[Any, Any, Any, jax.Array]:
+    def head_step(p: Any, o: Any, s: Any, h: Any, xb: jax.Array, yb: jax.Array, gb: jax.Array, vb: jax.Array) -> tuple[Any, Any, Any, jax.Array]:
         y = yb[:, h["label"]]
         g = gb[:, h["attribute"]]
         known = vb & (y >= 0)
@@ -298,24 +391,22 @@ def _trainer(ht: HeadType, epochs: int, steps_per_epoch: int, batch_size: int, d
         p = optax.apply_updates(p, updates)
         return p, o, s, loss
 
-    stacked_step = jax.vmap(head_step, in_axes=(0, 0, 0, 0, None, None, None, None, None))
+    stacked_step = jax.vmap(head_step, in_axes=(0, 0, 0, 0, None, None, None, None))
 
-    def run(params: Any, state: Any, X: jax.Array, Y: jax.Array, G: jax.Array, hp: Any, order: jax.Array) -> tuple[Any, Any, jax.Array]:
-        n = X.shape[0]
-
+    def run(params: Any, opt_state: Any, state: Any, X: jax.Array, Y: jax.Array, G: jax.Array, hp: Any,
+            order: jax.Array) -> tuple[Any, Any, Any, jax.Array]:
         # one scan over all steps (not epochs of steps): a smaller program to compile
-        def step(carry: Any, inp: tuple[jax.Array, jax.Array]) -> tuple[Any, jax.Array]:
+        def step(carry: Any, rows: jax.Array) -> tuple[Any, jax.Array]:
             p, o, s = carry
-            rows, t = inp
-            valid = (t % steps_per_epoch) * batch_size + jnp.arange(batch_size) < n
-            p, o, s, loss = stacked_step(p, o, s, hp, X[rows], Y[rows], G[rows], valid, t)
+            take = jnp.maximum(rows, 0)  # -1 pads a short last batch
+            p, o, s, loss = stacked_step(p, o, s, hp, X[take], Y[take], G[take], rows >= 0)
             return (p, o, s), loss
 
-        opt_state = jax.vmap(lambda p, h: optimizer(h).init(p))(params, hp)
-        (params, _, state), losses = jax.lax.scan(step, (params, opt_state, state), (order, jnp.arange(total)))
-        return params, state, jnp.mean(losses.reshape(epochs, steps_per_epoch, -1), axis=1).T
+        (params, opt_state, state), losses = jax.lax.scan(step, (params, opt_state, state), order)
+        return params, opt_state, state, losses
 
-    return jax.jit(run, compiler_options=_compiler_options())
+    opt_init = jax.jit(jax.vmap(lambda p, h: optimizer(h).init(p)))
+    return opt_init, jax.jit(run, compiler_options=_compiler_options())
 
 
 def predict_stack(
@@ -334,7 +425,8 @@ def predict_stack(
     ----------
     head : a name in ``HEADS`` or a HeadType.
     params : parameters stacked over K (``FitResult.params`` or ``zeroshot_params``).
-    X : (n, d) features; NaN / inf is refused.
+    X : (n, d) features, or a :class:`~fmcache.heads.stream.RowSource` read block by
+        block; NaN / inf is refused.
     groups : (n,) or (n, A) groups, used by heads that can score with the known group
         (``domain_ind``'s ``known`` rule); without it they use the rule that needs no group
         (``domain_ind``: the mean over its groups of their probabilities).
@@ -348,8 +440,9 @@ def predict_stack(
         probabilities (or logits) for more classes.
     """
     ht = get_head(head)
-    X = inputs.check_features(X)
-    n = X.shape[0]
+    if not isinstance(X, RowSource):
+        X = inputs.check_features(X)
+    n, d = (X.n, X.d) if isinstance(X, RowSource) else X.shape
     K = int(jax.tree_util.tree_leaves(params)[0].shape[0])
     G = inputs.as_columns(groups, n, "groups")
     gsel = None
@@ -361,16 +454,20 @@ def predict_stack(
     to_score = _identity if logits else positive_score
 
     leaves = jax.tree_util.tree_leaves(params)
-    width = max(int(np.prod(a.shape[1:])) // max(X.shape[1], 1) for a in leaves) + 8
-    rows = max(1, min(n, (memory_budget or memory.default_budget()) // (4 * 4 * K * width)))
+    width = max(int(np.prod(a.shape[1:])) // max(d, 1) for a in leaves) + 8
+    budget = memory_budget or memory.default_budget()
+    rows = max(1, min(n, budget // (4 * 4 * K * width)))
+    if isinstance(X, RowSource):  # its blocks are read as they are scored
+        rows = max(1, min(rows, budget // (2 * WINDOWS_RESIDENT * 4 * d)))
     fn = _predictor(ht, gsel is not None, to_score)
-    Xj = jnp.asarray(X)
+    Xj = X if isinstance(X, RowSource) else jnp.asarray(X)
     out = []
     for lo in range(0, n, rows):
         # pad the last block to the common size so the predictor compiles once
         sel = np.minimum(np.arange(lo, lo + rows), n - 1)
         g = gsel[:, sel] if gsel is not None else None
-        out.append(np.asarray(fn(params, Xj[sel], g))[:, : min(rows, n - lo)])
+        block = jnp.asarray(Xj.read(sel)) if isinstance(Xj, RowSource) else Xj[sel]
+        out.append(np.asarray(fn(params, block, g))[:, : min(rows, n - lo)])
     return np.concatenate(out, axis=1)
 
 

@@ -43,6 +43,11 @@ class ProbeData:
     # records it); empty for binary and multi-label datasets
     classes: list[str] = field(default_factory=list)
     dataset_info: dict[str, Any] = field(default_factory=dict)  # the dataset group's attributes
+    # where the training rows' cache chunks begin (positions in X["train"]): the blocks that
+    # the chunk-wise minibatch order visits
+    starts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    # features too large for the memory budget stay in the cache: X holds CachedRows
+    streamed: bool = False
 
     @property
     def n_classes(self) -> int:
@@ -57,9 +62,17 @@ class ProbeData:
         """Features per split: those of the text heads (``text``), else ``X``."""
         return self.text["X"] if text else self.X
 
-    def training_set(self, text: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Features, labels and groups of the training rows (each slice carries its volume's)."""
+    def training_set(self, text: bool = False, shuffle: str = "rows") -> tuple[Any, np.ndarray, np.ndarray]:
+        """Features, labels and groups of the training rows (each slice carries its volume's).
+
+        With ``shuffle="chunks"`` the features come as blocks of the cache's chunks (an
+        :class:`~fmcache.heads.stream.ArraySource`, or the streamed :class:`CachedRows`).
+        """
         X, y, g = self.inputs(text)["train"], self.y["train"], self.g["train"]
+        if shuffle == "chunks" and not isinstance(X, CachedRows):
+            from fmcache.heads.stream import ArraySource
+
+            X = ArraySource(X, self.starts)
         if self.slices:
             y, g = np.repeat(y, self.slices, axis=0), np.repeat(g, self.slices, axis=0)
         return X, y, g
@@ -89,6 +102,7 @@ def load_probe_data(
     volume: str = "max",
     query_pool: str = "mean",
     logit_scale: str = "model",
+    memory_budget: int | None = None,
 ) -> ProbeData:
     """Read and check an entry: names exist, features are finite, each split has both classes
     (every class of a multi-class label, whose class names ``ProbeData.classes`` holds).
@@ -104,6 +118,10 @@ def load_probe_data(
     query's projection (an entry embedded with ``queries=reference``) to take the maximum
     over. ``logit_scale="reference"`` multiplies the model's logit scale by the reference
     code's factor (:data:`fmcache.protocols.REFERENCE_LOGIT_FACTOR`).
+
+    Features are read into memory when they take at most half of ``memory_budget`` (None:
+    :func:`fmcache.heads.memory.default_budget`); larger ones stay in the cache and are
+    read as heads train and score (``ProbeData.streamed``, ``X`` of :class:`CachedRows`).
     """
     if volume not in VOLUME_MODES:
         raise HeadInputError(f"unknown volume mode {volume!r}: use one of {', '.join(VOLUME_MODES)}")
@@ -124,11 +142,13 @@ def load_probe_data(
         kind = "image_proj" if "image_proj" in emb.kinds else "image"
     samples = emb.samples()
     slices = int(emb.provenance["volume"]["slices"]) if emb.provenance.get("volume") and volume != "features" else 0
+    text_kind = _text_kind(emb, query_pool) if emb.prompt_sets() else None
+    # the text heads score the projected feature: a second copy where the other heads read another
+    separate_text = text_kind is not None and (text_kind != kind or l2)
+    streamed = _must_stream(emb, [kind, text_kind] if separate_text else [kind], slices, memory_budget)
     X, y, g = {}, {}, {}
     for split in SPLITS:
-        X[split] = _read(emb, kind, split, slices)
-        if l2:
-            X[split] /= np.maximum(np.linalg.norm(X[split], axis=1, keepdims=True), 1e-12)
+        X[split] = CachedRows(emb, kind, split, l2) if streamed else _read(emb, kind, split, slices, l2)
         all_y = emb.labels(split=split)
         y[split] = all_y[:, [emb.label_names.index(name) for name in labels]]
         g[split] = np.stack([emb.groups(a, split=split) for a in attributes], axis=1)
@@ -143,18 +163,19 @@ def load_probe_data(
                 )
     test = samples[samples["split"] == "test"]
     text = {}
-    if emb.prompt_sets():
+    if text_kind is not None:
         factor = REFERENCE_LOGIT_FACTOR.get(base, 1.0) if logit_scale == "reference" else 1.0
-        text_kind = _text_kind(emb, query_pool)
-        same = text_kind == kind and not l2  # no second copy of the features the other heads read
         text = {"prototypes": emb.text_prototypes(), "prompts": emb.prompts(),
                 "logit_scale": (emb.provenance.get("logit_scale") or 100.0) * factor,
-                "X": X if same else {split: _read(emb, text_kind, split, slices) for split in SPLITS}}
+                "X": X if not separate_text else {split: CachedRows(emb, text_kind, split, False) if streamed
+                                     else _read(emb, text_kind, split, slices, False) for split in SPLITS}}
+    starts = _block_starts(emb.split_rows("train"), int(emb.provenance["chunk_rows"]))
     return ProbeData(
         dataset=emb.dataset, model=emb.model, kind=kind, X=X, y=y, g=g, labels=labels, attributes=attributes,
         group_names={a: emb.group_names(a) for a in attributes}, test_ids=test["id"].to_numpy(dtype=str),
         test_rows=test.index.to_numpy(), provenance=emb.provenance, text=text, slices=slices,
         pool=volume if slices else "", classes=classes, dataset_info=emb.dataset_info,
+        starts=starts * slices if slices else starts, streamed=streamed,
     )
 
 
@@ -182,20 +203,67 @@ def entry_name(cache: Cache, dataset: str, model: str, protocol: str = "fmcache"
     )
 
 
-def _read(emb: Embeddings, kind: str, split: str, slices: int) -> np.ndarray:
+def _read(emb: Embeddings, kind: str, split: str, slices: int, l2: bool) -> np.ndarray:
     """One split's features (per slice for a 2.5D entry scored by slices), checked finite."""
     if slices:
         per_slice = emb.slice_features(split=split, kind=kind)
         X = per_slice.reshape(-1, per_slice.shape[-1])
     else:
         X = emb.features(split=split, kind=kind)
+    return _checked(emb, kind, split, X, l2)
+
+
+def _checked(emb: Embeddings, kind: str, split: str, X: np.ndarray, l2: bool) -> np.ndarray:
     bad = ~np.isfinite(X).all(axis=1)
     if bad.any():
         raise HeadInputError(
             f"{emb.dataset}/{emb.model}: {int(bad.sum())} {split} row(s) have NaN or inf {kind} features; "
             f"re-embed with `fmcache embed --overwrite`"
         )
+    if l2:
+        X /= np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
     return X
+
+
+class CachedRows:
+    """One split's features of a cache entry, left in the cache and read a block at a time
+    (a :class:`~fmcache.heads.stream.RowSource`): heads train and score on them in bounded memory."""
+
+    def __init__(self, emb: Embeddings, kind: str, split: str, l2: bool):
+        self.emb, self.kind, self.split, self.l2 = emb, kind, split, l2
+        self.rows = emb.split_rows(split)
+        self.n, self.d = len(self.rows), int(emb.provenance["dims"][kind])
+        self.starts = _block_starts(self.rows, int(emb.provenance["chunk_rows"]))
+
+    def read(self, positions: np.ndarray) -> np.ndarray:
+        held, back = np.unique(positions, return_inverse=True)
+        X = _checked(self.emb, self.kind, self.split, self.emb.item_rows(self.kind, self.rows[held]), self.l2)
+        return X if len(held) == len(positions) and np.array_equal(held, positions) else X[back]
+
+
+def _block_starts(rows: np.ndarray, rows_per_block: int) -> np.ndarray:
+    """Blocks of positions of ``rows`` (ascending store rows) that lie in one stored block each."""
+    block = np.asarray(rows) // rows_per_block
+    change = np.flatnonzero(np.diff(block)) + 1
+    return np.concatenate([[0], change, [len(block)]]).astype(np.int64)
+
+
+def _must_stream(emb: Embeddings, kinds: list[str], slices: int, memory_budget: int | None) -> bool:
+    """Whether the features of ``kinds`` over all splits take more than half the budget."""
+    from fmcache.heads.memory import default_budget, format_bytes
+
+    budget = default_budget() if memory_budget is None else memory_budget
+    rows = int(emb.provenance["n"]) * max(slices, 1)
+    need = sum(rows * int(emb.provenance["dims"][k]) * 4 for k in kinds)
+    if need <= budget // 2:
+        return False
+    if slices:
+        raise HeadInputError(
+            f"{emb.dataset}/{emb.model}: the per-slice features take {format_bytes(need)}, more than half the memory "
+            f"budget ({format_bytes(budget)}), and slice-scored volumes are not streamed: raise --memory-budget, or "
+            "train on the pooled volume feature (--volume features)"
+        )
+    return True
 
 
 def _text_kind(emb: Embeddings, query_pool: str) -> str:

@@ -29,12 +29,15 @@ from fmcache.errors import FmcacheError
 from fmcache.fairness import evaluate, evaluate_multiclass
 from fmcache.heads.domain_ind import RULES as DOMAIN_INFERENCE
 from fmcache.heads.registry import get_head
-from fmcache.heads.train import fit_stack
+from fmcache.heads.stream import DEFAULT_WINDOW
+from fmcache.heads.train import fit_stack, predict_stack
 from fmcache.probe.data import ProbeData, entry_name, load_probe_data
 from fmcache.probe.grids import Grid, points
 from fmcache.probe.selection import criterion_value, select_point, validation_scores
 from fmcache.protocols import NOT_REPRODUCED, data_switches, differences, reference_values, resolve
 from fmcache.runs import Run, cache_root, discard_run, load_results, new_run_dir, prediction_key, write_run
+
+SHUFFLES = ("auto", "rows", "chunks")
 
 
 @dataclass
@@ -70,6 +73,14 @@ class SweepConfig:
     query_pool: str | None = None  # mean | max: text heads on BLIP-2's queries
     logit_scale: str | None = None  # model | reference: the reference code's factors
     protocol: str = "fmcache"
+    # bytes the sweep's features and heads may take (None: a quarter of the device's memory,
+    # at most 4 GiB on a CPU); features over half of it stay in the cache and are streamed
+    memory_budget: int | None = None
+    # minibatch order: rows (a permutation of all rows per epoch), chunks (cache chunks in a
+    # random order, rows shuffled within windows of ``window`` rows; streamed features
+    # need it) or auto (chunks where the features are streamed, else rows)
+    shuffle: str = "auto"
+    window: int = DEFAULT_WINDOW
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -106,7 +117,8 @@ def run_sweep(cfg: SweepConfig, *, root: str | os.PathLike[str] | None = None, r
     cfg = replace(cfg, model=entry_name(cache, cfg.dataset, cfg.model, cfg.protocol))
     emb = cache.embeddings(cfg.dataset, cfg.model)
     data = load_probe_data(emb, labels=cfg.labels, attributes=cfg.attributes, kind=cfg.kind, volume=cfg.volume,
-                           query_pool=cfg.query_pool, logit_scale=cfg.logit_scale)
+                           query_pool=cfg.query_pool, logit_scale=cfg.logit_scale, memory_budget=cfg.memory_budget)
+    cfg = replace(cfg, shuffle=_shuffle(cfg.shuffle, data))
     path = new_run_dir(f"{cfg.dataset}-{cfg.model}", root, runs)
     try:
         _sweep_into(path, cfg, data, root, on_head)
@@ -160,6 +172,19 @@ def _sweep_into(path, cfg: SweepConfig, data: ProbeData, root, on_head) -> None:
               predictions=predictions, **tables)
 
 
+def _shuffle(shuffle: str, data: ProbeData) -> str:
+    if shuffle not in SHUFFLES:
+        raise FmcacheError(f"shuffle {shuffle!r}: choose one of {', '.join(SHUFFLES)}")
+    if shuffle == "auto":
+        return "chunks" if data.streamed else "rows"
+    if shuffle == "rows" and data.streamed:
+        raise FmcacheError(
+            f"{data.dataset}/{data.model}: the features are larger than half the memory budget, so they are streamed "
+            "from the cache, which visits rows chunk by chunk: use --shuffle chunks (or auto), or raise --memory-budget"
+        )
+    return shuffle
+
+
 def _not_applicable(head: str, data: ProbeData) -> str:
     if data.multiclass and not get_head(head).multiclass:
         return f"handles binary labels only; the labels are multi-class ({data.n_classes} classes)"
@@ -204,7 +229,7 @@ def _train(head: str, stack: pd.DataFrame, data: ProbeData, cfg: SweepConfig) ->
     else:
         solver = "adamw"
     needs_text = get_head(head).needs_text
-    X, y, g = data.training_set(text=needs_text)
+    X, y, g = data.training_set(text=needs_text, shuffle=cfg.shuffle)
     text = data.text if needs_text else {}
     prototypes = text.get("prototypes")
     if prototypes is not None and cfg.templates == "first":
@@ -213,12 +238,16 @@ def _train(head: str, stack: pd.DataFrame, data: ProbeData, cfg: SweepConfig) ->
     fit = fit_stack(
         head, X, y, g, hp, n_classes=data.n_classes, epochs=cfg.epochs, batch_size=cfg.batch_size,
         seed=cfg.seed, solver=solver, prototypes=prototypes,
-        logit_scale=float(text.get("logit_scale", 100.0)),
+        logit_scale=float(text.get("logit_scale", 100.0)), memory_budget=cfg.memory_budget, shuffle=cfg.shuffle,
+        window=cfg.window,
     )
     # val (selection) and test (evaluation) are scored under the same rule
     known = cfg.domain_inference == "known"
     inputs = data.inputs(text=needs_text)
-    scores = {split: data.pool_scores(fit.predict(inputs[split], data.row_groups(split) if known else None))
+    scores = {split: data.pool_scores(predict_stack(fit.head, fit.params, inputs[split],
+                                                    groups=data.row_groups(split) if known else None,
+                                                    attribute=fit.hparams.get("attribute"),
+                                                    memory_budget=cfg.memory_budget))
               for split in ("val", "test")}
     return _Trained(head, stack, scores["val"], scores["test"])
 
@@ -311,6 +340,7 @@ def _config(cfg: SweepConfig, data: ProbeData, trained: list[_Trained], skipped:
         "attributes": data.attributes,
         "group_names": data.group_names,
         "feature_kind": data.kind,
+        "features_streamed": data.streamed,
         "protocol": _protocol(cfg, data),
         "classes": data.classes,  # class names of multi-class labels (their ids index them); [] otherwise
         "heads_trained": {t.head: len(t.hparams) for t in trained},
