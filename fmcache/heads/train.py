@@ -160,14 +160,14 @@ def fit_stack(
         check_starts(source.starts, source.n)
     else:
         source = ArraySource(X) if shuffle == "chunks" else None
-        X = source.X if source is not None else inputs.check_features(X)
+    # features in memory (X) train in one scan; any other source streams window by window
     streamed = source is not None and not isinstance(source, ArraySource)
-    if isinstance(source, ArraySource):
-        X = source.X
+    if not streamed:
+        X = source.X if source is not None else inputs.check_features(X)
     if streamed and solver == "lbfgs":
         raise HeadInputError("the full-batch lbfgs solver needs the features in memory, and these are streamed "
                              "(raise --memory-budget, or train these heads with the adamw grid)")
-    n, d = (source.n, source.d) if source is not None else X.shape
+    n, d = (source.n, source.d) if streamed else X.shape
     Y = inputs.as_columns(y, n, "labels")
     G = inputs.as_columns(groups, n, "groups")
     if prototypes is not None:
@@ -199,7 +199,7 @@ def fit_stack(
     elif solver == "lbfgs":
         from fmcache.heads.lbfgs import fit_logistic
 
-        params, log = fit_logistic(X if source is None else source.X, Y, hp["C"], hp["label"], n_classes=n_classes, max_iter=max_iter, tol=tol, memory_budget=memory_budget, max_heads_per_chunk=max_heads_per_chunk)
+        params, log = fit_logistic(X, Y, hp["C"], hp["label"], n_classes=n_classes, max_iter=max_iter, tol=tol, memory_budget=memory_budget, max_heads_per_chunk=max_heads_per_chunk)
         state: Any = {}
     else:
         batch_size = min(batch_size, n)
