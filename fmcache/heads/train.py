@@ -2,7 +2,8 @@
 
 The K heads share every minibatch: inside one jitted ``lax.scan`` over steps, the head
 axis is a ``jax.vmap`` whose per-head matrix products against the shared batch fuse into
-one batched product per step. A stack too large for memory is trained in chunks of heads.
+one batched product per step. A stack too large for memory is trained in chunks of heads,
+and each chunk's heads are split over the devices (fmcache.heads.devices).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import optax
 from numpy.typing import ArrayLike
 
 from fmcache.errors import HeadInputError
-from fmcache.heads import inputs, memory
+from fmcache.heads import devices, inputs, memory
 from fmcache.heads.registry import get_head
 from fmcache.heads.types import Batch, HeadSpec, HeadType, positive_score
 
@@ -40,7 +41,8 @@ class FitResult:
     spec : the static shape facts the heads were built with.
     log : ``loss`` (K, epochs) mean training loss per epoch (``adamw``) or ``iterations``,
         ``converged`` and ``grad_norm`` per head (``lbfgs``); ``seconds``, ``chunks``,
-        ``heads_per_chunk``, ``solver``, ``seed``, ``decay_bias``.
+        ``heads_per_chunk``, ``devices`` (that the heads were split over, read from the
+        trained arrays), ``solver``, ``seed``, ``decay_bias``.
     """
 
     head: HeadType
@@ -113,7 +115,10 @@ def fit_stack(
     max_iter, tol : the ``lbfgs`` solver's limits (tol on the preconditioned gradient of
         the loss averaged over rows).
     memory_budget, max_heads_per_chunk : bound on the bytes (default: a quarter of the
-        device's memory) or heads trained at once; larger stacks run in chunks.
+        device's memory) or heads trained at once on each device; larger stacks run in
+        chunks. The heads of a chunk are split over every device (``devices.current()``:
+        all of them, across processes too, unless ``devices.use`` limits them), so a
+        chunk is this many times the device count.
 
     Returns
     -------
@@ -201,22 +206,26 @@ def _fit_adamw(ht: HeadType, spec: HeadSpec, X: np.ndarray, Y: np.ndarray, G: np
     shapes = jax.eval_shape(init, {k: jnp.asarray(v) for k, v in one.items()})[0]
     n_params = sum(int(np.prod(s.shape[1:])) for s in jax.tree_util.tree_leaves(shapes))
     width = spec.n_out * spec.n_groups + spec.hidden + spec.n_groups + 8
-    chunk = memory.heads_per_chunk(K, memory.train_bytes_per_head(n_params, batch_size, width), memory_budget, cap)
+    # the budget and the cap are per device: each holds its share of a chunk
+    where = devices.current()
+    per_device = memory.heads_per_chunk(-(-K // where.count), memory.train_bytes_per_head(n_params, batch_size, width), memory_budget, cap)
+    chunk = where.chunk(K, per_device)
 
     trainer = _trainer(ht, epochs, steps_per_epoch, batch_size, decay_bias)
-    Xj, Yj, Gj, order = jnp.asarray(X), jnp.asarray(Y), jnp.asarray(Gc), jnp.asarray(_batch_order(n, epochs, batch_size, seed))
+    Xj, Yj, Gj, order = where.copy((X, Y, Gc, _batch_order(n, epochs, batch_size, seed)))
     parts = []
     for lo in range(0, K, chunk):
         # the last chunk is padded with copies of its last head, so every chunk has one
-        # shape and the trainer compiles once
+        # shape and the trainer compiles once (and splits evenly over the devices)
         idx = np.minimum(np.arange(lo, lo + chunk), K - 1)
-        h = {k: jnp.asarray(v[idx]) for k, v in full_hp.items()}
+        h = where.split({k: v[idx] for k, v in full_hp.items()})
         params, state = init(h)
         out = trainer(params, state, Xj, Yj, Gj, h, order)
+        spread = where.spread(out[0])
         take = min(chunk, K - lo)
-        parts.append(jax.tree_util.tree_map(lambda a, take=take: np.asarray(a)[:take], out))
+        parts.append(jax.tree_util.tree_map(lambda a, take=take: a[:take], where.gather(out)))
     params, state, loss = (jax.tree_util.tree_map(lambda *a: np.concatenate(a), *[p[i] for p in parts]) for i in range(3))
-    return params, state, {"loss": loss, "chunks": len(parts), "heads_per_chunk": chunk, "steps": epochs * steps_per_epoch}
+    return params, state, {"loss": loss, "chunks": len(parts), "heads_per_chunk": chunk, "steps": epochs * steps_per_epoch, "devices": spread}
 
 
 def _batch_order(n: int, epochs: int, batch_size: int, seed: int) -> np.ndarray:
@@ -357,20 +366,27 @@ def predict_stack(
         attr = np.zeros(K, np.int32) if attribute is None else np.broadcast_to(np.asarray(attribute, np.int32), (K,))
         if np.any(attr >= G.shape[1]):
             raise HeadInputError(f"attribute column {int(attr.max())} requested but groups has {G.shape[1]} column(s)")
-        gsel = jnp.asarray(G[:, attr].T)  # (K, n)
+        gsel = G[:, attr].T  # (K, n)
     to_score = _identity if logits else positive_score
 
     leaves = jax.tree_util.tree_leaves(params)
     width = max(int(np.prod(a.shape[1:])) // max(X.shape[1], 1) for a in leaves) + 8
-    rows = max(1, min(n, (memory_budget or memory.default_budget()) // (4 * 4 * K * width)))
+    where = devices.current()
+    # the heads split over the devices, padded to a multiple of them with copies of the last
+    Kp = where.chunk(K, K)
+    pad = np.minimum(np.arange(Kp), K - 1)
+    if Kp != K:
+        params = jax.tree_util.tree_map(lambda a: np.asarray(a)[pad], params)
+        gsel = gsel[pad] if gsel is not None else None
+    params = where.split(params)
+    rows = max(1, min(n, (memory_budget or memory.default_budget()) // (4 * 4 * (Kp // where.count) * width)))
     fn = _predictor(ht, gsel is not None, to_score)
-    Xj = jnp.asarray(X)
     out = []
     for lo in range(0, n, rows):
         # pad the last block to the common size so the predictor compiles once
-        sel = np.minimum(np.arange(lo, lo + rows), n - 1)
-        g = gsel[:, sel] if gsel is not None else None
-        out.append(np.asarray(fn(params, Xj[sel], g))[:, : min(rows, n - lo)])
+        sel = slice(None) if rows == n else np.minimum(np.arange(lo, lo + rows), n - 1)
+        g = where.split(gsel[:, sel]) if gsel is not None else None
+        out.append(where.gather(fn(params, where.copy(X[sel]), g))[:K, : min(rows, n - lo)])
     return np.concatenate(out, axis=1)
 
 
