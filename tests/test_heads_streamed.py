@@ -95,9 +95,8 @@ def test_streaming_refuses_what_it_cannot_do():
 
 
 def test_sweep_streams_features_over_the_budget_and_selects_the_same_heads(tmp_path):
-    from tests.helpers.toy import config, write_cache
-
     from fmcache.probe import load_sweep, run_sweep
+    from tests.helpers.toy import config, write_cache
 
     write_cache(tmp_path, n=600)
     grids, _ = load_sweep("default", ["linear", "groupdro"])

@@ -3,6 +3,10 @@ write a `report`, or see it all on generated data with `demo`."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -250,6 +254,20 @@ def probe(
         "else rows). The same --shuffle chunks gives the same heads streamed or in memory.")] = "auto",
     shuffle_window: Annotated[int, typer.Option("--shuffle-window", min=1, metavar="ROWS",
                                                 help="Rows shuffled together under --shuffle chunks.")] = DEFAULT_WINDOW,
+    devices: Annotated[Optional[int], typer.Option("--devices", min=1, metavar="N", show_default=False,
+                                                   help="Spread each stack of heads over at most N devices of each "
+                                                   "process (default: all of them).")] = None,
+    coordinator: Annotated[Optional[str], typer.Option("--coordinator", metavar="HOST:PORT", show_default=False,
+                                                       envvar="JAX_COORDINATOR_ADDRESS",
+                                                       help="Across hosts: the address of process 0, which every "
+                                                       "process names (jax.distributed).")] = None,
+    num_processes: Annotated[Optional[int], typer.Option("--num-processes", min=1, metavar="N", show_default=False,
+                                                         envvar="JAX_NUM_PROCESSES",
+                                                         help="Across hosts: how many processes take part.")] = None,
+    process_id: Annotated[Optional[int], typer.Option("--process-id", min=0, metavar="I", show_default=False,
+                                                      envvar="JAX_PROCESS_ID",
+                                                      help="Across hosts: this process's number, 0 to N-1; 0 "
+                                                      "writes the run.")] = None,
     protocol: ProtocolOpt = "fmcache",
     root: RootOpt = None,
     runs: RunsOpt = None,
@@ -267,11 +285,26 @@ def probe(
     reference's value and probes the entry its embed switches made (-m clip reads
     clip+pre-reference); the run records each switch and how it differs from the reference.
 
+    Devices: each stack of heads is split along its head axis over every local JAX device
+    (each GPU; the CPU is one device), the features copied to each; results equal a one-device run's up to
+    float32 rounding. --devices N uses fewer.
+
+    Across hosts: start the same command on every host with --coordinator HOST:PORT (process
+    0's host and a free port), --num-processes N and --process-id I (or the variables
+    JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID). The heads are then spread
+    over every process's devices; every process reads the same cache entry (a shared or
+    copied cache), and only process 0 evaluates and writes the run; the others print one
+    line and exit 0. On CPU the processes exchange results over TCP (gloo).
+
     Examples:
 
       fmcache probe -d chexpert -m medclip --sweep all --attributes sex,age
       fmcache probe -m clip --protocol fairmedfm --heads linear,zeroshot \\
           -d mimic_cxr_cohort-demographics_split-balanced-test-sex
+      fmcache probe -d chexpert -m medclip --sweep all \\
+          --coordinator host0:12355 --num-processes 2 --process-id 0   # on host0
+      fmcache probe -d chexpert -m medclip --sweep all \\
+          --coordinator host0:12355 --num-processes 2 --process-id 1   # on host1
     """
     import fmcache
     from fmcache.errors import FmcacheError
@@ -290,14 +323,26 @@ def probe(
         cache.embeddings(dataset, m)
     resolve(protocol, "probe", {"feature": feature_kind, "templates": templates, "query_pool": query_pool,
                                 "logit_scale": logit_scale, "threshold": threshold, "convention": convention})
+    from fmcache.heads import devices as heads_devices
+
+    across = (coordinator, num_processes, process_id)
+    if any(v is not None for v in across):
+        if any(v is None for v in across):
+            raise typer.BadParameter("across hosts, give all three: --coordinator HOST:PORT --num-processes N "
+                                     "--process-id I", param_hint="'--coordinator'")
+        if process_id >= num_processes:
+            raise typer.BadParameter(f"--process-id {process_id} with --num-processes {num_processes}: "
+                                     "numbers run from 0 to N-1", param_hint="'--process-id'")
+        # before anything starts JAX's backend, which fixes the devices it sees
+        heads_devices.join(coordinator, num_processes, process_id)
+    heads_devices.set_limit(devices)
     from fmcache.probe import SweepConfig, load_sweep, run_sweep
     from fmcache.views import headline_table, make_console
 
     grids, settings = load_sweep(sweep, _csv(heads))
-    console = make_console()
-    done: list[str] = []
-    for m in models:
-        cfg = SweepConfig(
+
+    def _config(m: str) -> SweepConfig:
+        return SweepConfig(
             dataset=dataset, model=m, heads=grids, labels=_csv(labels), attributes=_csv(attributes), seeds=seeds,
             criterion=criterion, threshold=float(threshold) if threshold and _is_number(threshold) else threshold,
             convention=convention, n_boot=n_boot, epochs=epochs or settings.get("epochs", 100),
@@ -305,6 +350,18 @@ def probe(
             domain_inference=domain_inference, templates=templates, query_pool=query_pool, logit_scale=logit_scale,
             protocol=protocol, memory_budget=budget, shuffle=shuffle, window=shuffle_window,
         )
+
+    if not heads_devices.is_writer():
+        # lends its devices to process 0's sweep; the same stacks in the same order
+        with _native_stdout_to_stderr():
+            for m in models:
+                run_sweep(_config(m), root=root, runs=runs)
+        typer.echo(f"process {process_id} of {num_processes}: trained its share of the heads; process 0 writes the run(s)")
+        return
+    console = make_console()
+    done: list[str] = []
+    for m in models:
+        cfg = _config(m)
         try:
             with console.status(f"{dataset}/{m}: loading") as status:
                 run = run_sweep(cfg, root=root, runs=runs,
@@ -330,6 +387,21 @@ def _size(text: str, option: str) -> int:
         return parse_bytes(text)
     except ValueError:
         raise FmcacheError(f"{option} {text!r}: give a size such as 8G, 512M or 1.5G") from None
+
+
+@contextlib.contextmanager
+def _native_stdout_to_stderr() -> Iterator[None]:
+    # gloo (collectives across processes on CPU) prints its connection lines from C++ to
+    # file descriptor 1, past sys.stdout
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _is_number(text: str) -> bool:

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fmcache.heads import memory
+from fmcache.heads import devices, memory
 
 HISTORY = 10
 
@@ -70,7 +70,8 @@ def fit_logistic(
     params, log
         ``{"w": (K, d, o), "b": (K, o)}`` with o = 1 for binary, n_classes otherwise, in the
         original feature coordinates; log: ``iterations``, ``converged``, ``grad_norm``
-        per head, ``chunks``, ``heads_per_chunk``, ``setup_seconds``.
+        per head, ``chunks``, ``heads_per_chunk``, ``setup_seconds``, ``devices`` (that the
+        heads were split over; the rows are whole on each).
     """
     start = time.perf_counter()
     n, d = X.shape
@@ -81,26 +82,37 @@ def fit_logistic(
     scatter = np.asarray(Xc.T @ Xc, dtype=np.float64)
     lam, U = np.linalg.eigh(scatter)
     lam = np.maximum(lam, 0.0)
+    # across processes each reads back the others' coefficients in this basis: one basis
+    lam, U = devices.from_first((lam, U))
     Z = Xc @ jnp.asarray(U, jnp.float32)
     setup = time.perf_counter() - start
 
-    chunk = memory.heads_per_chunk(K, memory.solve_bytes_per_head((d + 1) * o, n, o, HISTORY), memory_budget, max_heads_per_chunk)
+    # the budget and the cap are per device; heads split over the devices, rows shared
+    where = devices.current()
+    per_device = memory.heads_per_chunk(-(-K // where.count), memory.solve_bytes_per_head((d + 1) * o, n, o, HISTORY), memory_budget, max_heads_per_chunk)
+    chunk = where.chunk(K, per_device)
+    if where.mesh is not None:
+        Z = where.copy(np.asarray(Z))
+    lamj = where.copy(np.asarray(lam, np.float32))
     curvature = 0.25 if o == 1 else 0.5  # bound on the loss's Hessian per unit of x x^T
     out_w, out_b, iters, conv, gnorm = [], [], [], [], []
     for lo in range(0, K, chunk):
         idx = np.minimum(np.arange(lo, lo + chunk), K - 1)
         T = Y[:, label[idx]]
         M = (T >= 0).astype(np.float32)
-        x, it, ok, gn = _solve(Z, jnp.asarray(np.maximum(T, 0)), jnp.asarray(M), jnp.asarray(C[idx], jnp.float32), jnp.asarray(lam, jnp.float32), curvature, o, max_iter, float(tol))
+        Tj, Mj = where.split_axis(np.maximum(T, 0), 1), where.split_axis(M, 1)
+        out = _solve(Z, Tj, Mj, where.split(np.asarray(C[idx], np.float32)), lamj, curvature, o, max_iter, float(tol))
+        spread = where.spread(out[1])
+        x, it, ok, gn = where.gather(out)
         take = min(chunk, K - lo)
-        V = np.asarray(x[:d])  # (d, k, o) in the rotated basis
+        V = x[:d]  # (d, k, o) in the rotated basis
         w = np.einsum("de,eko->kdo", U, V.astype(np.float64))[:take]
         b = np.asarray(x[d], np.float64)[:take] - np.einsum("d,kdo->ko", mu.astype(np.float64), w)
         out_w.append(w.astype(np.float32))
         out_b.append(b.astype(np.float32))
-        iters.append(np.asarray(it)[:take])
-        conv.append(np.asarray(ok)[:take])
-        gnorm.append(np.asarray(gn)[:take])
+        iters.append(it[:take])
+        conv.append(ok[:take])
+        gnorm.append(gn[:take])
     params = {"w": np.concatenate(out_w), "b": np.concatenate(out_b)}
     log = {
         "iterations": np.concatenate(iters),
@@ -109,6 +121,7 @@ def fit_logistic(
         "chunks": len(out_w),
         "heads_per_chunk": chunk,
         "setup_seconds": setup,
+        "devices": spread,
     }
     return params, log
 

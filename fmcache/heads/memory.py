@@ -8,7 +8,7 @@ _BYTES = 4  # float32
 
 
 def default_budget() -> int:
-    """Bytes a stack may use: a quarter of the accelerator's memory, or of RAM on CPU (<= 4 GiB)."""
+    """Bytes a stack may use per device: a quarter of the accelerator's memory, or of RAM on CPU (<= 4 GiB, shared by the host's devices)."""
     import jax  # here, so that sizes can be parsed and printed without loading JAX
 
     try:
@@ -21,7 +21,8 @@ def default_budget() -> int:
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         ram = 8 << 30
-    return min(ram // 4, 4 << 30)
+    # host "devices" (forced ones included) share the one RAM; the budget is per device
+    return min(ram // 4, 4 << 30) // jax.local_device_count()
 
 
 def heads_per_chunk(n_heads: int, per_head_bytes: int, budget: int | None = None, cap: int | None = None) -> int:

@@ -2,7 +2,8 @@
 
 The K heads share every minibatch: inside one jitted ``lax.scan`` over steps, the head
 axis is a ``jax.vmap`` whose per-head matrix products against the shared batch fuse into
-one batched product per step. A stack too large for memory is trained in chunks of heads.
+one batched product per step. A stack too large for memory is trained in chunks of heads,
+and each chunk's heads are split over the devices (fmcache.heads.devices).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import optax
 from numpy.typing import ArrayLike
 
 from fmcache.errors import HeadInputError
-from fmcache.heads import inputs, memory
+from fmcache.heads import devices, inputs, memory
 from fmcache.heads.registry import get_head
 from fmcache.heads.stream import (
     DEFAULT_WINDOW,
@@ -54,7 +55,8 @@ class FitResult:
     spec : the static shape facts the heads were built with.
     log : ``loss`` (K, epochs) mean training loss per epoch (``adamw``) or ``iterations``,
         ``converged`` and ``grad_norm`` per head (``lbfgs``); ``seconds``, ``chunks``,
-        ``heads_per_chunk``, ``solver``, ``seed``, ``decay_bias``.
+        ``heads_per_chunk``, ``devices`` (that the heads were split over, read from the
+        trained arrays), ``solver``, ``seed``, ``decay_bias``.
     """
 
     head: HeadType
@@ -129,7 +131,10 @@ def fit_stack(
     max_iter, tol : the ``lbfgs`` solver's limits (tol on the preconditioned gradient of
         the loss averaged over rows).
     memory_budget, max_heads_per_chunk : bound on the bytes (default: a quarter of the
-        device's memory) or heads trained at once; larger stacks run in chunks.
+        device's memory) or heads trained at once on each device; larger stacks run in
+        chunks. The heads of a chunk are split over every device (``devices.current()``:
+        all of them, across processes too, unless ``devices.use`` limits them), so a
+        chunk is this many times the device count.
     shuffle, window : the minibatch order. ``"rows"``: every epoch a permutation of all
         rows. ``"chunks"``: every epoch the blocks of ``X`` (an :class:`ArraySource` or
         other :class:`~fmcache.heads.stream.RowSource`) in a random order, rows shuffled
@@ -234,22 +239,22 @@ def cell_counts(Y: np.ndarray, G: np.ndarray | None, hp: Mapping[str, np.ndarray
 
 
 def _fit_adamw(ht: HeadType, spec: HeadSpec, X: np.ndarray, Y: np.ndarray, G: np.ndarray | None, hp: dict[str, np.ndarray], K: int, epochs: int, batch_size: int, order: np.ndarray, memory_budget: int | None, cap: int | None, decay_bias: bool = False) -> tuple[Any, Any, dict[str, Any]]:
-    full_hp, Gc, init, chunk = _setup(ht, spec, Y, G, hp, K, batch_size, memory_budget, cap)
+    full_hp, Gc, init, where, chunk = _setup(ht, spec, Y, G, hp, K, batch_size, memory_budget, cap)
     opt_init, steps = _trainer(ht, len(order), decay_bias)
-    Xj, Yj, Gj, order = jnp.asarray(X), jnp.asarray(Y), jnp.asarray(Gc), jnp.asarray(order)
-    parts = []
+    Xj, Yj, Gj, order_j = where.copy((X, Y, Gc, order))
+    parts, spread = [], 1
     for lo in range(0, K, chunk):
         # the last chunk is padded with copies of its last head, so every chunk has one
-        # shape and the trainer compiles once
+        # shape and the trainer compiles once (and splits evenly over the devices)
         idx = np.minimum(np.arange(lo, lo + chunk), K - 1)
-        h = {k: jnp.asarray(v[idx]) for k, v in full_hp.items()}
+        h = where.split({k: v[idx] for k, v in full_hp.items()})
         params, state = init(h)
-        params, _, state, losses = steps(params, opt_init(params, h), state, Xj, Yj, Gj, h, order)
-        take = min(chunk, K - lo)
-        parts.append(jax.tree_util.tree_map(lambda a, take=take: np.asarray(a)[:take], (params, state, losses.T)))
-    params, state, loss = (jax.tree_util.tree_map(lambda *a: np.concatenate(a), *[p[i] for p in parts]) for i in range(3))
+        params, _, state, losses = steps(params, where.made(opt_init)(params, h), state, Xj, Yj, Gj, h, order_j)
+        spread = where.spread(params)
+        parts.append(_taken(where.gather((params, state, losses.T)), min(chunk, K - lo)))
+    params, state, loss = _joined(parts)
     return params, state, {"loss": _epoch_means(loss, epochs), "chunks": len(parts), "heads_per_chunk": chunk,
-                           "steps": len(order)}
+                           "steps": len(order), "devices": spread}
 
 
 def _fit_streamed(ht: HeadType, spec: HeadSpec, source: RowSource, Y: np.ndarray, G: np.ndarray | None, hp: dict[str, np.ndarray], K: int, epochs: int, batch_size: int, seed: int, window: int, memory_budget: int | None, cap: int | None, decay_bias: bool = False) -> tuple[Any, Any, dict[str, Any]]:
@@ -257,42 +262,41 @@ def _fit_streamed(ht: HeadType, spec: HeadSpec, source: RowSource, Y: np.ndarray
     budget = memory.default_budget() if memory_budget is None else memory_budget
     width = window_rows(window, batch_size)
     check_window_budget(width, source.d, budget)
-    full_hp, Gc, init, chunk = _setup(ht, spec, Y, G, hp, K, batch_size, budget // 2, cap)
+    full_hp, Gc, init, where, chunk = _setup(ht, spec, Y, G, hp, K, batch_size, budget // 2, cap)
     steps_per_epoch = -(-source.n // batch_size)
     opt_init, steps = _trainer(ht, epochs * steps_per_epoch, decay_bias)
     per_window = width // batch_size
 
     def load(order: np.ndarray) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
         X, held, local = localise(source, order, width)
-        pad = np.zeros(width - len(held), np.int64)  # rows no valid position points at
-        rows = np.concatenate([held, pad])
-        return jnp.asarray(X), jnp.asarray(Y[rows]), jnp.asarray(Gc[rows]), jnp.asarray(local)
+        rows = np.concatenate([held, np.zeros(width - len(held), np.int64)])  # padding rows: none points at them
+        return where.copy((X, Y[rows], Gc[rows], local))
 
     def all_windows() -> Any:
         for order in chunk_order(source.starts, epochs, batch_size, window, seed):
             yield from windows(order, per_window)
 
-    parts = []
+    parts, spread = [], 1
     for lo in range(0, K, chunk):
         idx = np.minimum(np.arange(lo, lo + chunk), K - 1)
-        h = {k: jnp.asarray(v[idx]) for k, v in full_hp.items()}
+        h = where.split({k: v[idx] for k, v in full_hp.items()})
         params, state = init(h)
-        opt = opt_init(params, h)
+        opt = where.made(opt_init)(params, h)
         losses = []
         for Xw, Yw, Gw, local in prefetched(all_windows(), load):
             params, opt, state, loss = steps(params, opt, state, Xw, Yw, Gw, h, local)
-            losses.append(np.asarray(loss))
-        take = min(chunk, K - lo)
-        parts.append(jax.tree_util.tree_map(lambda a, take=take: np.asarray(a)[:take],
-                                            (params, state, np.concatenate(losses).T)))
-    params, state, loss = (jax.tree_util.tree_map(lambda *a: np.concatenate(a), *[p[i] for p in parts]) for i in range(3))
+            losses.append(where.gather(loss))
+        spread = where.spread(params)
+        parts.append(_taken(where.gather((params, state)) + (np.concatenate(losses).T,), min(chunk, K - lo)))
+    params, state, loss = _joined(parts)
     return params, state, {"loss": _epoch_means(loss, epochs), "chunks": len(parts), "heads_per_chunk": chunk,
-                           "steps": epochs * steps_per_epoch, "window": width}
+                           "steps": epochs * steps_per_epoch, "window": width, "devices": spread}
 
 
 def _setup(ht: HeadType, spec: HeadSpec, Y: np.ndarray, G: np.ndarray | None, hp: dict[str, np.ndarray], K: int,
-           batch_size: int, memory_budget: int | None, cap: int | None) -> tuple[dict[str, np.ndarray], np.ndarray, Any, int]:
-    """The heads' full hyperparameters, the group columns, the initialiser and heads per chunk."""
+           batch_size: int, memory_budget: int | None, cap: int | None) -> tuple[dict[str, np.ndarray], np.ndarray, Any, devices.Heads, int]:
+    """The heads' full hyperparameters, the group columns, the initialiser, the devices and
+    the heads trained at once (the budget and the cap count per device)."""
     full_hp = dict(hp)
     if ht.needs_cell_counts:
         full_hp["cell_counts"] = cell_counts(Y, G, hp, spec.n_groups, spec.n_classes)
@@ -302,8 +306,20 @@ def _setup(ht: HeadType, spec: HeadSpec, Y: np.ndarray, G: np.ndarray | None, hp
     shapes = jax.eval_shape(init, {k: jnp.asarray(v) for k, v in one.items()})[0]
     n_params = sum(int(np.prod(s.shape[1:])) for s in jax.tree_util.tree_leaves(shapes))
     width = spec.n_out * spec.n_groups + spec.hidden + spec.n_groups + 8
-    chunk = memory.heads_per_chunk(K, memory.train_bytes_per_head(n_params, batch_size, width), memory_budget, cap)
-    return full_hp, Gc, init, chunk
+    where = devices.current()
+    per_device = memory.heads_per_chunk(-(-K // where.count), memory.train_bytes_per_head(n_params, batch_size, width),
+                                        memory_budget, cap)
+    return full_hp, Gc, init, where, where.chunk(K, per_device)
+
+
+def _taken(tree: Any, take: int) -> Any:
+    """A chunk's results without the padding heads."""
+    return jax.tree_util.tree_map(lambda a: np.asarray(a)[:take], tree)
+
+
+def _joined(parts: list[Any]) -> Any:
+    """The chunks' (params, state, loss) as one stack."""
+    return tuple(jax.tree_util.tree_map(lambda *a: np.concatenate(a), *[p[i] for p in parts]) for i in range(3))
 
 
 def _epoch_means(loss: np.ndarray, epochs: int) -> np.ndarray:
@@ -450,24 +466,32 @@ def predict_stack(
         attr = np.zeros(K, np.int32) if attribute is None else np.broadcast_to(np.asarray(attribute, np.int32), (K,))
         if np.any(attr >= G.shape[1]):
             raise HeadInputError(f"attribute column {int(attr.max())} requested but groups has {G.shape[1]} column(s)")
-        gsel = jnp.asarray(G[:, attr].T)  # (K, n)
+        gsel = G[:, attr].T  # (K, n)
     to_score = _identity if logits else positive_score
 
     leaves = jax.tree_util.tree_leaves(params)
     width = max(int(np.prod(a.shape[1:])) // max(d, 1) for a in leaves) + 8
+    where = devices.current()
+    # the heads split over the devices, padded to a multiple of them with copies of the last
+    Kp = where.chunk(K, K)
+    pad = np.minimum(np.arange(Kp), K - 1)
+    if Kp != K:
+        params = jax.tree_util.tree_map(lambda a: np.asarray(a)[pad], params)
+        gsel = gsel[pad] if gsel is not None else None
+    params = where.split(params)
     budget = memory_budget or memory.default_budget()
-    rows = max(1, min(n, budget // (4 * 4 * K * width)))
-    if isinstance(X, RowSource):  # its blocks are read as they are scored
+    rows = max(1, min(n, budget // (4 * 4 * (Kp // where.count) * width)))
+    streamed = isinstance(X, RowSource)
+    if streamed:  # its blocks are read as they are scored
         rows = max(1, min(rows, budget // (2 * WINDOWS_RESIDENT * 4 * d)))
     fn = _predictor(ht, gsel is not None, to_score)
-    Xj = X if isinstance(X, RowSource) else jnp.asarray(X)
     out = []
     for lo in range(0, n, rows):
         # pad the last block to the common size so the predictor compiles once
-        sel = np.minimum(np.arange(lo, lo + rows), n - 1)
-        g = gsel[:, sel] if gsel is not None else None
-        block = jnp.asarray(Xj.read(sel)) if isinstance(Xj, RowSource) else Xj[sel]
-        out.append(np.asarray(fn(params, block, g))[:, : min(rows, n - lo)])
+        sel = slice(None) if rows == n and not streamed else np.minimum(np.arange(lo, lo + rows), n - 1)
+        g = where.split(gsel[:, sel]) if gsel is not None else None
+        block = X.read(sel) if streamed else X[sel]
+        out.append(where.gather(fn(params, where.copy(block), g))[:K, : min(rows, n - lo)])
     return np.concatenate(out, axis=1)
 
 

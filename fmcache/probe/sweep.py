@@ -27,6 +27,7 @@ from fmcache import __version__
 from fmcache.cache.reader import open_cache
 from fmcache.errors import FmcacheError
 from fmcache.fairness import evaluate, evaluate_multiclass
+from fmcache.heads import devices
 from fmcache.heads.domain_ind import RULES as DOMAIN_INFERENCE
 from fmcache.heads.registry import get_head
 from fmcache.heads.stream import DEFAULT_WINDOW
@@ -103,12 +104,16 @@ class _Trained:
 
 
 def run_sweep(cfg: SweepConfig, *, root: str | os.PathLike[str] | None = None, runs: str | os.PathLike[str] | None = None,
-              on_head: Callable[[str, int], None] | None = None) -> Run:
+              on_head: Callable[[str, int], None] | None = None) -> Run | None:
     """Run a sweep and write its run directory; returns the loaded :class:`Run`.
 
     The run goes under ``<root>/runs``, or under ``runs`` (e.g. when the cache is read-only).
     Its directory is claimed before training; a sweep that fails removes it again.
     ``on_head(name, n_heads)`` is called before each head type trains (progress display).
+
+    In a computation across processes (``fmcache.heads.devices.join``) every process loads
+    the same features and trains the same stacks, whose heads are spread over all their
+    devices; only the first process evaluates and writes the run, the others return None.
     """
     cfg = resolved(cfg)
     if cfg.domain_inference not in DOMAIN_INFERENCE:
@@ -119,6 +124,9 @@ def run_sweep(cfg: SweepConfig, *, root: str | os.PathLike[str] | None = None, r
     data = load_probe_data(emb, labels=cfg.labels, attributes=cfg.attributes, kind=cfg.kind, volume=cfg.volume,
                            query_pool=cfg.query_pool, logit_scale=cfg.logit_scale, memory_budget=cfg.memory_budget)
     cfg = replace(cfg, shuffle=_shuffle(cfg.shuffle, data))
+    if not devices.is_writer():
+        _train_all(cfg, data, on_head)
+        return None
     path = new_run_dir(f"{cfg.dataset}-{cfg.model}", root, runs)
     try:
         _sweep_into(path, cfg, data, root, on_head)
@@ -128,7 +136,7 @@ def run_sweep(cfg: SweepConfig, *, root: str | os.PathLike[str] | None = None, r
     return load_results(path)
 
 
-def _sweep_into(path, cfg: SweepConfig, data: ProbeData, root, on_head) -> None:
+def _train_all(cfg: SweepConfig, data: ProbeData, on_head) -> tuple[list[_Trained], dict[str, str]]:
     trained, skipped = [], {}
     for head, grid in cfg.heads.items():
         why = _not_applicable(head, data)
@@ -139,6 +147,11 @@ def _sweep_into(path, cfg: SweepConfig, data: ProbeData, root, on_head) -> None:
         if on_head:
             on_head(head, len(stack))
         trained.append(_train(head, stack, data, cfg))
+    return trained, skipped
+
+
+def _sweep_into(path, cfg: SweepConfig, data: ProbeData, root, on_head) -> None:
+    trained, skipped = _train_all(cfg, data, on_head)
 
     sweep_rows, metric_blocks, seed_blocks, predictions = [], [], [], {}
     for t in trained:
