@@ -150,7 +150,9 @@ def test_decode_matches_official(pair, k):
         b = _official_decode(official, official.image_encoder(x), x, points, labels)
     assert a.shape == (2, 64, 64, 64) and a.dtype == torch.float32
     assert b.std() > 0.01
-    assert (a - b).abs().max() < TOL
+    # a deeper float32 path than the encoder's (transposed convolutions, trilinear upsampling):
+    # 2e-5 apart on masks whose values reach 0.4, with the pip stack of December 2026
+    assert (a - b).abs().max() < 1e-4
 
 
 def test_decode_depends_on_prompts(pair):
