@@ -107,8 +107,13 @@ def read(arr: zarr.Array, rows: np.ndarray | None, where: str, remedy: str) -> n
 
 def _take(arr: zarr.Array, rows: np.ndarray) -> np.ndarray:
     """``arr[rows]``. A sharded array is read run by run of consecutive rows: Zarr's orthogonal
-    selection decodes a shard's items about 40 times slower than a slice does."""
+    selection decodes a shard's items about 40 times slower than a slice does. Rows that fill
+    most of their span (a split's rows of a run of chunks) are read as that span, a slice,
+    and picked from it: twice as fast as the orthogonal selection."""
     if arr.shards is None:
+        lo, hi = int(rows.min()), int(rows.max()) + 1
+        if hi - lo <= 2 * len(rows):
+            return np.asarray(arr[lo:hi])[rows - lo]
         return arr.get_orthogonal_selection((rows,) + (slice(None),) * (arr.ndim - 1))
     unique, inverse = np.unique(rows, return_inverse=True)
     runs = np.split(unique, np.flatnonzero(np.diff(unique) != 1) + 1)
@@ -132,6 +137,8 @@ def _fill_rows(values: np.ndarray) -> np.ndarray:
     if values.size == 0 or values.ndim == 0:
         return np.array([], int)
     flat = values.reshape(len(values), -1)
+    if values.dtype == np.float16:  # NaN read off the bits: numpy's float16 isnan is 8 times slower
+        return np.flatnonzero(((flat.view(np.uint16) & 0x7FFF) > 0x7C00).any(axis=1))
     if np.issubdtype(values.dtype, np.floating):
         return np.flatnonzero(np.isnan(flat).any(axis=1))
     if np.issubdtype(values.dtype, np.signedinteger):

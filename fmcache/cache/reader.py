@@ -340,10 +340,13 @@ class Embeddings:
         self._check_kind(kind)
         return self._read(kind, self._rows(split))
 
-    def item_rows(self, kind: str, rows: np.ndarray | list[int]) -> np.ndarray:
+    def item_rows(self, kind: str, rows: np.ndarray | list[int], *, as_stored: bool = False) -> np.ndarray:
         """Rows ``rows`` (positions in :meth:`samples`) of a feature kind, checked as every read
-        is: float32, or the stored integers of an integer kind (a SAM entry's ``sizes``)."""
-        return self.items(rows, [kind])[kind]
+        is: float32, or the stored integers of an integer kind (a SAM entry's ``sizes``);
+        ``as_stored`` keeps float16 features float16 (half the memory, for a consumer that
+        widens them itself)."""
+        self._check_kind(kind)
+        return self._read_all([kind], np.asarray(rows, dtype=np.int64), widen=not as_stored)[0]
 
     def items(self, rows: np.ndarray | list[int], kinds: Sequence[str]) -> dict[str, np.ndarray]:
         """:meth:`item_rows` of several kinds, the entry checked once for all of them (the
@@ -385,7 +388,7 @@ class Embeddings:
     def _read(self, name: str, rows: np.ndarray | None) -> np.ndarray:
         return self._read_all([name], rows)[0]
 
-    def _read_all(self, names: list[str], rows: np.ndarray | None) -> list[np.ndarray]:
+    def _read_all(self, names: list[str], rows: np.ndarray | None, widen: bool = True) -> list[np.ndarray]:
         remedy = (f"run `fmcache cache verify {self.dataset} {self.model} --repair`, then `fmcache embed` to "
                   "encode those rows again")
         self._check_current()
@@ -401,7 +404,7 @@ class Embeddings:
                                      f"rerun `fmcache embed --model {self.model}` to finish the entry")
             values = checked.read(arr, rows, f"{self.where}, {name}", remedy)
             # float16 features come out as float32; kinds stored wider (3D geometry, float64) keep their precision
-            out.append(values.astype(np.float32) if values.dtype == np.float16 else values)
+            out.append(values.astype(np.float32) if widen and values.dtype == np.float16 else values)
         self._check_current()  # replaced while we read: what we read may be the new model's
         return out
 

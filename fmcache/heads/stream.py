@@ -37,7 +37,7 @@ class RowSource(Protocol):
     starts: np.ndarray
 
     def read(self, positions: np.ndarray) -> np.ndarray:
-        """float32 (len(positions), d) rows at ascending ``positions``; HeadInputError if not finite."""
+        """(len(positions), d) float32 or float16 rows at ``positions``; HeadInputError if not finite."""
         ...
 
 
@@ -98,7 +98,7 @@ def localise(source: RowSource, order: np.ndarray, width: int) -> tuple[np.ndarr
     held = np.unique(order[valid])
     X = source.read(held)
     if len(held) < width:  # the epoch's last window: padded to the one compiled shape
-        X = np.concatenate([X, np.zeros((width - len(held), source.d), np.float32)])
+        X = np.concatenate([X, np.zeros((width - len(held), source.d), X.dtype)])
     local = np.where(valid, np.searchsorted(held, np.maximum(order, 0)), -1)
     return X, held, local
 

@@ -415,7 +415,8 @@ def _trainer(ht: HeadType, total: int, decay_bias: bool = False) -> tuple[Any, A
         def step(carry: Any, rows: jax.Array) -> tuple[Any, jax.Array]:
             p, o, s = carry
             take = jnp.maximum(rows, 0)  # -1 pads a short last batch
-            p, o, s, loss = stacked_step(p, o, s, hp, X[take], Y[take], G[take], rows >= 0)
+            # streamed windows may come as stored (float16): widened exactly, batch by batch
+            p, o, s, loss = stacked_step(p, o, s, hp, X[take].astype(jnp.float32), Y[take], G[take], rows >= 0)
             return (p, o, s), loss
 
         (params, opt_state, state), losses = jax.lax.scan(step, (params, opt_state, state), order)
@@ -490,7 +491,7 @@ def predict_stack(
         # pad the last block to the common size so the predictor compiles once
         sel = slice(None) if rows == n and not streamed else np.minimum(np.arange(lo, lo + rows), n - 1)
         g = where.split(gsel[:, sel]) if gsel is not None else None
-        block = X.read(sel) if streamed else X[sel]
+        block = X.read(sel).astype(np.float32, copy=False) if streamed else X[sel]
         out.append(where.gather(fn(params, where.copy(block), g))[:K, : min(rows, n - lo)])
     return np.concatenate(out, axis=1)
 

@@ -214,7 +214,9 @@ def _read(emb: Embeddings, kind: str, split: str, slices: int, l2: bool) -> np.n
 
 
 def _checked(emb: Embeddings, kind: str, split: str, X: np.ndarray, l2: bool) -> np.ndarray:
-    bad = ~np.isfinite(X).all(axis=1)
+    # float16 (streamed as stored): inf and NaN read off the exponent bits, 5 times faster
+    finite = (X.view(np.uint16) & 0x7C00) != 0x7C00 if X.dtype == np.float16 else np.isfinite(X)
+    bad = ~finite.all(axis=1)
     if bad.any():
         raise HeadInputError(
             f"{emb.dataset}/{emb.model}: {int(bad.sum())} {split} row(s) have NaN or inf {kind} features; "
@@ -237,7 +239,10 @@ class CachedRows:
 
     def read(self, positions: np.ndarray) -> np.ndarray:
         held, back = np.unique(positions, return_inverse=True)
-        X = _checked(self.emb, self.kind, self.split, self.emb.item_rows(self.kind, self.rows[held]), self.l2)
+        # float16 as stored, widened on the device: half the bytes held and moved (the L2
+        # normalised reference feature is computed, so float32)
+        X = _checked(self.emb, self.kind, self.split, self.emb.item_rows(self.kind, self.rows[held], as_stored=not self.l2),
+                     self.l2)
         return X if len(held) == len(positions) and np.array_equal(held, positions) else X[back]
 
 
