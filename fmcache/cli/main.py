@@ -40,6 +40,14 @@ def _usage_error(e: click.UsageError) -> int:
     return EXIT_USAGE
 
 
+def _told_here(e: BaseException) -> bool:
+    """Under torchrun rank 0 speaks for the job; another rank says only what failed in its own share
+    (rank 0's errors reach it as copies, and checks every rank makes alike would say it N times)."""
+    from fmcache.embed.distributed import is_secondary
+
+    return not is_secondary() or getattr(e, "rank", None) is not None
+
+
 def _unexpected(e: BaseException, args: list[str]) -> int:
     what = " ".join(a for a in args[:2] if not a.startswith("-")) or "fmcache"
     typer.echo(f"error: `fmcache {what}` failed unexpectedly: {type(e).__name__}: {e}; rerun with "
@@ -56,7 +64,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         code = app(args=args, prog_name="fmcache", standalone_mode=False)
     except Interrupted as e:
-        typer.echo(f"\ninterrupted: {e}", err=True)
+        if _told_here(e):
+            typer.echo(f"\ninterrupted: {e}", err=True)
         code = EXIT_INTERRUPTED
     except KeyboardInterrupt:  # before a command started (while parsing or importing)
         typer.echo("\ninterrupted before anything was written", err=True)
@@ -72,7 +81,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except FmcacheError as e:
         if debug:
             traceback.print_exc()
-        typer.echo(f"error: {e}", err=True)
+        if _told_here(e):
+            typer.echo(f"error: {e}", err=True)
         code = 1
     except SystemExit as e:
         code = e.code
