@@ -12,7 +12,7 @@ is made for is one process per GPU. target=1.0: two processes should at least no
 rows, float16 to float32) against ``numpy.fromfile`` of the same number of raw float16 bytes
 from a plain file; both from the page cache (best of R), GB/s counted in stored float16 bytes.
 
-    python benchmarks/embed_scaling.py [--n 256] [--batch-size 16] [--read-rows 100000] [--read-dim 768]
+    python benchmarks/embed_scaling.py [--images 256] [--batch-size 16] [--read-rows 100000] [--read-dim 768]
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def worker(args: argparse.Namespace) -> None:
     from fmcache.datasets import load_dataset
     from fmcache.embed.encode import embed
 
-    ds = load_dataset("synthetic", options={"size": str(args.n), "image_size": "256"})
+    ds = load_dataset("synthetic", options={"size": str(args.images), "image_size": "256"})
     s = embed(ds, MODEL, root=args.root, batch_size=args.batch_size, chunk_rows=args.chunk_rows, progress=False,
               device="cpu")
     if int(os.environ.get("RANK", "0")) == 0:
@@ -55,8 +55,8 @@ def launch(procs: int, args: argparse.Namespace, work: Path) -> dict:
     here = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(procs), "--master-port",
-           str(_free_port()), __file__, "--worker", "--root", str(root), "--report", str(report), "--n", str(args.n),
-           "--batch-size", str(args.batch_size), "--chunk-rows", str(args.chunk_rows)]
+           str(_free_port()), __file__, "--worker", "--root", str(root), "--report", str(report),
+           "--images", str(args.images), "--batch-size", str(args.batch_size), "--chunk-rows", str(args.chunk_rows)]
     start = time.perf_counter()
     subprocess.run(cmd, env=env, check=True, capture_output=True)
     wall = time.perf_counter() - start
@@ -108,9 +108,9 @@ def read_benchmark(args: argparse.Namespace, work: Path) -> tuple[float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=256, help="images embedded")
+    ap.add_argument("--images", type=int, default=256, help="images embedded")
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--chunk-rows", type=int, default=32, help="rows per chunk: the unit shared out (8 at the defaults)")
+    ap.add_argument("--chunk-rows", type=int, default=32, help="rows per chunk, the unit shared out")
     ap.add_argument("--read-rows", type=int, default=100_000)
     ap.add_argument("--read-dim", type=int, default=768)
     ap.add_argument("--repeats", type=int, default=3)
@@ -126,13 +126,13 @@ def main() -> None:
         work = Path(tmp)
         runs = {p: launch(p, args, work) for p in (1, 2)}
         for p, r in runs.items():
-            print(f"embed {MODEL} n={args.n} under torchrun, {p} process(es): {r['img_s']:.1f} img/s while "
+            print(f"embed {MODEL} n={args.images} under torchrun, {p} process(es): {r['img_s']:.1f} img/s while "
                   f"encoding, {r['wall']:.1f} s wall-clock for the launch")
         scaling = runs[2]["img_s"] / runs[1]["img_s"]
         reader, plain = read_benchmark(args, work)
         print(f"read {args.read_rows} x {args.read_dim} float16 ({args.read_rows * args.read_dim * 2 / 1e6:.0f} MB): "
               f"fmcache reader {reader:.2f} GB/s, numpy.fromfile {plain:.2f} GB/s")
-    print(f"RESULT embed_scaling ratio={scaling:.3f} target=1.0 model={MODEL} n={args.n} cores={os.cpu_count()} "
+    print(f"RESULT embed_scaling ratio={scaling:.3f} target=1.0 model={MODEL} n={args.images} cores={os.cpu_count()} "
           f"img_s_1p={runs[1]['img_s']:.1f} img_s_2p={runs[2]['img_s']:.1f} wall_1p={runs[1]['wall']:.1f} "
           f"wall_2p={runs[2]['wall']:.1f} read_ratio={reader / plain:.3f} read_gb_s={reader:.2f} "
           f"fromfile_gb_s={plain:.2f}")

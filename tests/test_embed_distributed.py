@@ -29,6 +29,7 @@ import fmcache
 from fmcache.cache import layout as L
 from fmcache.cache.store import open_root
 from fmcache.datasets import load_dataset
+from fmcache.embed import distributed
 from fmcache.embed.encode import embed
 from fmcache.embed.registry import load_model
 from fmcache.segment.features import FEATURES, POOLED, SIZES, embed_features
@@ -224,3 +225,31 @@ def test_a_killed_rank_leaves_its_chunks_undone_and_a_rerun_finishes_them(tmp_pa
                         encoder=fake_encoder.encoder(), **dist_embed.CLASSIFY_KW)
     assert summary.encoded == undone_rows < summary.n
     _assert_same_entry(root, classify_reference, "synthetic", fake_encoder.MODEL)
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_the_cli_says_an_error_on_rank_0_only_and_every_rank_exits_with_its_code(rank, run_cli, monkeypatch):
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("fmcache.cli.main"), "SECONDARY_GRACE_SECONDS", 0.0)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", rank)
+    code, out, err = run_cli("embed", "-m", "no_such_model", "-d", "synthetic")
+    assert code == 1 and out == ""
+    assert ("no_such_model" in err) == (rank == "0"), err
+
+
+def test_a_job_refuses_a_root_that_only_one_process_can_see():
+    job = distributed.Job(rank=0, world=2, local_world=2)
+    with pytest.raises(fmcache.FmcacheError, match="every process can reach"):
+        with distributed.writing(job, "memory://cache", "synthetic", None, {}, "m", {},
+                                 progress=distributed.Progress(False, "")):
+            pass
+
+
+def test_a_job_wants_one_process_per_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(fmcache.FmcacheError, match="--nproc-per-node 1"):
+        distributed.Job(rank=1, world=2, local_rank=1, local_world=2).device("auto")
+    assert distributed.Job(rank=1, world=2, local_rank=1, local_world=2).device("cpu") == "cpu"

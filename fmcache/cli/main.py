@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import traceback
 from collections.abc import Sequence
 
@@ -40,12 +41,19 @@ def _usage_error(e: click.UsageError) -> int:
     return EXIT_USAGE
 
 
+SECONDARY_GRACE_SECONDS = 2.0
+
+
 def _told_here(e: BaseException) -> bool:
     """Under torchrun rank 0 speaks for the job; another rank says only what failed in its own share
     (rank 0's errors reach it as copies, and checks every rank makes alike would say it N times)."""
     from fmcache.embed.distributed import is_secondary
 
-    return not is_secondary() or getattr(e, "rank", None) is not None
+    if not is_secondary() or getattr(e, "rank", None) is not None:
+        return True
+    # torchrun stops every process once one exits: a silent rank leaves rank 0 time to say it
+    time.sleep(SECONDARY_GRACE_SECONDS)
+    return False
 
 
 def _unexpected(e: BaseException, args: list[str]) -> int:

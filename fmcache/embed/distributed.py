@@ -10,9 +10,11 @@ never through collectives: the process group (gloo) only carries a few keys of i
 (the setup's outcome, rows encoded, ranks finished). When every rank has finished its share,
 rank 0 checks that no chunk is pending and marks the entry complete.
 
-A rank that dies leaves its chunks in flight undone and torchrun ends the job; a rerun with
-any number of processes encodes only the chunks not done, the same way (batches never
-straddle chunks), so the entry equals a one-process run bit for bit.
+An error on any rank ends the job (torchrun stops the other processes once one exits); rank 0
+says an error that every rank meets, another rank only its own. A rank that dies leaves its
+chunks in flight undone; a rerun with any number of processes encodes only the chunks not
+done, the same way (batches never straddle chunks), so the entry equals a one-process run bit
+for bit.
 
 Any root that every process can reach works: a shared file system (an OS file lock, held by
 rank 0) or an object store (``s3://``, ``gs://``). On an object store the lock is the lease
@@ -71,6 +73,10 @@ class Job:
         import torch
 
         if self.distributed and device in ("auto", "cuda") and torch.cuda.is_available():
+            count = torch.cuda.device_count()
+            if self.local_world > count:  # alike on every rank of the node, rank 0 included: it says so
+                raise FmcacheError(f"torchrun started {self.local_world} processes on this node, which has {count} "
+                                   f"GPU(s): one process per GPU (--nproc-per-node {count}), or --device cpu")
             torch.cuda.set_device(self.local_rank)
             return f"cuda:{self.local_rank}"
         return device
@@ -260,6 +266,9 @@ def writing(
 ) -> Iterator[Share]:
     """This process's :class:`Share` of writing an entry; ``options`` as for :func:`fmcache.cache.entry.writing`,
     which rank 0 runs for the whole job (the others wait for its outcome, raising its error if it fails)."""
+    if job.distributed and root.startswith("memory://"):
+        raise FmcacheError(f"{root} lives in one process: a torchrun job needs a cache every process can reach "
+                           "(a folder on a shared file system, file://, s3://, gs://)")
     with contextlib.ExitStack() as stack:
         if job.lead:
             try:
