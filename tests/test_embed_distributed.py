@@ -186,7 +186,7 @@ def test_rank_0s_refusal_reaches_every_rank_as_the_same_error(launch):
     got = [reports[r]["mismatch"] for r in (0, 1)]
     assert got[0]["error"] == got[1]["error"] == "ProvenanceMismatchError"
     assert got[0]["message"] == got[1]["message"] and "batch_size" in got[0]["message"]
-    assert got[1]["own"] is None  # a copy of rank 0's: the CLI leaves saying it to rank 0
+    assert [g["says"] for g in got] == [True, False]  # rank 1's is a copy: the CLI leaves saying it to rank 0
 
 
 def test_a_one_object_done_bitmap_is_split_before_a_job_shares_out_what_is_pending(launch, classify_reference):

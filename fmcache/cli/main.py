@@ -47,9 +47,9 @@ SECONDARY_GRACE_SECONDS = 2.0
 def _told_here(e: BaseException) -> bool:
     """Under torchrun rank 0 speaks for the job; another rank says only what failed in its own share
     (rank 0's errors reach it as copies, and checks every rank makes alike would say it N times)."""
-    from fmcache.embed.distributed import is_secondary
+    from fmcache.embed.distributed import says
 
-    if not is_secondary() or getattr(e, "rank", None) is not None:
+    if says(e):
         return True
     # torchrun stops every process once one exits: a silent rank leaves rank 0 time to say it
     time.sleep(SECONDARY_GRACE_SECONDS)

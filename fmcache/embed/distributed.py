@@ -135,6 +135,13 @@ def is_secondary() -> bool:
     return launch_env()[0] != 0
 
 
+def says(error: BaseException) -> bool:
+    """This process is the one to tell the user of ``error``: rank 0 for what every rank meets alike
+    (its own errors, their copies on the other ranks, checks every rank makes), a rank its own
+    failures while it encodes its share."""
+    return getattr(error, "reported_by", 0) == launch_env()[0]
+
+
 @contextlib.contextmanager
 def job() -> Iterator[Job]:
     """This process's :class:`Job`; under torchrun, with the process group (gloo) joined for the block.
@@ -293,8 +300,8 @@ def writing(
         try:
             yield share
         except FmcacheError as e:
-            if not job.lead:
-                e.rank = job.rank  # its own failure, not a copy of rank 0's: this rank reports it
+            if not hasattr(e, "reported_by"):  # its own failure, not a copy of rank 0's
+                e.reported_by = job.rank
             raise
 
 
@@ -313,4 +320,5 @@ def _shared_error(record: Mapping[str, str]) -> FmcacheError:
         error = cls(record["error"])
     except Exception:  # noqa: BLE001 - a class that cannot be rebuilt: the message still says it
         error = FmcacheError(record["error"])
+    error.reported_by = 0
     return error

@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `helpers` as the tests import it
 
 from fmcache.datasets import load_dataset  # noqa: E402
+from fmcache.embed import distributed  # noqa: E402
 from fmcache.embed.encode import embed  # noqa: E402
 from fmcache.errors import FmcacheError  # noqa: E402
 from helpers import fake_encoder  # noqa: E402
@@ -58,7 +59,7 @@ def main() -> None:
                       encoder=fake_encoder.encoder(), on_chunk=on_chunk, **{**CLASSIFY_KW, **over})
             out[name] = {"encoded": s.encoded, "n": s.n, "chunks": chunks}
         except FmcacheError as e:
-            out[name] = {"error": type(e).__name__, "message": str(e), "own": getattr(e, "rank", None)}
+            out[name] = {"error": type(e).__name__, "message": str(e), "says": distributed.says(e)}
 
     classify(a.root, "classify")
     if a.sam:
