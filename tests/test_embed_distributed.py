@@ -208,9 +208,11 @@ def test_a_one_object_done_bitmap_resumes_in_one_process(tmp_path, classify_refe
     _assert_same_entry(tmp_path, classify_reference, "synthetic", fake_encoder.MODEL)
 
 
-def test_a_killed_rank_leaves_its_chunks_undone_and_a_rerun_finishes_them(tmp_path, classify_reference):
+def test_a_killed_rank_leaves_its_chunks_undone_and_a_rerun_with_more_processes_finishes_them(
+        tmp_path, classify_reference):
     root = tmp_path / "cache"
-    run = _torchrun(2, LAUNCHER, root, tmp_path, "--die-after-first-chunk", "1")
+    (tmp_path / "killed").mkdir()
+    run = _torchrun(2, LAUNCHER, root, tmp_path / "killed", "--die-after-first-chunk", "1")
     assert run.returncode != 0
     entry = _entry(root, "synthetic", fake_encoder.MODEL)
     assert entry.attrs["state"] == L.STATE_WRITING
@@ -218,12 +220,14 @@ def test_a_killed_rank_leaves_its_chunks_undone_and_a_rerun_finishes_them(tmp_pa
     assert done[1] and not done[[3, 5, 7]].any()  # rank 1's first chunk stays, its others were never written
     with pytest.raises(fmcache.FmcacheError, match="incomplete"):
         fmcache.open_cache(root).embeddings("synthetic", fake_encoder.MODEL)
-    undone_rows = int((~done).sum()) * dist_embed.CLASSIFY_KW["chunk_rows"]
+    undone = [int(c) for c in np.flatnonzero(~done)]
 
-    with _one_thread():
-        summary = embed(load_dataset("synthetic", options=dist_embed.CLASSIFY), fake_encoder.MODEL, root=root,
-                        encoder=fake_encoder.encoder(), **dist_embed.CLASSIFY_KW)
-    assert summary.encoded == undone_rows < summary.n
+    # three processes now (one alone resumes as well: see the one-object bitmap tests)
+    run = _torchrun(3, LAUNCHER, root, tmp_path)
+    assert run.returncode == 0, run.stderr
+    reports = _reports(tmp_path)
+    assert [reports[r]["classify"]["chunks"] for r in (0, 1, 2)] == [undone[r::3] for r in (0, 1, 2)]
+    assert reports[0]["classify"]["encoded"] == len(undone) * dist_embed.CLASSIFY_KW["chunk_rows"]
     _assert_same_entry(root, classify_reference, "synthetic", fake_encoder.MODEL)
 
 
