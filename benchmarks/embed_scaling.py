@@ -2,7 +2,7 @@
 
 (a) `embed` of a synthetic dataset with a small real model (efficientnet_lite0) under torchrun,
 one process against two, writing one entry: images/s over the encode (model loading and
-start-up left out, as the summary reports it) and wall-clock of the whole launch. Two processes
+start-up left out, as the summary reports it) and wall-clock of the whole launch, best of 2. Two processes
 on one machine share its cores (torchrun gives each one thread; one process alone uses them
 all), so on a CPU-only machine the ratio says what splitting costs or gains there; the case it
 is made for is one process per GPU. target=1.0: two processes should at least not lose.
@@ -50,8 +50,8 @@ def worker(args: argparse.Namespace) -> None:
         Path(args.report).write_text(json.dumps({"encoded": s.encoded, "seconds": s.seconds}))
 
 
-def launch(procs: int, args: argparse.Namespace, work: Path) -> dict:
-    root, report = work / f"cache-{procs}", work / f"summary-{procs}.json"
+def launch(procs: int, args: argparse.Namespace, work: Path, attempt: int) -> dict:
+    root, report = work / f"cache-{procs}-{attempt}", work / f"summary-{procs}-{attempt}.json"
     here = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(procs), "--master-port",
@@ -113,7 +113,8 @@ def main() -> None:
     ap.add_argument("--chunk-rows", type=int, default=32, help="rows per chunk, the unit shared out")
     ap.add_argument("--read-rows", type=int, default=100_000)
     ap.add_argument("--read-dim", type=int, default=768)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="reads of each side, best of")
+    ap.add_argument("--launches", type=int, default=2, help="launches of each side, best of")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--root", help=argparse.SUPPRESS)
     ap.add_argument("--report", help=argparse.SUPPRESS)
@@ -124,7 +125,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        runs = {p: launch(p, args, work) for p in (1, 2)}
+        # alternating, best of R each: a busy moment of the machine hits one side less
+        tries = [(p, launch(p, args, work, i)) for i in range(args.launches) for p in (1, 2)]
+        runs = {p: max((r for q, r in tries if q == p), key=lambda r: r["img_s"]) for p in (1, 2)}
         for p, r in runs.items():
             print(f"embed {MODEL} n={args.images} under torchrun, {p} process(es): {r['img_s']:.1f} img/s while "
                   f"encoding, {r['wall']:.1f} s wall-clock for the launch")
