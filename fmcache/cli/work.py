@@ -49,7 +49,8 @@ def embed(
     device: Annotated[str, typer.Option("--device", metavar="DEVICE", help="auto | cpu | cuda | cuda:N")] = "auto",
     num_workers: Annotated[
         Optional[int], typer.Option("--num-workers", min=0, metavar="N", show_default=False,
-                                    help="Image-decoding worker processes (default: cores - 1).")
+                                    help="Image-decoding worker processes (default: cores - 1; under torchrun, "
+                                    "each process's share of its node's cores - 1).")
     ] = None,
     seed: Annotated[int, typer.Option("--seed", metavar="N", help="Seed of the patient-level train/val/test split.")] = 0,
     chunk_rows: Annotated[int, typer.Option("--chunk-rows", min=1, metavar="N",
