@@ -168,11 +168,17 @@ class EntryWriter:
         done[chunks] = False
         self.group[L.DONE][...] = done
 
+    def split_done(self) -> None:
+        """Store the done bitmap one object per chunk if an older fmcache made it one object (see
+        :func:`_create_done`); the caller holds the entry's lock and no other process writes yet."""
+        if self.n_chunks > 1 and tuple(self.group[L.DONE].chunks) != (1,):
+            _create_done(self.group, self.done())
+
     def reset_done(self) -> None:
         """A ``done`` bitmap that cannot be read: every chunk is encoded again."""
         A.update(self.group, {"state": L.STATE_WRITING})
         self.complete = False
-        self.group[L.DONE][...] = np.zeros(self.n_chunks, bool)
+        _create_done(self.group, np.zeros(self.n_chunks, bool))  # made anew: it may be missing altogether
 
     def write_text(self, prompt_set: str, prototypes: np.ndarray, prompts: Mapping[str, Any]) -> None:
         """Class prototypes of a VLM, (C, T, D) per template, with the prompts that made them."""
@@ -241,11 +247,24 @@ def open_entry(
         if slices:
             group.create_array(f"{L.SLICES}/{kind}", shape=(n, slices, int(dim)), dtype=L.DISK_DTYPE,
                                chunks=(chunk_rows, slices, int(dim)), fill_value=np.nan, compressors=CHECKED, config=STORED)
-    done = group.create_array(L.DONE, shape=(n_chunks,), dtype=bool, chunks=(max(n_chunks, 1),), fill_value=False,
-                              compressors=CHECKED, config=STORED)
-    done[...] = False
+    _create_done(group, np.zeros(n_chunks, bool))
     A.update(group, {"state": L.STATE_WRITING})
     return EntryWriter(group, where)
+
+
+def _create_done(group: zarr.Group, done: np.ndarray) -> None:
+    """The done bitmap, one object per entry chunk, so that processes writing disjoint chunks of one
+    entry at once (:mod:`fmcache.embed.distributed`) never rewrite each other's marks.
+
+    Format: entries written before this kept the bitmap in a single object. Both are plain Zarr
+    arrays whose chunking their metadata states, so either reads the same to every reader, old
+    and new, and FORMAT stays as it is; only a job of several processes needs the split
+    (:meth:`EntryWriter.split_done`). A mark whose object is not stored reads as not done (the fill
+    value), so a crash while the bitmap is being made loses progress, never data.
+    """
+    arr = group.create_array(L.DONE, shape=done.shape, dtype=bool, chunks=(1,), fill_value=False,
+                             compressors=CHECKED, config=STORED, overwrite=True)
+    arr[...] = done
 
 
 def _fill(dtype: str) -> float | int:

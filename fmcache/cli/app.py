@@ -130,5 +130,8 @@ def dataset_options(values: list[str] | None) -> dict[str, str]:
 
 
 def say(line: str) -> None:
-    """A side note on stderr, so that stdout stays the command's result."""
-    typer.echo(line, err=True)
+    """A side note on stderr, so that stdout stays the command's result; under torchrun, rank 0's alone."""
+    from fmcache.embed.distributed import is_secondary
+
+    if not is_secondary():
+        typer.echo(line, err=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import traceback
 from collections.abc import Sequence
 
@@ -40,6 +41,21 @@ def _usage_error(e: click.UsageError) -> int:
     return EXIT_USAGE
 
 
+SECONDARY_GRACE_SECONDS = 2.0
+
+
+def _told_here(e: BaseException) -> bool:
+    """Under torchrun rank 0 speaks for the job; another rank says only what failed in its own share
+    (rank 0's errors reach it as copies, and checks every rank makes alike would say it N times)."""
+    from fmcache.embed.distributed import says
+
+    if says(e):
+        return True
+    # torchrun stops every process once one exits: a silent rank leaves rank 0 time to say it
+    time.sleep(SECONDARY_GRACE_SECONDS)
+    return False
+
+
 def _unexpected(e: BaseException, args: list[str]) -> int:
     what = " ".join(a for a in args[:2] if not a.startswith("-")) or "fmcache"
     typer.echo(f"error: `fmcache {what}` failed unexpectedly: {type(e).__name__}: {e}; rerun with "
@@ -56,7 +72,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         code = app(args=args, prog_name="fmcache", standalone_mode=False)
     except Interrupted as e:
-        typer.echo(f"\ninterrupted: {e}", err=True)
+        if _told_here(e):
+            typer.echo(f"\ninterrupted: {e}", err=True)
         code = EXIT_INTERRUPTED
     except KeyboardInterrupt:  # before a command started (while parsing or importing)
         typer.echo("\ninterrupted before anything was written", err=True)
@@ -72,7 +89,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except FmcacheError as e:
         if debug:
             traceback.print_exc()
-        typer.echo(f"error: {e}", err=True)
+        if _told_here(e):
+            typer.echo(f"error: {e}", err=True)
         code = 1
     except SystemExit as e:
         code = e.code

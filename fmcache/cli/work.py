@@ -54,7 +54,8 @@ def embed(
     device: Annotated[str, typer.Option("--device", metavar="DEVICE", help="auto | cpu | cuda | cuda:N")] = "auto",
     num_workers: Annotated[
         Optional[int], typer.Option("--num-workers", min=0, metavar="N", show_default=False,
-                                    help="Image-decoding worker processes (default: cores - 1).")
+                                    help="Image-decoding worker processes (default: cores - 1; under torchrun, "
+                                    "each process's share of its node's cores - 1).")
     ] = None,
     seed: Annotated[int, typer.Option("--seed", metavar="N", help="Seed of the patient-level train/val/test split.")] = 0,
     chunk_rows: Annotated[int, typer.Option("--chunk-rows", min=1, metavar="N",
@@ -99,6 +100,10 @@ def embed(
     volumes get its slice count, and its dataset options (balanced test split, MIMIC-CXR
     cohort, volume intensities, HAM10000 label) are added unless -o sets them.
     `fmcache protocols` lists every switch.
+
+    Launched under torchrun (e.g. `torchrun --nproc-per-node 4 -m fmcache embed ...`), the
+    processes share out the chunks of one entry: one per GPU, on one node or several (with a
+    shared --root: a shared folder or s3://...).
 
     A segmentation model caches image features for `fmcache segment`: a 2D one (sam, medsam,
     ...) on a volumetric dataset reads its axial slices that hold foreground (cached as
@@ -153,6 +158,10 @@ def embed(
                                 protocol=protocol, preprocess=preprocess, queries=queries)
     except KeyboardInterrupt:
         raise Interrupted(_kept(root, ds.name, model)) from None
+    from fmcache.embed.distributed import is_secondary
+
+    if is_secondary():
+        return  # rank 0 reports the whole job
     typer.echo(summary.line())
     if ds.name != dataset or summary.model != model:
         typer.echo(f"cached as dataset {ds.name!r}, model {summary.model!r}: name them so from now on, e.g. "
@@ -469,6 +478,9 @@ def segment(
     the image and the true and predicted outlines of the lowest, median and highest Dice items
     of each group (small thumbnails every run keeps). --nsd TOL adds the normalised surface
     distance at that tolerance; --save-masks keeps every predicted mask.
+
+    The image features are cached by `fmcache embed -m MODEL`, which can be launched under
+    torchrun to spread the encoding over processes, GPUs and nodes; decoding here runs in one process.
 
     Example:
 

@@ -4,13 +4,13 @@ Rows are processed chunk by chunk in cache order; a chunk is written and marked 
 soon as its last row is encoded, so an interrupted run loses at most the chunks in flight.
 Batches never straddle chunks: a chunk is always encoded in the same batches, so a resumed
 or repaired entry equals an uninterrupted run bit for bit. One process writes an entry at a
-time (:mod:`fmcache.cache.lock`); a complete entry made the same way is not written at all.
+time (:mod:`fmcache.cache.lock`), or one torchrun job whose processes share out its chunks
+(:mod:`fmcache.embed.distributed`); a complete entry made the same way is not written at all.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -19,12 +19,12 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
-from fmcache.cache.entry import is_intact, recorded_batch_size, writing
+from fmcache.cache.entry import is_intact, recorded_batch_size
 from fmcache.cache.store import resolve_root
 from fmcache.cache.writer import EntryWriter
 from fmcache.datasets.image_headers import check_command, check_image_headers
 from fmcache.datasets.samples import Dataset
-from fmcache.embed import variants
+from fmcache.embed import distributed, variants
 from fmcache.embed.preprocess import build_transform
 from fmcache.embed.registry import load_model
 from fmcache.embed.spec import Encoder, Preprocess
@@ -106,9 +106,10 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def default_workers() -> int:
-    # one core stays with the forward pass; workers only decode and resize
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+def default_workers(processes: int = 1) -> int:
+    """Decoding workers of one of ``processes`` processes encoding on this machine (torchrun's ranks
+    share its cores); one core each stays with the forward pass, workers only decode and resize."""
+    return max(1, min(8, (os.cpu_count() or 2) // processes - 1))
 
 
 def check_images_exist(dataset: Dataset) -> None:
@@ -147,6 +148,9 @@ def embed(
     queries: str | None = None,
 ) -> EmbedSummary:
     """Encode every image of ``dataset`` with ``model`` into the cache; resume if partial.
+
+    Under torchrun every process calls this alike and each encodes a share of the chunks
+    (:mod:`fmcache.embed.distributed`); rank 0's summary counts the whole job's rows.
 
     Parameters
     ----------
@@ -189,50 +193,54 @@ def embed(
         raise FmcacheError(f"unknown volume pool {pool!r}: use one of {', '.join(POOLS)}")
     switches = resolve(protocol, "embed", {"preprocess": preprocess, "queries": queries,
                                            "slices": None if slices is None else str(slices)})
-    device = resolve_device(device)
-    check_images_exist(dataset)
-    root_s = resolve_root(root)
-    variant = variants.apply(encoder or load_model(model, weights=weights, device=device, trust_code=trust_code),
-                             model, switches, dataset.spec.key, dataset.spec.dim == "3d")
-    volume = {"slices": variant.slices, "pool": pool} if variant.slices else None
-    enc, entry = variant.encoder, variant.entry
-    if batch_size is None:
-        batch_size = recorded_batch_size(root_s, dataset.name, entry) or DEFAULT_BATCH_SIZE
-    provenance = {
-        "model": model,
-        "model_title": enc.spec.title,
-        "family": enc.spec.family,
-        "weights_id": enc.weights_id,
-        "weights_sha256": enc.weights_sha256,
-        "preprocess": variant.preprocess.to_attrs(),
-        "variant": variant.recorded,
-        "embed_switches": variant.switches,
-        "dims": dict(enc.dims),
-        "row_fingerprint": dataset.fingerprint,
-        "volume": volume,
-        "text_dim": enc.text_dim,
-        "logit_scale": enc.logit_scale,
-        "compute_dtype": "autocast-" + str(_amp_dtype()).removeprefix("torch.") if device.startswith("cuda") else "float32",
-        "batch_size": int(batch_size),
-    }
-    if not overwrite and is_intact(root_s, dataset.name, dataset.fingerprint, entry, provenance):
-        # nothing to write, so nothing is written: this works on a read-only cache
-        return EmbedSummary(dataset.name, entry, root_s, len(dataset.table), 0, 0.0, device, dict(enc.dims))
-    # before the entry exists: a file that is not an image must not leave half an entry behind
-    check_image_headers(dataset)
-    with writing(root_s, dataset.name, dataset.table, dataset.group_attrs(), entry, provenance, chunk_rows=chunk_rows,
-                 overwrite=overwrite, wait=wait, on_wait=on_wait, on_repair=on_repair) as writer:
-        if writer.complete:
-            return EmbedSummary(dataset.name, entry, root_s, writer.n, 0, 0.0, device, dict(enc.dims))
-        if enc.encode_text is not None and dataset.spec.prompts:
-            for name, (protos, prompts) in encode_prompt_sets(enc, dataset.spec.prompts).items():
-                writer.write_text(name, protos, prompts)
-        start = time.perf_counter()
-        encoded = _encode_pending(dataset, enc, variant.preprocess, writer, batch_size, device, num_workers, progress,
-                                  on_chunk)
-        seconds = time.perf_counter() - start
-        writer.finish(last_run={"encoded": encoded, "seconds": round(seconds, 3), "device": device})
-    return EmbedSummary(dataset.name, entry, root_s, writer.n, encoded, seconds, device, dict(enc.dims))
+    with distributed.job() as job:
+        device = resolve_device(job.device(device))
+        job.on_lead(lambda: check_images_exist(dataset))
+        root_s = resolve_root(root)
+        variant = variants.apply(encoder or load_model(model, weights=weights, device=device, trust_code=trust_code),
+                                 model, switches, dataset.spec.key, dataset.spec.dim == "3d")
+        volume = {"slices": variant.slices, "pool": pool} if variant.slices else None
+        enc, entry = variant.encoder, variant.entry
+        if batch_size is None:
+            batch_size = job.on_lead(lambda: recorded_batch_size(root_s, dataset.name, entry)) or DEFAULT_BATCH_SIZE
+        provenance = {
+            "model": model,
+            "model_title": enc.spec.title,
+            "family": enc.spec.family,
+            "weights_id": enc.weights_id,
+            "weights_sha256": enc.weights_sha256,
+            "preprocess": variant.preprocess.to_attrs(),
+            "variant": variant.recorded,
+            "embed_switches": variant.switches,
+            "dims": dict(enc.dims),
+            "row_fingerprint": dataset.fingerprint,
+            "volume": volume,
+            "text_dim": enc.text_dim,
+            "logit_scale": enc.logit_scale,
+            "compute_dtype": ("autocast-" + str(_amp_dtype()).removeprefix("torch.") if device.startswith("cuda")
+                              else "float32"),
+            "batch_size": int(batch_size),
+        }
+        if not overwrite and job.on_lead(lambda: is_intact(root_s, dataset.name, dataset.fingerprint, entry, provenance)):
+            # nothing to write, so nothing is written: this works on a read-only cache
+            return EmbedSummary(dataset.name, entry, root_s, len(dataset.table), 0, 0.0, device, dict(enc.dims))
+        # before the entry exists: a file that is not an image must not leave half an entry behind
+        job.on_lead(lambda: check_image_headers(dataset))
+        with distributed.writing(job, root_s, dataset.name, dataset.table, dataset.group_attrs(), entry, provenance,
+                                 progress=distributed.Progress(progress, f"{dataset.name}/{enc.spec.key}"),
+                                 chunk_rows=chunk_rows, overwrite=overwrite, wait=wait, on_wait=on_wait,
+                                 on_repair=on_repair) as share:
+            if share.complete:
+                return EmbedSummary(dataset.name, entry, root_s, share.writer.n, 0, 0.0, device, dict(enc.dims))
+            if share.lead and enc.encode_text is not None and dataset.spec.prompts:
+                for name, (protos, prompts) in encode_prompt_sets(enc, dataset.spec.prompts).items():
+                    share.writer.write_text(name, protos, prompts)
+            share.start()
+            _encode_pending(dataset, enc, variant.preprocess, share, batch_size, device,
+                            default_workers(job.local_world) if num_workers is None else num_workers, on_chunk)
+            share.finish(device=device)
+    return EmbedSummary(dataset.name, entry, root_s, share.writer.n, share.encoded, share.seconds, device,
+                        dict(enc.dims))
 
 
 DEFAULT_BATCH_SIZE = 64
@@ -247,18 +255,17 @@ def _encode_pending(
     dataset: Dataset,
     enc: Encoder,
     preprocess: Preprocess,
-    writer: EntryWriter,
+    share: distributed.Share,
     batch_size: int,
     device: str,
-    num_workers: int | None,
-    progress: bool,
+    workers: int,
     on_chunk: Callable[[int], None] | None,
-) -> int:
-    pending = writer.pending_chunks()
+) -> None:
+    """Encode this process's share of the pending chunks (all of them when it runs alone)."""
+    writer, pending = share.writer, share.chunks
     if not pending:
-        return 0
+        return
     rows = np.concatenate([np.arange(*writer.rows(c)) for c in pending])
-    workers = default_workers() if num_workers is None else num_workers
     loader = DataLoader(
         _Rows(dataset, rows, build_transform(preprocess), writer.slices),
         batch_sampler=_chunk_batches(writer, pending, max(1, batch_size // writer.slices) if writer.slices else batch_size),
@@ -269,10 +276,8 @@ def _encode_pending(
     )
     buffers: dict[int, dict[str, np.ndarray]] = {}
     filled: dict[int, int] = {}
-    bar = progress_bar(progress, len(rows), f"{dataset.name}/{enc.spec.key}")
     amp = torch.autocast("cuda", dtype=_amp_dtype()) if device.startswith("cuda") else _null()
-    with bar as prog, torch.inference_mode(), amp:
-        task = prog.add_task("embed", total=len(rows)) if prog else None
+    with torch.inference_mode(), amp:
         for batch_rows, x, error in loader:
             if error:
                 raise DatasetError(error)
@@ -283,9 +288,7 @@ def _encode_pending(
                 filled.pop(chunk)
                 if on_chunk is not None:
                     on_chunk(chunk)
-            if prog:
-                prog.advance(task, len(batch_rows))
-    return len(rows)
+            share.advance(len(batch_rows))
 
 
 def _chunk_batches(writer: EntryWriter, chunks: list[int], size: int) -> list[list[int]]:

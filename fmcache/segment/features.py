@@ -18,19 +18,18 @@ included) and ``pooled``; so decoding and mapping back onto the voxels never re-
 from __future__ import annotations
 
 import os
-import time
 from typing import Any, Callable
 
 import numpy as np
 
-from fmcache.cache.entry import is_intact, recorded_batch_size, writing
+from fmcache.cache.entry import is_intact, recorded_batch_size
 from fmcache.cache.store import resolve_root
 from fmcache.datasets.image_headers import check_image_headers
 from fmcache.datasets.samples import Dataset
+from fmcache.embed import distributed
 from fmcache.embed.encode import (
     EmbedSummary,
     check_images_exist,
-    progress_bar,
     resolve_device,
 )
 from fmcache.errors import DatasetError, FmcacheError
@@ -82,51 +81,50 @@ def embed_features(
     sam
         An already loaded model (tests, benchmarks); ``model`` still names the entry.
     overwrite, wait, on_wait, on_repair, on_chunk, progress
-        As for :func:`fmcache.embed.encode.embed`.
+        As for :func:`fmcache.embed.encode.embed`; under torchrun, likewise each process encodes a
+        share of the chunks (:mod:`fmcache.embed.distributed`).
     """
     volumetric = model in VOLUME_MODELS or isinstance(sam, VolumeModel)
     _check_dimensions(dataset, model, volumetric)
     unit = "volumes" if volumetric else "images"
-    device = resolve_device(device)
-    check_images_exist(dataset)
-    root_s = resolve_root(root)
-    if volumetric:
-        sam = sam or load_volume_model(model, weights=weights, device=device)
-        batch_size, chunk_rows = 1, min(chunk_rows, DEFAULT_VOLUME_CHUNK_ROWS)
-        provenance = volume_entry_provenance(sam, model, dataset)
-        encode_rows = _encode_volumes
-    else:
-        sam = sam or load_sam(model, weights=weights, device=device)
-        if batch_size is None:
-            batch_size = recorded_batch_size(root_s, dataset.name, model) or DEFAULT_BATCH_SIZE
-        provenance = entry_provenance(sam, model, dataset, batch_size)
-        encode_rows = _encode_rows
-    kinds = dict(provenance["dims"])
-    if not overwrite and is_intact(root_s, dataset.name, dataset.fingerprint, model, provenance):
-        return EmbedSummary(dataset.name, model, root_s, len(dataset.table), 0, 0.0, device, kinds, unit)
-    check_image_headers(dataset)
-    with writing(root_s, dataset.name, dataset.table, dataset.group_attrs(), model, provenance, chunk_rows=chunk_rows,
-                 overwrite=overwrite, wait=wait, on_wait=on_wait, on_repair=on_repair) as writer:
-        if writer.complete:
-            return EmbedSummary(dataset.name, model, root_s, writer.n, 0, 0.0, device, kinds, unit)
-        pending = writer.pending_chunks()
-        total = sum(b - a for a, b in map(writer.rows, pending))
-        start = time.perf_counter()
-        with progress_bar(progress, total, f"{dataset.name}/{model}", "vol" if volumetric else "img") as prog:
-            task = prog.add_task("embed", total=total) if prog else None
-            for chunk in pending:
-                a, b = writer.rows(chunk)
+    with distributed.job() as job:
+        device = resolve_device(job.device(device))
+        job.on_lead(lambda: check_images_exist(dataset))
+        root_s = resolve_root(root)
+        if volumetric:
+            sam = sam or load_volume_model(model, weights=weights, device=device)
+            batch_size, chunk_rows = 1, min(chunk_rows, DEFAULT_VOLUME_CHUNK_ROWS)
+            provenance = volume_entry_provenance(sam, model, dataset)
+            encode_rows = _encode_volumes
+        else:
+            sam = sam or load_sam(model, weights=weights, device=device)
+            if batch_size is None:
+                batch_size = job.on_lead(lambda: recorded_batch_size(root_s, dataset.name, model)) or DEFAULT_BATCH_SIZE
+            provenance = entry_provenance(sam, model, dataset, batch_size)
+            encode_rows = _encode_rows
+        kinds = dict(provenance["dims"])
+        if not overwrite and job.on_lead(lambda: is_intact(root_s, dataset.name, dataset.fingerprint, model,
+                                                           provenance)):
+            return EmbedSummary(dataset.name, model, root_s, len(dataset.table), 0, 0.0, device, kinds, unit)
+        job.on_lead(lambda: check_image_headers(dataset))
+        bar = distributed.Progress(progress, f"{dataset.name}/{model}", "vol" if volumetric else "img")
+        with distributed.writing(job, root_s, dataset.name, dataset.table, dataset.group_attrs(), model, provenance,
+                                 progress=bar, chunk_rows=chunk_rows, overwrite=overwrite, wait=wait, on_wait=on_wait,
+                                 on_repair=on_repair) as share:
+            if share.complete:
+                return EmbedSummary(dataset.name, model, root_s, share.writer.n, 0, 0.0, device, kinds, unit)
+            share.start()
+            for chunk in share.chunks:
+                a, b = share.writer.rows(chunk)
                 # batches never straddle chunks: a resumed entry equals an uninterrupted one
                 parts = [encode_rows(dataset, sam, range(lo, min(lo + batch_size, b)))
                          for lo in range(a, b, batch_size)]
-                writer.write_chunk(chunk, {k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+                share.writer.write_chunk(chunk, {k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
                 if on_chunk is not None:
                     on_chunk(chunk)
-                if prog:
-                    prog.advance(task, b - a)
-        seconds = time.perf_counter() - start
-        writer.finish(last_run={"encoded": total, "seconds": round(seconds, 3), "device": device})
-    return EmbedSummary(dataset.name, model, root_s, writer.n, total, seconds, device, kinds, unit)
+                share.advance(b - a)
+            share.finish(device=device)
+    return EmbedSummary(dataset.name, model, root_s, share.writer.n, share.encoded, share.seconds, device, kinds, unit)
 
 
 def entry_provenance(sam: SamModel, model: str, dataset: Dataset, batch_size: int) -> dict[str, Any]:
