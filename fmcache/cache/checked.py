@@ -111,8 +111,8 @@ def _take(arr: zarr.Array, rows: np.ndarray) -> np.ndarray:
     most of their span (a split's rows of a run of chunks) are read as that span, a slice,
     and picked from it: twice as fast as the orthogonal selection."""
     if arr.shards is None:
-        lo, hi = int(rows.min()), int(rows.max()) + 1
-        if hi - lo <= 2 * len(rows):
+        lo, hi = (int(rows.min()), int(rows.max()) + 1) if len(rows) else (0, 0)
+        if len(rows) and hi - lo <= 2 * len(rows):
             return np.asarray(arr[lo:hi])[rows - lo]
         return arr.get_orthogonal_selection((rows,) + (slice(None),) * (arr.ndim - 1))
     unique, inverse = np.unique(rows, return_inverse=True)

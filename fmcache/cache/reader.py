@@ -392,11 +392,15 @@ class Embeddings:
         remedy = (f"run `fmcache cache verify {self.dataset} {self.model} --repair`, then `fmcache embed` to "
                   "encode those rows again")
         self._check_current()
-        done = checked.read(_array(self._e, L.DONE, f"{self.where}, done bitmap", remedy), None,
-                            f"{self.where}, done bitmap", remedy)
+        arrays = [_array(self._e, name, f"{self.where}, {name}", remedy) for name in names]
+        # the marks of the chunks read only: the bitmap is one object per chunk, and a window of
+        # a streamed split must not read thousands of them
+        needed = sorted(set().union(*(checked.row_chunks(arr, rows) for arr in arrays)))
+        marks = checked.read(_array(self._e, L.DONE, f"{self.where}, done bitmap", remedy),
+                             None if rows is None else np.asarray(needed, np.int64), f"{self.where}, done bitmap", remedy)
+        done = dict(zip(range(len(marks)), marks) if rows is None else zip(needed, marks))
         out = []
-        for name in names:
-            arr = _array(self._e, name, f"{self.where}, {name}", remedy)
+        for name, arr in zip(names, arrays):
             undone = [c for c in checked.row_chunks(arr, rows) if not done[c]]
             if undone:
                 a, b = checked.chunk_rows(arr, undone[0])
