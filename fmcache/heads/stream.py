@@ -21,7 +21,7 @@ import numpy as np
 from fmcache.errors import HeadInputError
 from fmcache.heads.memory import format_bytes
 
-DEFAULT_WINDOW = 65536  # rows shuffled together: 256 MB of 1024-d float32 features
+DEFAULT_WINDOW = 16384  # rows shuffled together (64 cache chunks of 256 rows): 64 MiB of 1024-d float32
 # windows held at once while streaming: the one training, the one being read, and the copy
 # the device trains on (the budget counts all three)
 WINDOWS_RESIDENT = 3
