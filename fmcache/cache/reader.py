@@ -396,9 +396,9 @@ class Embeddings:
         # the marks of the chunks read only: the bitmap is one object per chunk, and a window of
         # a streamed split must not read thousands of them
         needed = sorted(set().union(*(checked.row_chunks(arr, rows) for arr in arrays)))
-        marks = checked.read(_array(self._e, L.DONE, f"{self.where}, done bitmap", remedy),
-                             None if rows is None else np.asarray(needed, np.int64), f"{self.where}, done bitmap", remedy)
-        done = dict(zip(range(len(marks)), marks) if rows is None else zip(needed, marks))
+        marks = checked.read(_array(self._e, L.DONE, f"{self.where}, done bitmap", remedy), np.asarray(needed, np.int64),
+                             f"{self.where}, done bitmap", remedy)
+        done = dict(zip(needed, marks))
         out = []
         for name, arr in zip(names, arrays):
             undone = [c for c in checked.row_chunks(arr, rows) if not done[c]]

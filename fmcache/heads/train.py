@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,9 +70,10 @@ class FitResult:
     def n_heads(self) -> int:
         return int(next(iter(self.hparams.values())).shape[0])
 
-    def predict(self, X: ArrayLike, groups: ArrayLike | None = None) -> np.ndarray:
+    def predict(self, X: ArrayLike, groups: ArrayLike | None = None, memory_budget: int | None = None) -> np.ndarray:
         """Scores of every head on ``X``; see ``predict_stack``."""
-        return predict_stack(self.head, self.params, X, groups=groups, attribute=self.hparams.get("attribute"))
+        return predict_stack(self.head, self.params, X, groups=groups, attribute=self.hparams.get("attribute"),
+                             memory_budget=memory_budget)
 
 
 def fit_stack(
@@ -208,14 +209,27 @@ def fit_stack(
         state: Any = {}
     else:
         batch_size = min(batch_size, n)
+        Gc = G if G is not None else np.zeros((n, 1), np.int32)
+        where = devices.current()
         if streamed:
-            params, state, log = _fit_streamed(ht, spec, source, Y, G, hp, K, epochs, batch_size, seed, window,
-                                               memory_budget, max_heads_per_chunk, decay_bias)
+            budget = memory.default_budget() if memory_budget is None else memory_budget
+            width = window_rows(window, batch_size)
+            check_window_budget(width, d, budget)
+            total = epochs * -(-n // batch_size)
+            stretches = _windows(source, Y, Gc, where, epochs, batch_size, width, seed)
+            memory_budget = budget // 2  # the windows take the other half
         else:
             order = (_batch_order(n, epochs, batch_size, seed) if source is None
                      else np.concatenate(list(chunk_order(source.starts, epochs, batch_size, window, seed))))
-            params, state, log = _fit_adamw(ht, spec, X, Y, G, hp, K, epochs, batch_size, order, memory_budget,
-                                            max_heads_per_chunk, decay_bias)
+            whole = where.copy((X, Y, Gc, order))
+            total = len(order)
+
+            def stretches() -> list[tuple[Any, ...]]:
+                return [whole]  # every chunk of heads trains on all of it in one stretch
+        params, state, log = _fit_adamw(ht, spec, Y, G, hp, K, epochs, batch_size, total, stretches, where,
+                                        memory_budget, max_heads_per_chunk, decay_bias)
+        if streamed:
+            log["window"] = width
         log["shuffle"] = shuffle
     log.update(seconds=time.perf_counter() - start, solver=solver, seed=seed, decay_bias=decay_bias)
     return FitResult(head=ht, params=params, hparams=hp, state=state, spec=spec, log=log)
@@ -238,10 +252,25 @@ def cell_counts(Y: np.ndarray, G: np.ndarray | None, hp: Mapping[str, np.ndarray
     return out
 
 
-def _fit_adamw(ht: HeadType, spec: HeadSpec, X: np.ndarray, Y: np.ndarray, G: np.ndarray | None, hp: dict[str, np.ndarray], K: int, epochs: int, batch_size: int, order: np.ndarray, memory_budget: int | None, cap: int | None, decay_bias: bool = False) -> tuple[Any, Any, dict[str, Any]]:
-    full_hp, Gc, init, where, chunk = _setup(ht, spec, Y, G, hp, K, batch_size, memory_budget, cap)
-    opt_init, steps = _trainer(ht, len(order), decay_bias)
-    Xj, Yj, Gj, order_j = where.copy((X, Y, Gc, order))
+def _fit_adamw(ht: HeadType, spec: HeadSpec, Y: np.ndarray, G: np.ndarray | None, hp: dict[str, np.ndarray], K: int,
+               epochs: int, batch_size: int, total: int, stretches: Callable[[], Iterable[tuple[Any, ...]]],
+               where: devices.Heads, memory_budget: int | None, cap: int | None,
+               decay_bias: bool = False) -> tuple[Any, Any, dict[str, Any]]:
+    """Train the stack chunk of heads by chunk of heads; each chunk runs through ``stretches()``:
+    (features, labels, groups, order) on the devices, all rows at once or streamed windows."""
+    full_hp = dict(hp)
+    if ht.needs_cell_counts:
+        full_hp["cell_counts"] = cell_counts(Y, G, hp, spec.n_groups, spec.n_classes)
+    init = _initializer(ht, spec)
+    one = {k: v[:1] for k, v in full_hp.items()}
+    shapes = jax.eval_shape(init, {k: jnp.asarray(v) for k, v in one.items()})[0]
+    n_params = sum(int(np.prod(s.shape[1:])) for s in jax.tree_util.tree_leaves(shapes))
+    width = spec.n_out * spec.n_groups + spec.hidden + spec.n_groups + 8
+    # the budget and the cap are per device: each holds its share of a chunk
+    per_device = memory.heads_per_chunk(-(-K // where.count), memory.train_bytes_per_head(n_params, batch_size, width),
+                                        memory_budget, cap)
+    chunk = where.chunk(K, per_device)
+    opt_init, steps = _trainer(ht, total, decay_bias)
     parts, spread = [], 1
     for lo in range(0, K, chunk):
         # the last chunk is padded with copies of its last head, so every chunk has one
@@ -249,82 +278,35 @@ def _fit_adamw(ht: HeadType, spec: HeadSpec, X: np.ndarray, Y: np.ndarray, G: np
         idx = np.minimum(np.arange(lo, lo + chunk), K - 1)
         h = where.split({k: v[idx] for k, v in full_hp.items()})
         params, state = init(h)
-        params, _, state, losses = steps(params, where.made(opt_init)(params, h), state, Xj, Yj, Gj, h, order_j)
+        opt = where.made(opt_init)(params, h)
+        losses = []
+        for X, Ys, Gs, order in stretches():
+            params, opt, state, loss = steps(params, opt, state, X, Ys, Gs, h, order)
+            # fetched stretch by stretch: the host waits for each, so windows are not queued without bound
+            losses.append(where.gather(loss))
         spread = where.spread(params)
-        parts.append(_taken(where.gather((params, state, losses.T)), min(chunk, K - lo)))
-    params, state, loss = _joined(parts)
-    return params, state, {"loss": _epoch_means(loss, epochs), "chunks": len(parts), "heads_per_chunk": chunk,
-                           "steps": len(order), "devices": spread}
+        take = min(chunk, K - lo)
+        parts.append(jax.tree_util.tree_map(lambda a, take=take: np.asarray(a)[:take],
+                                            (*where.gather((params, state)), np.concatenate(losses).T)))
+    params, state, loss = (jax.tree_util.tree_map(lambda *a: np.concatenate(a), *[p[i] for p in parts]) for i in range(3))
+    return params, state, {"loss": loss.reshape(K, epochs, -1).mean(axis=2), "chunks": len(parts),
+                           "heads_per_chunk": chunk, "steps": total, "devices": spread}
 
 
-def _fit_streamed(ht: HeadType, spec: HeadSpec, source: RowSource, Y: np.ndarray, G: np.ndarray | None, hp: dict[str, np.ndarray], K: int, epochs: int, batch_size: int, seed: int, window: int, memory_budget: int | None, cap: int | None, decay_bias: bool = False) -> tuple[Any, Any, dict[str, Any]]:
-    """:func:`_fit_adamw` on rows read window by window from ``source`` (see :mod:`fmcache.heads.stream`)."""
-    budget = memory.default_budget() if memory_budget is None else memory_budget
-    width = window_rows(window, batch_size)
-    check_window_budget(width, source.d, budget)
-    full_hp, Gc, init, where, chunk = _setup(ht, spec, Y, G, hp, K, batch_size, budget // 2, cap)
-    steps_per_epoch = -(-source.n // batch_size)
-    opt_init, steps = _trainer(ht, epochs * steps_per_epoch, decay_bias)
-    per_window = width // batch_size
-
-    def load(order: np.ndarray) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+def _windows(source: RowSource, Y: np.ndarray, Gc: np.ndarray, where: devices.Heads, epochs: int, batch_size: int,
+             width: int, seed: int) -> Callable[[], Iterator[tuple[Any, ...]]]:
+    """Streamed stretches (see :mod:`fmcache.heads.stream`): every epoch's windows of ``width``
+    rows, each read while the one before trains."""
+    def load(order: np.ndarray) -> tuple[Any, ...]:
         X, held, local = localise(source, order, width)
         rows = np.concatenate([held, np.zeros(width - len(held), np.int64)])  # padding rows: none points at them
         return where.copy((X, Y[rows], Gc[rows], local))
 
-    def all_windows() -> Any:
-        for order in chunk_order(source.starts, epochs, batch_size, window, seed):
-            yield from windows(order, per_window)
+    def orders() -> Iterator[np.ndarray]:
+        for order in chunk_order(source.starts, epochs, batch_size, width, seed):
+            yield from windows(order, width // batch_size)
 
-    parts, spread = [], 1
-    for lo in range(0, K, chunk):
-        idx = np.minimum(np.arange(lo, lo + chunk), K - 1)
-        h = where.split({k: v[idx] for k, v in full_hp.items()})
-        params, state = init(h)
-        opt = where.made(opt_init)(params, h)
-        losses = []
-        for Xw, Yw, Gw, local in prefetched(all_windows(), load):
-            params, opt, state, loss = steps(params, opt, state, Xw, Yw, Gw, h, local)
-            losses.append(where.gather(loss))
-        spread = where.spread(params)
-        parts.append(_taken(where.gather((params, state)) + (np.concatenate(losses).T,), min(chunk, K - lo)))
-    params, state, loss = _joined(parts)
-    return params, state, {"loss": _epoch_means(loss, epochs), "chunks": len(parts), "heads_per_chunk": chunk,
-                           "steps": epochs * steps_per_epoch, "window": width, "devices": spread}
-
-
-def _setup(ht: HeadType, spec: HeadSpec, Y: np.ndarray, G: np.ndarray | None, hp: dict[str, np.ndarray], K: int,
-           batch_size: int, memory_budget: int | None, cap: int | None) -> tuple[dict[str, np.ndarray], np.ndarray, Any, devices.Heads, int]:
-    """The heads' full hyperparameters, the group columns, the initialiser, the devices and
-    the heads trained at once (the budget and the cap count per device)."""
-    full_hp = dict(hp)
-    if ht.needs_cell_counts:
-        full_hp["cell_counts"] = cell_counts(Y, G, hp, spec.n_groups, spec.n_classes)
-    Gc = G if G is not None else np.zeros((Y.shape[0], 1), np.int32)
-    init = _initializer(ht, spec)
-    one = {k: v[:1] for k, v in full_hp.items()}
-    shapes = jax.eval_shape(init, {k: jnp.asarray(v) for k, v in one.items()})[0]
-    n_params = sum(int(np.prod(s.shape[1:])) for s in jax.tree_util.tree_leaves(shapes))
-    width = spec.n_out * spec.n_groups + spec.hidden + spec.n_groups + 8
-    where = devices.current()
-    per_device = memory.heads_per_chunk(-(-K // where.count), memory.train_bytes_per_head(n_params, batch_size, width),
-                                        memory_budget, cap)
-    return full_hp, Gc, init, where, where.chunk(K, per_device)
-
-
-def _taken(tree: Any, take: int) -> Any:
-    """A chunk's results without the padding heads."""
-    return jax.tree_util.tree_map(lambda a: np.asarray(a)[:take], tree)
-
-
-def _joined(parts: list[Any]) -> Any:
-    """The chunks' (params, state, loss) as one stack."""
-    return tuple(jax.tree_util.tree_map(lambda *a: np.concatenate(a), *[p[i] for p in parts]) for i in range(3))
-
-
-def _epoch_means(loss: np.ndarray, epochs: int) -> np.ndarray:
-    """(K, steps) per-step losses as (K, epochs) means."""
-    return loss.reshape(loss.shape[0], epochs, -1).mean(axis=2)
+    return lambda: prefetched(orders(), load)
 
 
 def _batch_order(n: int, epochs: int, batch_size: int, seed: int) -> np.ndarray:
@@ -457,9 +439,10 @@ def predict_stack(
         probabilities (or logits) for more classes.
     """
     ht = get_head(head)
-    if not isinstance(X, RowSource):
+    streamed = isinstance(X, RowSource)  # its blocks are read as they are scored
+    if not streamed:
         X = inputs.check_features(X)
-    n, d = (X.n, X.d) if isinstance(X, RowSource) else X.shape
+    n, d = (X.n, X.d) if streamed else X.shape
     K = int(jax.tree_util.tree_leaves(params)[0].shape[0])
     G = inputs.as_columns(groups, n, "groups")
     gsel = None
@@ -482,8 +465,7 @@ def predict_stack(
     params = where.split(params)
     budget = memory_budget or memory.default_budget()
     rows = max(1, min(n, budget // (4 * 4 * (Kp // where.count) * width)))
-    streamed = isinstance(X, RowSource)
-    if streamed:  # its blocks are read as they are scored
+    if streamed:
         rows = max(1, min(rows, budget // (2 * WINDOWS_RESIDENT * 4 * d)))
     fn = _predictor(ht, gsel is not None, to_score)
     out = []

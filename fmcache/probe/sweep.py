@@ -31,14 +31,15 @@ from fmcache.heads import devices
 from fmcache.heads.domain_ind import RULES as DOMAIN_INFERENCE
 from fmcache.heads.registry import get_head
 from fmcache.heads.stream import DEFAULT_WINDOW
-from fmcache.heads.train import fit_stack, predict_stack
+from fmcache.heads.train import SHUFFLES as ORDERS
+from fmcache.heads.train import fit_stack
 from fmcache.probe.data import ProbeData, entry_name, load_probe_data
 from fmcache.probe.grids import Grid, points
 from fmcache.probe.selection import criterion_value, select_point, validation_scores
 from fmcache.protocols import NOT_REPRODUCED, data_switches, differences, reference_values, resolve
 from fmcache.runs import Run, cache_root, discard_run, load_results, new_run_dir, prediction_key, write_run
 
-SHUFFLES = ("auto", "rows", "chunks")
+SHUFFLES = ("auto", *ORDERS)
 
 
 @dataclass
@@ -116,6 +117,8 @@ def run_sweep(cfg: SweepConfig, *, root: str | os.PathLike[str] | None = None, r
     devices; only the first process evaluates and writes the run, the others return None.
     """
     cfg = resolved(cfg)
+    if cfg.shuffle not in SHUFFLES:  # before the features are read, which may take a while
+        raise FmcacheError(f"shuffle {cfg.shuffle!r}: choose one of {', '.join(SHUFFLES)}")
     if cfg.domain_inference not in DOMAIN_INFERENCE:
         raise FmcacheError(f"domain inference {cfg.domain_inference!r}: choose one of {', '.join(DOMAIN_INFERENCE)}")
     cache = open_cache(root)
@@ -186,8 +189,6 @@ def _sweep_into(path, cfg: SweepConfig, data: ProbeData, root, on_head) -> None:
 
 
 def _shuffle(shuffle: str, data: ProbeData) -> str:
-    if shuffle not in SHUFFLES:
-        raise FmcacheError(f"shuffle {shuffle!r}: choose one of {', '.join(SHUFFLES)}")
     if shuffle == "auto":
         return "chunks" if data.streamed else "rows"
     if shuffle == "rows" and data.streamed:
@@ -257,10 +258,8 @@ def _train(head: str, stack: pd.DataFrame, data: ProbeData, cfg: SweepConfig) ->
     # val (selection) and test (evaluation) are scored under the same rule
     known = cfg.domain_inference == "known"
     inputs = data.inputs(text=needs_text)
-    scores = {split: data.pool_scores(predict_stack(fit.head, fit.params, inputs[split],
-                                                    groups=data.row_groups(split) if known else None,
-                                                    attribute=fit.hparams.get("attribute"),
-                                                    memory_budget=cfg.memory_budget))
+    scores = {split: data.pool_scores(fit.predict(inputs[split], data.row_groups(split) if known else None,
+                                                  memory_budget=cfg.memory_budget))
               for split in ("val", "test")}
     return _Trained(head, stack, scores["val"], scores["test"])
 
