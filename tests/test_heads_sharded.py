@@ -228,19 +228,38 @@ def test_two_processes_equal_one_process_of_as_many_devices(fits, tmp_path):
             np.testing.assert_array_equal(got[f"{head}/pred"], out[f"{head}/d4/pred4"])
 
 
+def _probe_across(roots: list[Path]) -> tuple[list[subprocess.Popen], list[tuple[str, str]]]:
+    """`fmcache probe` as two processes of one computation, process i reading the cache at roots[i]."""
+    address = f"localhost:{_free_port()}"
+    args = ["probe", "-d", "synthetic", "-m", "toy", "--heads", "linear", "--n-boot", "20", "--epochs", "3",
+            "--coordinator", address, "--num-processes", "2"]
+    procs = [subprocess.Popen([sys.executable, "-c", "from fmcache.cli import main; main()", *args, "--root", str(root),
+                               "--process-id", str(i)], env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for i, root in enumerate(roots)]
+    return procs, [p.communicate(timeout=240) for p in procs]
+
+
 def test_probe_across_two_processes_writes_one_run(tmp_path):
     from helpers import toy
 
     toy.write_cache(tmp_path / "cache")
-    address = f"localhost:{_free_port()}"
-    args = ["probe", "-d", "synthetic", "-m", "toy", "--heads", "linear", "--n-boot", "20", "--epochs", "3",
-            "--root", str(tmp_path / "cache"), "--coordinator", address, "--num-processes", "2"]
-    procs = [subprocess.Popen([sys.executable, "-c", "from fmcache.cli import main; main()", *args, "--process-id", str(i)],
-                              env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
-    outs = [p.communicate(timeout=240) for p in procs]
+    procs, outs = _probe_across([tmp_path / "cache"] * 2)
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
     assert "run:" in outs[0][0]
     # the other process trained its share and says so in one line; it writes nothing
     assert outs[1][0].strip().splitlines() == ["process 1 of 2: trained its share of the heads; process 0 writes the run(s)"]
     assert len([p for p in (tmp_path / "cache" / "runs").iterdir() if p.is_dir()]) == 1
+
+
+def test_processes_reading_different_caches_are_refused_on_every_process(tmp_path):
+    from helpers import toy
+
+    # the same features written twice: two entries that read alike but are not the same write
+    for name in ("a", "b"):
+        toy.write_cache(tmp_path / name)
+    procs, outs = _probe_across([tmp_path / "a", tmp_path / "b"])
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 1, err[-3000:]
+        assert "differs between the processes" in err and "process(es) 1" in err and "Traceback" not in err
+    assert not (tmp_path / "a" / "runs").exists() or not any(p.is_dir() for p in (tmp_path / "a" / "runs").iterdir())

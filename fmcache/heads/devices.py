@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -145,6 +146,27 @@ def from_first(tree: Any) -> Any:
         return raw.view(x.dtype).reshape(x.shape)
 
     return jax.tree_util.tree_map(one, tree)
+
+
+def check_same(fingerprint: str, what: str) -> None:
+    """Refuse, on every process at once, a computation whose processes read different inputs:
+    each feeds its devices' shares of the copied features from its own host, so inputs that
+    differ would train heads on a mixture of them and give plausible wrong numbers."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    from fmcache.errors import FmcacheError
+
+    mine = np.frombuffer(hashlib.sha256(fingerprint.encode()).digest(), np.uint8)
+    every = np.asarray(multihost_utils.process_allgather(mine)).reshape(jax.process_count(), -1)
+    others = [p for p in range(len(every)) if not np.array_equal(every[p], every[0])]
+    if others:
+        raise FmcacheError(
+            f"{what} differs between the processes of this computation (process(es) {', '.join(map(str, others))} "
+            "read another version than process 0): every process must read the same cache, a shared --root or an "
+            "exact copy of it"
+        )
 
 
 def current() -> Heads:

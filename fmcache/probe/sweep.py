@@ -127,6 +127,8 @@ def run_sweep(cfg: SweepConfig, *, root: str | os.PathLike[str] | None = None, r
     data = load_probe_data(emb, labels=cfg.labels, attributes=cfg.attributes, kind=cfg.kind, volume=cfg.volume,
                            query_pool=cfg.query_pool, logit_scale=cfg.logit_scale, memory_budget=cfg.memory_budget)
     cfg = replace(cfg, shuffle=_shuffle(cfg.shuffle, data))
+    devices.check_same(json.dumps([emb.provenance.get("generation"), data.kind, data.labels, data.attributes,
+                                   {k: len(v) for k, v in data.y.items()}]), f"cache entry {cfg.dataset}/{cfg.model}")
     if not devices.is_writer():
         _train_all(cfg, data, on_head)
         return None
